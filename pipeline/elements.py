@@ -1,0 +1,83 @@
+"""The records that flow between the Beam stages.
+
+One frozen dataclass per stage boundary; no dicts travel between stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodedImage:
+    """An input as read from storage: encoded bytes, or pixels for TFDS inputs."""
+
+    key: str
+    source: str
+    data: bytes | None = None
+    pixels: np.ndarray | None = None
+    label: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageItem:
+    """A decoded image at the model's input size, ready for the model handler."""
+
+    key: str
+    source: str
+    pixels: np.ndarray  # uint8 [H, W, C]
+    label: int
+    sha256: str  # of the encoded input (or of the pixels for TFDS inputs)
+    original_height: int
+    original_width: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """An input that could not be processed, with the stage that gave up on it."""
+
+    key: str
+    source: str
+    stage: str
+    error: str
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class SaliencyRecord:
+    """Everything known about one (image, target class) pair after the model ran."""
+
+    key: str
+    source: str
+    label: int
+    sha256: str
+    pixels: np.ndarray  # uint8 [H, W, C], the image the model saw (before preprocessing)
+    prediction_class: int
+    prediction_probability: float
+    top_k_classes: tuple[int, ...]
+    top_k_probabilities: tuple[float, ...]
+    target_class: int
+    target_rank: int  # 0 for the first target of an image, 1.. for further top-k targets
+    target_score: float  # the target logit
+    gradients: dict[str, np.ndarray]  # method -> float16 [H, W, C], model-input space
+    run_id: str
+    model_name: str
+    model_fingerprint: str
+    recomputed: int = 0  # maps recomputed in float32 after a non-finite reduced-precision one
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def record_id(self) -> str:
+        """Unique per output: the key, plus the target for images with several targets."""
+        return self.key if self.target_rank == 0 else f"{self.key}#target={self.target_class}"

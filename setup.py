@@ -1,0 +1,38 @@
+"""Packaging for the saliency batch job (also what --setup_file ships to Beam workers)."""
+
+from setuptools import find_packages, setup
+
+# TensorFlow is not a hard requirement (as in tensorflow-datasets): CPU machines take
+# tensorflow-cpu, GPU workers take tensorflow[and-cuda]. Pick one with an extra.
+TF_CPU = "tensorflow-cpu>=2.16,<3"
+TF_GPU = "tensorflow[and-cuda]>=2.16,<3"
+
+setup(
+    name="saliency-pipeline",
+    version="0.1.0",
+    description="Dataset-scale saliency maps (vanilla, guided, SmoothGrad, IG) for Keras "
+    "image classifiers, as an Apache Beam batch job.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["pipeline", "pipeline.*"]),
+    package_data={"pipeline": ["assets/*", "assets/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "apache-beam>=2.60,<3",
+        "keras>=3.3,<4",
+        "numpy>=1.26",
+        "pillow>=10",
+        "pyyaml>=6",
+        "tensorflow-datasets>=4.9",
+    ],
+    extras_require={
+        "cpu": [TF_CPU],
+        "gpu": [TF_GPU],
+        "gcp": ["apache-beam[gcp]>=2.60,<3"],
+        "aws": ["apache-beam[aws]>=2.60,<3"],
+        "test": [TF_CPU, "pytest>=8", "ruff>=0.6"],
+        "bench": ["psutil>=5"],
+    },
+    entry_points={"console_scripts": ["saliency-pipeline=pipeline.cli:main"]},
+)
