@@ -20,6 +20,7 @@ setup(
     include_package_data=True,
     install_requires=[
         "apache-beam>=2.60,<3",
+        "google-crc32c>=1.5",  # TFRecord checksums without the slow pure-Python crcmod
         "keras>=3.3,<4",
         "numpy>=1.26",
         "pillow>=10",

@@ -1,0 +1,417 @@
+"""Typed, frozen configuration: every user setting, its default and its check, once.
+
+A config is a YAML file of five sections (model, source, saliency, batch, output, run);
+``--set section.key=value`` overrides are applied on top (values parsed as YAML). Every
+check runs at construction, so a bad value fails before any pipeline is built, with a
+message naming the key, the value given, what is allowed and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+
+METHODS = ("vanilla", "guided", "smoothgrad", "guided_smoothgrad", "integrated_gradients")
+PREPROCESSING_MODES = ("none", "unit", "symmetric", "caffe", "torch", "auto")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+SOURCE_KINDS = ("files", "tfrecord", "tfds")
+RESIZE_POLICIES = ("resize", "center_crop")
+TARGET_MODES = ("predicted", "label", "class", "top_k")
+ARTIFACT_VIEWS = ("heatmap", "overlay", "grid")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key, the value and the fix."""
+
+
+def _fail(key: str, value: Any, allowed: str, fix: str = "") -> typing.NoReturn:
+    message = f"config key '{key}': got {value!r}; {allowed}."
+    if fix:
+        message += f" Fix: {fix}" + ("" if fix.endswith(("?", ".")) else ".")
+    raise ConfigError(message)
+
+
+def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(choices)}"
+        _fail(key, value, f"allowed values are {list(choices)}", hint)
+
+
+def _check_int(key: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(key, value, "an integer is required", f"set {key} to a whole number")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        _fail(key, value, f"it must be {bound}", f"set {key} within that range")
+
+
+def _check_number(key: str, value: Any, *, minimum: float, maximum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(key, value, "a number is required", f"set {key} to a number")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        _fail(key, value, f"it must be {bound}", f"set {key} within that range")
+
+
+def _check_str(key: str, value: Any, *, empty_ok: bool = False) -> None:
+    if not isinstance(value, str):
+        _fail(key, value, "a string is required", f"quote the value of {key}")
+    if not empty_ok and not value.strip():
+        _fail(key, value, "it must not be empty", f"set {key}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Which classifier to explain and how its inputs are prepared."""
+
+    # A keras.applications name (e.g. "MobileNetV2") or a .keras / .h5 / SavedModel path.
+    name: str = "examples/model/shapes_cnn.keras"
+    # "imagenet", null (random, for tests) or a local weights file; named models only.
+    weights: str | None = "imagenet"
+    # How raw pixels 0..255 become model input; "auto" only for keras.applications names.
+    preprocessing: str = "unit"
+    # (height, width); null: read from the model.
+    input_size: tuple[int, int] | None = None
+    # Keras safe mode for model files: arbitrary Lambda code only when set to false.
+    safe_mode: bool = True
+
+    def __post_init__(self) -> None:
+        _check_str("model.name", self.name)
+        if self.weights is not None:
+            _check_str("model.weights", self.weights)
+        _check_choice("model.preprocessing", self.preprocessing, PREPROCESSING_MODES)
+        if self.input_size is not None:
+            size = self.input_size
+            if (
+                not isinstance(size, (tuple, list))
+                or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+            ):
+                _fail(
+                    "model.input_size",
+                    size,
+                    "it must be two positive integers [height, width] or null",
+                    "write e.g. input_size: [224, 224]",
+                )
+            object.__setattr__(self, "input_size", tuple(size))
+        if not isinstance(self.safe_mode, bool):
+            _fail("model.safe_mode", self.safe_mode, "true or false is required")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """Where the images come from and how they are decoded and resized."""
+
+    kind: str = "files"
+    # files: comma-separated glob(s) on any Beam filesystem (local, gs://, s3://; ** recurses).
+    # tfrecord: glob of TFRecord files of tf.train.Example.
+    pattern: str = "examples/images/*"
+    image_key: str = "image/encoded"
+    label_key: str = "image/class/label"
+    key_key: str = ""
+    tfds_name: str = ""
+    tfds_split: str = "train"
+    tfds_data_dir: str | None = None
+    tfds_image_feature: str = "image"
+    tfds_label_feature: str = "label"
+    resize: str = "resize"
+    # Inputs larger than this many pixels are rejected before a full decode (bombs).
+    max_pixels: int = 89_478_485
+    # Take only the first N inputs (by key) for a smoke run; null for all.
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("source.kind", self.kind, SOURCE_KINDS)
+        if self.kind in ("files", "tfrecord"):
+            _check_str("source.pattern", self.pattern)
+        else:
+            _check_str("source.tfds_name", self.tfds_name)
+            _check_str("source.tfds_split", self.tfds_split)
+        _check_str("source.image_key", self.image_key)
+        _check_str("source.label_key", self.label_key, empty_ok=True)
+        _check_str("source.key_key", self.key_key, empty_ok=True)
+        _check_choice("source.resize", self.resize, RESIZE_POLICIES)
+        _check_int("source.max_pixels", self.max_pixels, minimum=1)
+        if self.limit is not None:
+            _check_int("source.limit", self.limit, minimum=1)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SaliencyConfig:
+    """Which maps to compute, for which class, and how."""
+
+    methods: tuple[str, ...] = ("vanilla", "guided", "smoothgrad")
+    # predicted | label (ground truth) | class (target_class for every image) | top_k
+    target: str = "predicted"
+    target_class: int | None = None
+    top_k: int = 1
+    samples: int = 50  # SmoothGrad N (the seed notebook's REPETITIONS)
+    noise: float = 0.2  # SmoothGrad sigma as a fraction of (max - min) of each input
+    seed: int = 0
+    precision: str = "auto"
+    # Model inputs per forward/backward chunk (SmoothGrad samples and IG steps are chunked).
+    sample_batch_size: int = 64
+    ig_steps: int = 32
+    ig_baseline: str = "zeros"
+    xla: bool = False
+
+    def __post_init__(self) -> None:
+        methods = self.methods
+        if isinstance(methods, str):
+            methods = tuple(m.strip() for m in methods.split(",") if m.strip())
+        if not isinstance(methods, (tuple, list)) or not methods:
+            _fail(
+                "saliency.methods",
+                self.methods,
+                f"a non-empty list of {list(METHODS)} is required",
+                "write e.g. methods: [vanilla, guided]",
+            )
+        for method in methods:
+            _check_choice("saliency.methods", method, METHODS)
+        if len(set(methods)) != len(methods):
+            _fail("saliency.methods", list(methods), "each method may appear once", "remove dups")
+        object.__setattr__(self, "methods", tuple(methods))
+        _check_choice("saliency.target", self.target, TARGET_MODES)
+        if self.target == "class":
+            if self.target_class is None:
+                _fail(
+                    "saliency.target_class",
+                    None,
+                    "target 'class' needs the class index to explain",
+                    "set saliency.target_class",
+                )
+            _check_int("saliency.target_class", self.target_class, minimum=0)
+        _check_int("saliency.top_k", self.top_k, minimum=1, maximum=1000)
+        if self.target != "top_k" and self.top_k != 1:
+            _fail(
+                "saliency.top_k",
+                self.top_k,
+                f"top_k only applies with target 'top_k' (target is {self.target!r})",
+                "set saliency.target=top_k or top_k=1",
+            )
+        _check_int("saliency.samples", self.samples, minimum=1, maximum=100_000)
+        _check_number("saliency.noise", self.noise, minimum=0.0, maximum=10.0)
+        _check_int("saliency.seed", self.seed, minimum=0)
+        _check_choice("saliency.precision", self.precision, PRECISIONS)
+        _check_int("saliency.sample_batch_size", self.sample_batch_size, minimum=1)
+        _check_int("saliency.ig_steps", self.ig_steps, minimum=1, maximum=10_000)
+        _check_choice("saliency.ig_baseline", self.ig_baseline, ("zeros", "black"))
+        if not isinstance(self.xla, bool):
+            _fail("saliency.xla", self.xla, "true or false is required")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BatchConfig:
+    """How many images go through the model together (the GPU-sized batch)."""
+
+    max_batch_size: int = 32
+    min_batch_size: int = 1
+    # Seconds a partial batch may wait for more images (streaming-friendly; 0 disables).
+    max_batch_duration_secs: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_int("batch.max_batch_size", self.max_batch_size, minimum=1, maximum=4096)
+        _check_int("batch.min_batch_size", self.min_batch_size, minimum=1)
+        if self.min_batch_size > self.max_batch_size:
+            _fail(
+                "batch.min_batch_size",
+                self.min_batch_size,
+                f"it must be <= batch.max_batch_size ({self.max_batch_size})",
+                "lower min_batch_size",
+            )
+        _check_number("batch.max_batch_duration_secs", self.max_batch_duration_secs, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OutputConfig:
+    """What is written where."""
+
+    dir: str = "out/local"
+    records: bool = True
+    artifacts: bool = True
+    views: tuple[str, ...] = ARTIFACT_VIEWS
+    num_shards: int = 0  # 0: let the runner choose
+    include_image: bool = True  # the model-input-size image as PNG inside each record
+
+    def __post_init__(self) -> None:
+        _check_str("output.dir", self.dir)
+        for flag in ("records", "artifacts", "include_image"):
+            if not isinstance(getattr(self, flag), bool):
+                _fail(f"output.{flag}", getattr(self, flag), "true or false is required")
+        views = self.views
+        if isinstance(views, str):
+            views = tuple(v.strip() for v in views.split(",") if v.strip())
+        for view in views:
+            _check_choice("output.views", view, ARTIFACT_VIEWS)
+        object.__setattr__(self, "views", tuple(views))
+        _check_int("output.num_shards", self.num_shards, minimum=0, maximum=100_000)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """Run-level policy: identity, failure budget, incremental mode."""
+
+    # Provenance id written into every record; empty: derived from the config (so a rerun
+    # of the same config writes identical records).
+    id: str = ""
+    # Above this fraction of failed inputs the run exits with code 3 (outputs kept).
+    max_failure_fraction: float = 0.25
+    # Skip images already done for the same (content, model, method settings).
+    incremental: bool = False
+    # Print progress every N explained images (0: off).
+    progress_every: int = 100
+
+    def __post_init__(self) -> None:
+        _check_str("run.id", self.id, empty_ok=True)
+        _check_number("run.max_failure_fraction", self.max_failure_fraction, minimum=0, maximum=1)
+        if not isinstance(self.incremental, bool):
+            _fail("run.incremental", self.incremental, "true or false is required")
+        _check_int("run.progress_every", self.progress_every, minimum=0)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole job."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
+    saliency: SaliencyConfig = dataclasses.field(default_factory=SaliencyConfig)
+    batch: BatchConfig = dataclasses.field(default_factory=BatchConfig)
+    output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (lists, not tuples) for YAML/JSON."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def fingerprint(self) -> str:
+        """Hash of every setting that changes what is computed (not where it is written)."""
+        data = self.to_dict()
+        data["output"].pop("dir")
+        data["run"].pop("progress_every")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def run_id(self) -> str:
+        return self.run.id or f"cfg-{self.fingerprint()}"
+
+
+_SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "source": SourceConfig,
+    "saliency": SaliencyConfig,
+    "batch": BatchConfig,
+    "output": OutputConfig,
+    "run": RunConfig,
+}
+
+
+def _unknown_key(key: str, known: Sequence[str]) -> typing.NoReturn:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+    raise ConfigError(f"unknown config key '{key}'. Fix: {hint}")
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    """Light type coercion of YAML values onto field types (lists -> tuples)."""
+    origin = typing.get_origin(annotation)
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _coerce(value, args[0])
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _section(name: str, values: Any) -> Any:
+    cls = _SECTIONS[name]
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        _fail(name, values, "a mapping of keys is required", f"write '{name}:' then indented keys")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            _unknown_key(f"{name}.{key}", [f"{name}.{k}" for k in hints])
+        kwargs[key] = _coerce(value, hints[key])
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build and validate a Config from a nested mapping (as loaded from YAML)."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections; got {type(data).__name__}")
+    for name in data:
+        if name not in _SECTIONS:
+            _unknown_key(str(name), list(_SECTIONS))
+    return Config(**{name: _section(name, data.get(name)) for name in _SECTIONS})
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) to a nested mapping."""
+    result = {k: dict(v or {}) for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override {item!r} is not of the form section.key=value. "
+                "Fix: write e.g. --set saliency.methods=[guided,smoothgrad]"
+            )
+        path, raw = item.split("=", 1)
+        parts = path.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(
+                f"override key {path!r} must be section.key (e.g. saliency.samples). "
+                f"Sections: {', '.join(_SECTIONS)}"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+        result.setdefault(parts[0], {})[parts[1]] = value
+    return result
+
+
+def _read_text(path: str) -> str:
+    if "://" in path:  # gs://, s3://, ...: Beam's filesystems (imported only when needed)
+        from apache_beam.io.filesystems import FileSystems
+
+        if not FileSystems.exists(path):
+            raise FileNotFoundError(path)
+        with FileSystems.open(path) as handle:
+            return handle.read().decode("utf-8")
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config file (or the defaults when path is None) plus overrides."""
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        try:
+            text = _read_text(str(path))
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"config file {str(path)!r} does not exist. Fix: pass --config with a path "
+                "such as configs/local.yaml"
+            ) from exc
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
+    return config_from_dict(apply_overrides(data, overrides))

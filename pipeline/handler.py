@@ -1,0 +1,275 @@
+"""SaliencyModelHandler: the RunInference model handler, the one joint of Beam and engine.
+
+RunInference loads the handler's model once per worker process (its threads share it) and
+feeds it batches from BatchElements. The handler turns a batch of ImageItem into one
+SaliencyRecord per (image, target); the gradient maths stays in pipeline.saliency.
+
+A batch that raises is retried image by image, so one bad image becomes one Failure and
+its batch neighbours still get their maps; a batch that runs out of accelerator memory is
+split in halves and retried (see _explain_split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from pipeline.config import Config, ModelConfig
+from pipeline.elements import Failure, ImageItem, SaliencyRecord
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Engine:
+    """What a worker process holds: the loaded model and its explainer(s)."""
+
+    loaded: Any  # models.LoadedModel
+    explainer: Any  # saliency.Explainer
+    config: Config
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    done: int = 0
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    last_report: float = 0.0
+
+
+def model_spec(m: ModelConfig):
+    """The engine's ModelSpec for the model section of a config."""
+    from pipeline.models import ModelSpec
+
+    return ModelSpec(
+        name=m.name,
+        weights=m.weights,
+        preprocessing=m.preprocessing,
+        input_size=m.input_size,
+        safe_mode=m.safe_mode,
+    )
+
+
+def make_explainer(loaded: Any, config: Config, *, pad_to: int, sample_batch_size: int):
+    """An Explainer for a loaded model with the config's saliency settings."""
+    from pipeline.saliency import Explainer
+
+    s = config.saliency
+    baseline: Any = s.ig_baseline
+    if baseline == "black":  # black pixels, in the space the model sees
+        height, width = loaded.input_size
+        black = np.zeros((1, height, width, loaded.channels), dtype=np.float32)
+        baseline = np.asarray(loaded.preprocess(black), dtype=np.float32)[0]
+    return Explainer(
+        loaded.model,
+        samples=s.samples,
+        noise=s.noise,
+        seed=s.seed,
+        precision=s.precision,
+        batch_size=sample_batch_size,
+        ig_steps=s.ig_steps,
+        ig_baseline=baseline,
+        pad_to=pad_to,
+        xla=s.xla,
+    )
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model could not be loaded (raised before any data is read)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelGeometry:
+    """What the pipeline must know of the model before it is built."""
+
+    name: str
+    input_size: tuple[int, int]
+    channels: int
+    fingerprint: str
+
+
+@functools.lru_cache(maxsize=4)
+def model_geometry(m: ModelConfig) -> ModelGeometry:
+    """Load the model once in the launching process: fails fast on a bad model, and gives
+    the input size the decoder resizes to."""
+    from pipeline.models import load_model
+
+    try:
+        loaded = load_model(model_spec(m))
+    except Exception as exc:
+        raise ModelLoadError(f"model {m.name!r}: {type(exc).__name__}: {exc}") from exc
+    return ModelGeometry(
+        name=loaded.name,
+        input_size=tuple(loaded.input_size),
+        channels=loaded.channels,
+        fingerprint=loaded.fingerprint,
+    )
+
+
+def load_engine(config: Config) -> Engine:
+    """Load the model and build the explainer (what each worker process does once)."""
+    from pipeline.models import load_model
+    from pipeline.precision import configure_gpus
+
+    configure_gpus()  # memory growth before any TF op touches the GPU
+    loaded = load_model(model_spec(config.model))
+    explainer = make_explainer(
+        loaded,
+        config,
+        pad_to=config.batch.max_batch_size,
+        sample_batch_size=config.saliency.sample_batch_size,
+    )
+    if any("guided" in m for m in config.saliency.methods):
+        explainer.guided_report()  # build the guided clone now: fail fast, once per process
+    return Engine(loaded=loaded, explainer=explainer, config=config)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
+    """RunInference handler: ImageItem batches in, SaliencyRecord / Failure out."""
+
+    def __init__(self, config: Config, *, run_id: str) -> None:
+        b = config.batch
+        super().__init__(
+            min_batch_size=b.min_batch_size,
+            max_batch_size=b.max_batch_size,
+            max_batch_duration_secs=int(b.max_batch_duration_secs) or None,
+        )
+        self._config = config
+        self._run_id = run_id
+
+    def load_model(self) -> Engine:
+        return load_engine(self._config)
+
+    def get_metrics_namespace(self) -> str:
+        return "saliency"
+
+    def get_num_bytes(self, batch: Sequence[ImageItem]) -> int:
+        return sum(item.pixels.nbytes for item in batch)
+
+    def run_inference(
+        self,
+        batch: Sequence[ImageItem],
+        model: Engine,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        items = list(batch)
+        try:
+            outputs = _explain_split(items, model, self._run_id)
+        except Exception:  # noqa: BLE001 - isolate the image that breaks the batch
+            outputs = []
+            for item in items:
+                try:
+                    outputs.extend(_explain_split([item], model, self._run_id))
+                except Exception as exc:  # noqa: BLE001 - becomes a Failure, never a crash
+                    outputs.append(
+                        Failure(
+                            key=item.key,
+                            source=item.source,
+                            stage="explain",
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+                    )
+        _report_progress(model, len(items))
+        by_key: dict[str, list[Any]] = {}
+        for out in outputs:
+            by_key.setdefault(out.key, []).append(out)
+        return [PredictionResult(item, by_key.get(item.key, [])) for item in items]
+
+
+def _report_progress(engine: Engine, n: int) -> None:
+    every = engine.config.run.progress_every
+    with engine.lock:
+        engine.done += n
+        done = engine.done
+        now = time.monotonic()
+        if not every or (done // every == (done - n) // every and now - engine.last_report < 30):
+            return
+        engine.last_report = now
+    rate = done / max(now - engine.started, 1e-9)
+    _LOG.warning("progress: %d images explained in this worker (%.1f images/s)", done, rate)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import tensorflow as tf
+
+    return isinstance(exc, tf.errors.ResourceExhaustedError) or "OOM" in str(exc)
+
+
+def _explain_split(items: list[ImageItem], engine: Engine, run_id: str) -> list[SaliencyRecord]:
+    """Explain a batch; on out-of-memory, halve it and retry each half."""
+    try:
+        return _explain(items, engine, run_id)
+    except Exception as exc:
+        if not _is_oom(exc) or len(items) == 1:
+            raise
+        _LOG.warning("out of memory on a batch of %d; splitting it in two", len(items))
+        half = len(items) // 2
+        return _explain_split(items[:half], engine, run_id) + _explain_split(
+            items[half:], engine, run_id
+        )
+
+
+def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[SaliencyRecord]:
+    from pipeline.saliency import resolve_targets
+
+    config = engine.config
+    s = config.saliency
+    loaded = engine.loaded
+    pixels = np.stack([item.pixels for item in items]).astype(np.float32)
+    x = np.asarray(loaded.preprocess(pixels), dtype=np.float32)
+    logits = engine.explainer.logits(x)
+    probs = _softmax(logits.astype(np.float64))
+    k = min(max(5, s.top_k), probs.shape[-1])
+    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    labels = np.array([item.label for item in items], dtype=np.int64)
+    classes = np.full(len(items), s.target_class, dtype=np.int64) if s.target == "class" else None
+    rows, targets = resolve_targets(logits, s.target, labels=labels, classes=classes, k=s.top_k)
+    per_method = {m: engine.explainer.explain(x[rows], m, targets=targets) for m in s.methods}
+    records = []
+    seen: dict[int, int] = {}
+    for j, (row, target) in enumerate(zip(rows.tolist(), targets.tolist())):
+        item = items[row]
+        rank = seen.get(row, 0)
+        seen[row] = rank + 1
+        first = per_method[s.methods[0]]
+        records.append(
+            SaliencyRecord(
+                key=item.key,
+                source=item.source,
+                label=item.label,
+                sha256=item.sha256,
+                pixels=item.pixels,
+                prediction_class=int(top[row, 0]),
+                prediction_probability=float(probs[row, top[row, 0]]),
+                top_k_classes=tuple(int(c) for c in top[row]),
+                top_k_probabilities=tuple(float(probs[row, c]) for c in top[row]),
+                target_class=int(target),
+                target_rank=rank,
+                target_score=float(first.scores[j]),
+                gradients={
+                    m: np.asarray(e.gradients[j], dtype=np.float16) for m, e in per_method.items()
+                },
+                run_id=run_id,
+                model_name=loaded.name,
+                model_fingerprint=loaded.fingerprint,
+                recomputed=int(sum(_recomputed_row(e, j) for e in per_method.values())),
+            )
+        )
+    return records
+
+
+def _recomputed_row(explanation: Any, row: int) -> int:
+    flags = getattr(explanation, "recomputed_rows", None)
+    if flags is None:
+        return 0
+    return int(flags[row])

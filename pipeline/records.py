@@ -1,0 +1,316 @@
+"""The TFRecord schema: one ``tf.train.Example`` per (image, target) record.
+
+The keys are a public contract (documented in the README):
+
+========================================  ==========  ======================================
+key                                       type        meaning
+========================================  ==========  ======================================
+image/key                                 bytes       stable id
+image/source                              bytes       where it was read from
+image/sha256                              bytes       content hash of the input
+image/height, image/width                 int64       model-input size
+image/encoded                             bytes       PNG of the model-input-size image
+                                                      (absent with include_image=False)
+label                                     int64       ground truth, -1 when unknown
+prediction/class, prediction/probability  int64,      top-1
+                                          float
+prediction/top_k/classes                  int64 list  top-k classes
+prediction/top_k/probabilities            float list  top-k probabilities
+target/class, target/rank, target/score   int64,      the class explained, its rank among
+                                          int64,      the image's targets (0 = first) and
+                                          float       its logit
+saliency/methods                          bytes list  method names present
+saliency/<method>/gradient                bytes       tf.io.serialize_tensor, float16
+                                                      [H, W, C]
+saliency/<method>/abs, positive, negative bytes       tf.io.serialize_tensor, float32
+                                                      [H, W] in [0, 1] (maps.compute_views)
+run/id, model/name, model/fingerprint     bytes       provenance
+run/recomputed                            int64       maps redone in float32
+========================================  ==========  ======================================
+
+Tensors are serialised as ``TensorProto`` bytes built straight from numpy (the same bytes
+``tf.io.serialize_tensor`` gives, without an eager op per record), so ``tf.io.parse_tensor``
+reads them in a ``tf.data`` pipeline. Encoding is deterministic: the Example is serialised
+with sorted map keys, so a rerun gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from pipeline import maps, render
+from pipeline.elements import SaliencyRecord
+
+RECORD_VIEWS = ("abs", "positive", "negative")
+
+FEATURES = {
+    "image/key": tf.io.FixedLenFeature([], tf.string),
+    "image/source": tf.io.FixedLenFeature([], tf.string),
+    "image/sha256": tf.io.FixedLenFeature([], tf.string),
+    "image/height": tf.io.FixedLenFeature([], tf.int64),
+    "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+    "prediction/class": tf.io.FixedLenFeature([], tf.int64),
+    "prediction/probability": tf.io.FixedLenFeature([], tf.float32),
+    "prediction/top_k/classes": tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
+    "prediction/top_k/probabilities": tf.io.FixedLenSequenceFeature(
+        [], tf.float32, allow_missing=True
+    ),
+    "target/class": tf.io.FixedLenFeature([], tf.int64),
+    "target/rank": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "target/score": tf.io.FixedLenFeature([], tf.float32),
+    "saliency/methods": tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+    "run/id": tf.io.FixedLenFeature([], tf.string),
+    "model/name": tf.io.FixedLenFeature([], tf.string),
+    "model/fingerprint": tf.io.FixedLenFeature([], tf.string),
+    "run/recomputed": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+}
+
+_DTYPES = {np.dtype(np.float16): types_pb2.DT_HALF, np.dtype(np.float32): types_pb2.DT_FLOAT}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedRecord:
+    """One parsed record, with numpy arrays (see the module docstring for the keys)."""
+
+    key: str
+    source: str
+    sha256: str
+    height: int
+    width: int
+    label: int
+    prediction_class: int
+    prediction_probability: float
+    top_k_classes: np.ndarray  # int64 [k]
+    top_k_probabilities: np.ndarray  # float32 [k]
+    target_class: int
+    target_rank: int
+    target_score: float
+    methods: tuple[str, ...]
+    gradients: dict[str, np.ndarray]  # method -> float16 [H, W, C]
+    maps: dict[str, dict[str, np.ndarray]]  # method -> view -> float32 [H, W]
+    image: np.ndarray | None  # uint8 [H, W, C], None when written without the image
+    run_id: str
+    model_name: str
+    model_fingerprint: str
+    recomputed: int
+
+    @property
+    def record_id(self) -> str:
+        """Same as SaliencyRecord.record_id: the key, plus the target for further targets."""
+        return self.key if self.target_rank == 0 else f"{self.key}#target={self.target_class}"
+
+
+def _check_method(method: str) -> str:
+    if not isinstance(method, str) or not method or "/" in method:
+        raise ValueError(
+            f"method name {method!r} cannot be a record key: use a non-empty name "
+            "without '/' (e.g. 'vanilla')."
+        )
+    return method
+
+
+def method_keys(method: str) -> dict[str, str]:
+    """The record keys of one method: {"gradient": ..., "abs": ..., ...}."""
+    m = _check_method(method)
+    return {part: f"saliency/{m}/{part}" for part in ("gradient", *RECORD_VIEWS)}
+
+
+def features_for(methods: Iterable[str]) -> dict:
+    """Parse spec for ``tf.io.parse_single_example``: FEATURES plus each method's keys."""
+    spec = dict(FEATURES)
+    for method in methods:
+        for key in method_keys(method).values():
+            spec[key] = tf.io.FixedLenFeature([], tf.string)
+    return spec
+
+
+def serialize_array(array: np.ndarray) -> bytes:
+    """TensorProto bytes of a float16/float32 array, byte-identical to tf.io.serialize_tensor."""
+    arr = np.asarray(array)
+    dtype = _DTYPES.get(arr.dtype.newbyteorder("="))
+    if dtype is None:
+        raise TypeError(f"array dtype {arr.dtype} is not serialisable here: use float16/32.")
+    # TensorProto.tensor_content is little-endian whatever the host.
+    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    shape = tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in arr.shape]
+    )
+    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=arr.tobytes())
+    return proto.SerializeToString()
+
+
+def deserialize_array(data: bytes) -> np.ndarray:
+    """Inverse of :func:`serialize_array` (also reads tf.io.serialize_tensor bytes)."""
+    return tf.make_ndarray(tensor_pb2.TensorProto.FromString(data))
+
+
+def _bytes(*values: bytes | str) -> tf.train.Feature:
+    raw = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
+    return tf.train.Feature(bytes_list=tf.train.BytesList(value=raw))
+
+
+def _ints(*values: int) -> tf.train.Feature:
+    return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+
+
+def _floats(*values: float) -> tf.train.Feature:
+    return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+
+def _check_gradient(record: SaliencyRecord, method: str, gradient: np.ndarray) -> np.ndarray:
+    g = np.asarray(gradient)
+    if g.ndim != 3 or g.shape[:2] != (record.height, record.width):
+        raise ValueError(
+            f"record {record.key!r}: gradients[{method!r}] has shape {g.shape}, expected "
+            f"[{record.height}, {record.width}, C] (the pixels' size)."
+        )
+    return g.astype(np.float16)
+
+
+def encode(
+    record: SaliencyRecord, *, include_image: bool = True, percentile: float = 99.0
+) -> bytes:
+    """Serialise one SaliencyRecord as a ``tf.train.Example`` (deterministic bytes)."""
+    if not isinstance(record, SaliencyRecord):
+        raise TypeError(f"encode() takes a SaliencyRecord, got {type(record).__name__}.")
+    if len(record.top_k_classes) != len(record.top_k_probabilities):
+        raise ValueError(
+            f"record {record.key!r}: top_k_classes has {len(record.top_k_classes)} entries "
+            f"but top_k_probabilities has {len(record.top_k_probabilities)}; they must match."
+        )
+    methods = [_check_method(m) for m in record.gradients]
+    feature = {
+        "image/key": _bytes(record.key),
+        "image/source": _bytes(record.source),
+        "image/sha256": _bytes(record.sha256),
+        "image/height": _ints(record.height),
+        "image/width": _ints(record.width),
+        "label": _ints(record.label),
+        "prediction/class": _ints(record.prediction_class),
+        "prediction/probability": _floats(record.prediction_probability),
+        "prediction/top_k/classes": _ints(*record.top_k_classes),
+        "prediction/top_k/probabilities": _floats(*record.top_k_probabilities),
+        "target/class": _ints(record.target_class),
+        "target/rank": _ints(record.target_rank),
+        "target/score": _floats(record.target_score),
+        "saliency/methods": _bytes(*methods),
+        "run/id": _bytes(record.run_id),
+        "model/name": _bytes(record.model_name),
+        "model/fingerprint": _bytes(record.model_fingerprint),
+        "run/recomputed": _ints(record.recomputed),
+    }
+    if include_image:
+        feature["image/encoded"] = _bytes(render.encode_png(np.asarray(record.pixels)))
+    for method in methods:
+        g = _check_gradient(record, method, record.gradients[method])
+        keys = method_keys(method)
+        feature[keys["gradient"]] = _bytes(serialize_array(g))
+        views = maps.compute_views(g, percentile=percentile, views=RECORD_VIEWS)
+        for view in RECORD_VIEWS:
+            feature[keys[view]] = _bytes(serialize_array(views[view]))
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
+
+
+class _Fields:
+    """Typed access to an Example's features, with errors that name the missing key."""
+
+    def __init__(self, example: tf.train.Example) -> None:
+        self._f = example.features.feature
+
+    def values(self, key: str, kind: str, required: bool):
+        if key not in self._f:
+            if required:
+                raise ValueError(f"record has no {key!r} feature: not a saliency record.")
+            return None
+        return list(getattr(self._f[key], kind).value)
+
+    def bytes_list(self, key: str, required: bool = True) -> list[bytes] | None:
+        return self.values(key, "bytes_list", required)
+
+    def one(self, key: str, kind: str, default=None):
+        values = self.values(key, kind, default is None)
+        if values is None:
+            return default
+        if len(values) != 1:
+            raise ValueError(f"record feature {key!r} has {len(values)} values, expected 1.")
+        return values[0]
+
+    def text(self, key: str) -> str:
+        return self.one(key, "bytes_list").decode("utf-8")
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as img:
+        arr = np.asarray(img)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def parse(serialized: bytes) -> DecodedRecord:
+    """Parse one serialised record (as written by :func:`encode`) into numpy arrays."""
+    f = _Fields(tf.train.Example.FromString(bytes(serialized)))
+    methods = tuple(m.decode("utf-8") for m in f.bytes_list("saliency/methods"))
+    gradients: dict[str, np.ndarray] = {}
+    views: dict[str, dict[str, np.ndarray]] = {}
+    for method in methods:
+        keys = method_keys(method)
+        gradients[method] = deserialize_array(f.one(keys["gradient"], "bytes_list"))
+        views[method] = {
+            view: deserialize_array(f.one(keys[view], "bytes_list"))
+            for view in RECORD_VIEWS
+            if f.bytes_list(keys[view], required=False) is not None
+        }
+    encoded = f.one("image/encoded", "bytes_list", default=b"")
+    return DecodedRecord(
+        key=f.text("image/key"),
+        source=f.text("image/source"),
+        sha256=f.text("image/sha256"),
+        height=int(f.one("image/height", "int64_list")),
+        width=int(f.one("image/width", "int64_list")),
+        label=int(f.one("label", "int64_list", default=-1)),
+        prediction_class=int(f.one("prediction/class", "int64_list")),
+        prediction_probability=float(f.one("prediction/probability", "float_list")),
+        top_k_classes=np.array(f.values("prediction/top_k/classes", "int64_list", True), np.int64),
+        top_k_probabilities=np.array(
+            f.values("prediction/top_k/probabilities", "float_list", True), np.float32
+        ),
+        target_class=int(f.one("target/class", "int64_list")),
+        target_rank=int(f.one("target/rank", "int64_list", default=0)),
+        target_score=float(f.one("target/score", "float_list")),
+        methods=methods,
+        gradients=gradients,
+        maps=views,
+        image=_decode_png(encoded) if encoded else None,
+        run_id=f.text("run/id"),
+        model_name=f.text("model/name"),
+        model_fingerprint=f.text("model/fingerprint"),
+        recomputed=int(f.one("run/recomputed", "int64_list", default=0)),
+    )
+
+
+def read(pattern: str) -> Iterator[DecodedRecord]:
+    """Iterate over every record in the files matching ``pattern`` (sorted; gs:// works).
+
+    Raises FileNotFoundError at once when nothing matches.
+    """
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(
+            f"no TFRecord files match {pattern!r}: records are written to "
+            "<output_dir>/records/saliency-*.tfrecord."
+        )
+    return _iterate(files)
+
+
+def _iterate(files: list[str]) -> Iterator[DecodedRecord]:
+    for raw in tf.data.TFRecordDataset(files):
+        yield parse(raw.numpy())

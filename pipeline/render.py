@@ -1,0 +1,170 @@
+"""Saliency maps -> PNG bytes: colormaps, heatmaps, overlays and the five-view grid.
+
+numpy + Pillow only (no matplotlib, no TensorFlow, no Beam). PNG bytes are deterministic:
+Pillow writes no timestamp chunk, and the same array always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from pipeline import maps
+
+# Anchor colours at 11 evenly spaced points (0.0, 0.1, ..., 1.0) of matplotlib's
+# perceptually uniform maps; the 256-entry tables interpolate linearly between them.
+_ANCHORS = {
+    "inferno": ("000004 160b39 420a68 6a176e 932667 bc3754 dd513a f37819 fca50a f6d746 fcffa4"),
+    "viridis": ("440154 482475 414487 355f8d 2a788e 21918c 22a884 44bf70 7ad151 bddf26 fde725"),
+    "gray": "000000 ffffff",
+}
+COLORMAPS = tuple(_ANCHORS)
+GRID_PANELS = ("original", "abs", "positive", "negative", "image_x_abs")
+GRID_GAP = 4  # pixels between grid panels
+_LABEL_HEIGHT = 12  # pixels of the optional text strip above the panels
+
+
+def _lut(name: str) -> np.ndarray:
+    anchors = np.array(
+        [[int(h[i : i + 2], 16) for i in (0, 2, 4)] for h in _ANCHORS[name].split()],
+        dtype=np.float64,
+    )
+    xs = np.linspace(0.0, 1.0, len(anchors))
+    grid = np.linspace(0.0, 1.0, 256)
+    table = np.stack([np.interp(grid, xs, anchors[:, c]) for c in range(3)], axis=-1)
+    return np.rint(table).astype(np.uint8)
+
+
+_LUTS = {name: _lut(name) for name in _ANCHORS}
+
+
+def _check_map(m: np.ndarray) -> np.ndarray:
+    arr = np.asarray(m)
+    if arr.ndim != 2:
+        raise ValueError(
+            f"map has shape {arr.shape}: expected a 2-D [H, W] map in [0, 1] "
+            "(use maps.compute_views to reduce a gradient to 2-D)."
+        )
+    arr = arr.astype(np.float32)
+    return np.clip(np.where(np.isfinite(arr), arr, np.float32(0.0)), 0.0, 1.0)
+
+
+def _check_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[:2] != tuple(shape):
+        raise ValueError(
+            f"image has shape {np.asarray(image).shape}: expected uint8 [H, W, 3] or "
+            f"[H, W, 1] with H, W = {tuple(shape)} (the map's size)."
+        )
+    if img.dtype != np.uint8:
+        raise TypeError(f"image has dtype {img.dtype}: expected uint8 pixels 0..255.")
+    return img
+
+
+def colormap(m: np.ndarray, name: str = "inferno") -> np.ndarray:
+    """Map a 2-D [H, W] map in [0, 1] to uint8 RGB [H, W, 3] (values outside are clipped)."""
+    if name not in _LUTS:
+        raise ValueError(f"colormap name={name!r} is unknown: allowed are {COLORMAPS}.")
+    idx = np.rint(_check_map(m) * 255.0).astype(np.intp)
+    return _LUTS[name][idx]
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Encode uint8 [H, W], [H, W, 1] or [H, W, 3] pixels as PNG (deterministic bytes)."""
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"pixels have dtype {arr.dtype}: expected uint8 0..255.")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"pixels have shape {arr.shape}: expected [H, W], [H, W, 1] or [H, W, 3].")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG", optimize=False)
+    return buf.getvalue()
+
+
+def heatmap_png(m: np.ndarray, *, cmap: str = "inferno") -> bytes:
+    """PNG of a colormapped 2-D map in [0, 1]."""
+    return encode_png(colormap(m, cmap))
+
+
+def _blend(image: np.ndarray, m: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha={alpha!r} is out of range: allowed is 0 <= alpha <= 1.")
+    heat = colormap(m, cmap).astype(np.float32)
+    img = _check_image(image, heat.shape[:2]).astype(np.float32)
+    return np.rint((1.0 - alpha) * img + alpha * heat).astype(np.uint8)
+
+
+def overlay_png(
+    image: np.ndarray, m: np.ndarray, alpha: float = 0.5, *, cmap: str = "inferno"
+) -> bytes:
+    """PNG of the colormapped map alpha-blended over the image (uint8, same H, W)."""
+    return encode_png(_blend(image, m, alpha, cmap))
+
+
+def grid_panels(
+    image: np.ndarray, gradient: np.ndarray, *, percentile: float = 99.0, cmap: str = "inferno"
+) -> list[np.ndarray]:
+    """The five uint8 [H, W, 3] panels of the grid, in :data:`GRID_PANELS` order."""
+    g = np.asarray(gradient)
+    views = maps.compute_views(g, percentile=percentile, views=("abs", "positive", "negative"))
+    img = _check_image(image, g.shape[:2])
+    weighted = maps.image_times_abs(g, np.asarray(image), percentile=percentile)
+    if weighted.shape[2] == 1:
+        weighted = np.repeat(weighted, 3, axis=-1)
+    return [
+        img,
+        colormap(views["abs"], cmap),
+        colormap(views["positive"], cmap),
+        colormap(views["negative"], cmap),
+        np.rint(weighted * 255.0).astype(np.uint8),
+    ]
+
+
+def grid_png(
+    image: np.ndarray,
+    gradient: np.ndarray,
+    *,
+    title: str | None = None,
+    labels: bool = False,
+    percentile: float = 99.0,
+    cmap: str = "inferno",
+    gap: int = GRID_GAP,
+) -> bytes:
+    """The seed notebook's five-view grid as one PNG.
+
+    Panels, left to right: original | abs | positive | negative | original x abs, each the
+    model-input size [H, W], separated by ``gap`` white pixels: width = 5 * W + 4 * gap.
+    ``title`` and ``labels`` (the panel names) each add a white 12-pixel text strip above
+    the panels (Pillow's default font); without them the height is H.
+    """
+    if int(gap) < 0:
+        raise ValueError(f"gap={gap!r} must be >= 0 pixels.")
+    panels = grid_panels(image, gradient, percentile=percentile, cmap=cmap)
+    h, w = panels[0].shape[:2]
+    lines = int(bool(title)) + int(bool(labels))
+    top = lines * _LABEL_HEIGHT
+    n = len(panels)
+    canvas = np.full((top + h, n * w + (n - 1) * gap, 3), 255, dtype=np.uint8)
+    for i, panel in enumerate(panels):
+        x = i * (w + gap)
+        canvas[top : top + h, x : x + w] = panel
+    if top:
+        pil = Image.fromarray(canvas)
+        draw = ImageDraw.Draw(pil)
+        font = ImageFont.load_default()
+        if title:
+            draw.text((1, 0), title, fill=(0, 0, 0), font=font)
+        if labels:
+            y = top - _LABEL_HEIGHT
+            for i, name in enumerate(GRID_PANELS):
+                draw.text((i * (w + gap) + 1, y), name, fill=(0, 0, 0), font=font)
+        canvas = np.asarray(pil)
+    return encode_png(canvas)

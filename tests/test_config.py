@@ -1,0 +1,87 @@
+"""Config: defaults, YAML + overrides, and every invalid value rejected with key and fix."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from pipeline.config import Config, ConfigError, config_from_dict, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_defaults_match_the_seed_notebook():
+    config = Config()
+    assert config.saliency.samples == 50
+    assert config.saliency.noise == 0.2
+    assert config.saliency.target == "predicted"
+    assert config.model.safe_mode is True
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_every_shipped_config_is_valid(path):
+    config = load_config(path)
+    assert config.saliency.methods
+
+
+def test_overrides_are_parsed_as_yaml_and_lists_become_tuples():
+    config = load_config(
+        os.path.join(ROOT, "configs", "local.yaml"),
+        ["saliency.methods=[guided,smoothgrad]", "saliency.noise=0.1", "model.input_size=[32, 48]"],
+    )
+    assert config.saliency.methods == ("guided", "smoothgrad")
+    assert config.saliency.noise == 0.1
+    assert config.model.input_size == (32, 48)
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("saliency.metods=[vanilla]", "did you mean 'saliency.methods'"),
+        ("saliency.methods=[guidd]", "did you mean 'guided'"),
+        ("saliency.methods=[]", "saliency.methods"),
+        ("saliency.samples=0", "saliency.samples"),
+        ("saliency.noise=-1", "saliency.noise"),
+        ("saliency.precision=fp8", "saliency.precision"),
+        ("saliency.target=class", "saliency.target_class"),
+        ("saliency.top_k=3", "target 'top_k'"),
+        ("source.kind=ftp", "source.kind"),
+        ("source.resize=stretch", "source.resize"),
+        ("source.max_pixels=0", "source.max_pixels"),
+        ("batch.max_batch_size=0", "batch.max_batch_size"),
+        ("batch.min_batch_size=64", "batch.min_batch_size"),
+        ("model.input_size=[224]", "model.input_size"),
+        ("model.preprocessing=imagenet", "model.preprocessing"),
+        ("output.views=[heat]", "output.views"),
+        ("run.max_failure_fraction=2", "run.max_failure_fraction"),
+        ("nosection.key=1", "unknown config key"),
+        ("saliency.samples", "section.key=value"),
+    ],
+)
+def test_invalid_values_name_key_value_and_fix(override, fragment):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert fragment in message
+    assert "Fix" in message or "section.key" in message
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(ConfigError, match="saliency.samples"):
+        config_from_dict({"saliency": {"samples": True}})
+
+
+def test_missing_config_file_says_how_to_fix(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_ignores_output_dir_but_not_method_settings():
+    a = load_config(None, ["output.dir=/tmp/a"])
+    b = load_config(None, ["output.dir=/tmp/b"])
+    c = load_config(None, ["saliency.noise=0.3"])
+    assert a.fingerprint() == b.fingerprint()
+    assert a.fingerprint() != c.fingerprint()
+    assert a.run_id == b.run_id and a.run_id.startswith("cfg-")

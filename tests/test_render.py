@@ -1,0 +1,111 @@
+"""render.py: colormap tables, PNG sizes and pixel values, the five-panel grid."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import maps, render
+
+H, W = 6, 8
+
+
+def _decode(data: bytes) -> np.ndarray:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _gradient(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(H, W, 3)).astype(np.float32)
+
+
+def _image(seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(H, W, 3), dtype=np.uint8)
+
+
+def test_colormap_end_colours():
+    ones, zeros = np.ones((2, 3)), np.zeros((2, 3))
+    np.testing.assert_array_equal(render.colormap(ones)[0, 0], [252, 255, 164])  # inferno top
+    np.testing.assert_array_equal(render.colormap(zeros)[1, 2], [0, 0, 4])
+    np.testing.assert_array_equal(render.colormap(ones, "viridis")[0, 0], [253, 231, 37])
+    gray = render.colormap(np.array([[0.0, 0.5, 1.0, 2.0, -1.0]]), "gray")
+    np.testing.assert_array_equal(gray[0, :, 0], [0, 128, 255, 255, 0])  # clipped to [0, 1]
+    assert gray.dtype == np.uint8 and gray.shape == (1, 5, 3)
+
+
+def test_colormap_luminance_increases():
+    ramp = render.colormap(np.linspace(0, 1, 256)[None, :])[0].astype(float)
+    luminance = ramp @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(luminance) > -1.0)  # monotone up to LUT rounding
+    assert luminance[-1] - luminance[0] > 200
+
+
+def test_colormap_rejects_bad_input():
+    with pytest.raises(ValueError, match="colormap"):
+        render.colormap(np.zeros((2, 2)), "jet")
+    with pytest.raises(ValueError, match="2-D"):
+        render.colormap(np.zeros((2, 2, 3)))
+
+
+def test_heatmap_png_size_colour_and_determinism():
+    data = render.heatmap_png(np.ones((H, W)))
+    pixels = _decode(data)
+    assert pixels.shape == (H, W, 3)
+    assert np.all(pixels == [252, 255, 164])
+    assert render.heatmap_png(np.ones((H, W))) == data
+    assert b"tIME" not in data
+
+
+def test_overlay_blends_alpha():
+    image = np.full((H, W, 3), 100, np.uint8)
+    half = _decode(render.overlay_png(image, np.ones((H, W)), 0.5))
+    np.testing.assert_array_equal(half[0, 0], [176, 178, 132])  # (100 + LUT top) / 2
+    np.testing.assert_array_equal(_decode(render.overlay_png(image, np.ones((H, W)), 0.0)), image)
+    gray_image = np.full((H, W, 1), 100, np.uint8)
+    full = _decode(render.overlay_png(gray_image, np.zeros((H, W)), 1.0))
+    assert np.all(full == [0, 0, 4])
+    with pytest.raises(ValueError, match="alpha"):
+        render.overlay_png(image, np.ones((H, W)), 1.5)
+    with pytest.raises(ValueError, match="image"):
+        render.overlay_png(image, np.ones((H + 1, W)))
+
+
+def test_grid_has_five_panels():
+    image, g = _image(), _gradient()
+    gap = render.GRID_GAP
+    grid = _decode(render.grid_png(image, g))
+    assert grid.shape == (H, 5 * W + 4 * gap, 3)
+    panels = [grid[:, i * (W + gap) : i * (W + gap) + W] for i in range(5)]
+    views = maps.compute_views(g)
+    np.testing.assert_array_equal(panels[0], image)
+    np.testing.assert_array_equal(panels[1], render.colormap(views["abs"]))
+    np.testing.assert_array_equal(panels[2], render.colormap(views["positive"]))
+    np.testing.assert_array_equal(panels[3], render.colormap(views["negative"]))
+    expected = np.rint(maps.image_times_abs(g, image) * 255).astype(np.uint8)
+    np.testing.assert_array_equal(panels[4], expected)
+    for i in range(4):  # the gaps are white
+        x = i * (W + gap) + W
+        assert np.all(grid[:, x : x + gap] == 255)
+
+
+def test_grid_title_adds_a_strip_and_is_deterministic():
+    image, g = _image(), _gradient()
+    a = render.grid_png(image, g, title="cat", labels=True)
+    assert a == render.grid_png(image, g, title="cat", labels=True)
+    pixels = _decode(a)
+    assert pixels.shape == (H + 24, 5 * W + 4 * render.GRID_GAP, 3)
+    np.testing.assert_array_equal(pixels[24:, :W], image)
+    assert (pixels[:24] < 128).any()  # some text was drawn
+    gray = _decode(render.grid_png(image[..., :1], g[..., :1]))
+    np.testing.assert_array_equal(gray[:, :W, 0], image[..., 0])
+
+
+def test_encode_png_round_trip():
+    image = _image()
+    np.testing.assert_array_equal(_decode(render.encode_png(image)), image)
+    with pytest.raises(TypeError, match="uint8"):
+        render.encode_png(image.astype(np.float32))
