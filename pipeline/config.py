@@ -215,12 +215,16 @@ class BatchConfig:
     """How many images go through the model together (the GPU-sized batch)."""
 
     max_batch_size: int = 32
-    min_batch_size: int = 1
+    # null: equal to max_batch_size. Full batches keep one compiled shape busy; a smaller
+    # minimum lets BatchElements start with small batches (each padded to the max).
+    min_batch_size: int | None = None
     # Seconds a partial batch may wait for more images (streaming-friendly; 0 disables).
     max_batch_duration_secs: float = 0.0
 
     def __post_init__(self) -> None:
         _check_int("batch.max_batch_size", self.max_batch_size, minimum=1, maximum=4096)
+        if self.min_batch_size is None:
+            object.__setattr__(self, "min_batch_size", self.max_batch_size)
         _check_int("batch.min_batch_size", self.min_batch_size, minimum=1)
         if self.min_batch_size > self.max_batch_size:
             _fail(

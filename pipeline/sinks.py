@@ -127,6 +127,12 @@ def write_json(path: str, obj: object) -> str:
     return write_atomic(path, text.encode("utf-8"), mime_type="application/json")
 
 
+def read_json(path: str) -> dict:
+    """A JSON file written by write_json (any Beam filesystem)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
 def read_jsonl(path: str) -> list[dict]:
     """The rows of a JSON-lines file (manifest.jsonl, failures.jsonl), in file order."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
