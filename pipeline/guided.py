@@ -1,0 +1,449 @@
+"""Guided-backprop rewrite of a Keras model (Springenberg et al. 2014).
+
+``guided_model(model)`` clones a Functional or Sequential model and replaces every
+rectifier-like activation ``f`` by one whose forward pass is the very same op with the
+very same arguments, and whose backward pass is the guided rule::
+
+    dL/dx = relu(dy) * f'(x) * [x > 0]
+
+``f'`` is obtained by differentiating the original forward function, so ReLU with
+``max_value`` m gives ``[0 < x < m]``, a ``threshold`` t gives ``[x > t]`` (or the
+``negative_slope`` between 0 and t), GELU exact and approximate each keep their own
+derivative, and so on. sigmoid / hard_sigmoid / tanh / softmax / linear stay untouched.
+
+What gets patched (matched by identity, since strings are resolved when layers are built):
+
+- ``activation`` attributes of any layer (Activation, Dense, Conv*, DepthwiseConv2D,
+  SeparableConv2D, ...) holding relu, relu6, leaky_relu, elu, selu, celu, silu/swish,
+  hard_silu/hard_swish, gelu or mish from ``keras.activations``, the same functions from
+  ``keras.ops``, or ``tf.nn`` relu / relu6 / leaky_relu / elu / selu / silu / gelu;
+- the layers ReLU (max_value, threshold, negative_slope), LeakyReLU, ELU and PReLU;
+- plain keras operations in a functional graph (``keras.ops.relu(x)``, ``keras.activations.
+  silu(x)`` applied to a symbolic tensor, ...).
+
+Callables that are not keras / TF functions are left as they are, listed in
+``GuidedReport.unknown`` and warned about. Recurrent layers, subclassed models and
+SavedModel wrappers (``keras.layers.TFSMLayer``) cannot be rewritten: the last two raise.
+
+The replacements (``GuidedFunction``, ``GuidedOperation``, ``GuidedPReLU``) are registered
+Keras serializables, so a guided model can itself be cloned again, for example by
+``precision.cast_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras.src.activations import activations as _activations_impl
+from keras.src.models.functional import Functional
+from keras.src.ops import nn as _ops_nn
+from keras.src.saving.serialization_lib import SafeModeScope
+
+__all__ = [
+    "GuidedFunction",
+    "GuidedOperation",
+    "GuidedPReLU",
+    "GuidedReport",
+    "check_cloneable",
+    "clone_rewritten",
+    "copy_state",
+    "guided_apply",
+    "guided_model",
+    "model_inputs",
+    "plain_clone",
+    "rectifier_key",
+]
+
+_PACKAGE = "pipeline.guided"
+
+# Forward functions that get the guided gradient, by a stable key (used in configs).
+_FORWARD: dict[str, Callable[..., Any]] = {
+    "relu": keras.activations.relu,
+    "relu6": keras.activations.relu6,
+    "leaky_relu": keras.activations.leaky_relu,
+    "elu": keras.activations.elu,
+    "selu": keras.activations.selu,
+    "celu": keras.activations.celu,
+    "silu": keras.activations.silu,
+    "hard_silu": keras.activations.hard_silu,
+    "gelu": keras.activations.gelu,
+    "mish": keras.activations.mish,
+    "ops.relu": keras.ops.relu,
+    "ops.relu6": keras.ops.relu6,
+    "ops.leaky_relu": keras.ops.leaky_relu,
+    "ops.elu": keras.ops.elu,
+    "ops.selu": keras.ops.selu,
+    "ops.celu": keras.ops.celu,
+    "ops.silu": keras.ops.silu,
+    "ops.hard_silu": keras.ops.hard_silu,
+    "ops.gelu": keras.ops.gelu,
+    "tf.nn.relu": tf.nn.relu,
+    "tf.nn.relu6": tf.nn.relu6,
+    "tf.nn.leaky_relu": tf.nn.leaky_relu,
+    "tf.nn.elu": tf.nn.elu,
+    "tf.nn.selu": tf.nn.selu,
+    "tf.nn.silu": tf.nn.silu,
+    "tf.nn.gelu": tf.nn.gelu,
+}
+# Aliases (swish is silu, hard_swish is hard_silu) are the same objects, so identity covers them.
+_KEY_BY_ID: dict[int, str] = {id(fn): key for key, fn in _FORWARD.items()}
+
+# Symbolic keras operations (ops.nn classes) -> (forward key, attributes that are options).
+_OPERATIONS: tuple[tuple[type, str, tuple[str, ...]], ...] = tuple(
+    (cls, key, attrs)
+    for cls, key, attrs in (
+        (_activations_impl.ReLU, "relu", ("negative_slope", "max_value", "threshold")),
+        (getattr(_ops_nn, "Relu", None), "ops.relu", ()),
+        (getattr(_ops_nn, "Relu6", None), "ops.relu6", ()),
+        (getattr(_ops_nn, "LeakyRelu", None), "ops.leaky_relu", ("negative_slope",)),
+        (getattr(_ops_nn, "Elu", None), "ops.elu", ("alpha",)),
+        (getattr(_ops_nn, "Selu", None), "ops.selu", ()),
+        (getattr(_ops_nn, "Celu", None), "ops.celu", ("alpha",)),
+        (getattr(_ops_nn, "Silu", None), "ops.silu", ()),
+        (getattr(_ops_nn, "HardSilu", None), "ops.hard_silu", ()),
+        (getattr(_ops_nn, "Gelu", None), "ops.gelu", ("approximate",)),
+    )
+    if cls is not None
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GuidedReport:
+    """What ``guided_model`` did.
+
+    patched: names of the layers (or graph operations) whose activation got the guided
+        gradient, in graph order.
+    unknown: names of layers with custom activations that were left as they are (warned).
+    """
+
+    patched: tuple[str, ...]
+    unknown: tuple[str, ...]
+
+
+def rectifier_key(fn: Any) -> str | None:
+    """The ``_FORWARD`` key of a rectifier-like activation function, or None."""
+    if isinstance(fn, GuidedFunction):
+        return fn.function
+    return _KEY_BY_ID.get(id(fn))
+
+
+def guided_apply(forward: Callable[[tf.Tensor], tf.Tensor], x: Any) -> tf.Tensor:
+    """``forward(x)`` with the guided-backprop gradient ``relu(dy) * f'(x) * [x > 0]``.
+
+    ``f'`` comes from differentiating ``forward`` itself (recomputed in the backward
+    pass), so the rule always matches the forward function and its options exactly.
+    """
+    x = tf.convert_to_tensor(x)
+
+    @tf.custom_gradient
+    def _guided(inputs: tf.Tensor) -> tuple[tf.Tensor, Callable]:
+        outputs = forward(inputs)
+
+        def _grad(upstream: tf.Tensor) -> tf.Tensor:
+            with tf.GradientTape() as tape:
+                tape.watch(inputs)
+                again = forward(inputs)
+            gate = tf.nn.relu(upstream) * tf.cast(inputs > 0, upstream.dtype)
+            grad = tape.gradient(again, inputs, output_gradients=gate)
+            return tf.zeros_like(inputs) if grad is None else grad
+
+        return outputs, _grad
+
+    return _guided(x)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GuidedFunction:
+    """A serializable activation callable: forward ``_FORWARD[function](x, **options)``,
+    backward the guided rule. Used in ``activation`` attributes and Activation layers."""
+
+    def __init__(self, function: str, **options: Any) -> None:
+        if function not in _FORWARD:
+            raise ValueError(
+                f"GuidedFunction: function={function!r} is not a supported rectifier; "
+                f"allowed: {sorted(_FORWARD)}."
+            )
+        self.function = function
+        self.options = dict(options)
+        self.__name__ = f"guided_{function.replace('.', '_')}"
+
+    def __call__(self, x: Any) -> tf.Tensor:
+        return guided_apply(functools.partial(_FORWARD[self.function], **self.options), x)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"function": self.function, "options": dict(self.options)}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GuidedFunction:
+        return cls(config["function"], **config.get("options", {}))
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, GuidedFunction)
+            and other.function == self.function
+            and other.options == self.options
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.function, tuple(sorted(self.options.items()))))
+
+    def __repr__(self) -> str:
+        opts = "".join(f", {k}={v!r}" for k, v in sorted(self.options.items()))
+        return f"GuidedFunction({self.function!r}{opts})"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GuidedOperation(keras.layers.Layer):
+    """Stands in for a plain keras operation (``keras.ops.relu(x)`` in a functional graph).
+
+    Like the operation it replaces, it computes in the dtype of its input (no autocast).
+    """
+
+    def __init__(self, function: str, options: dict[str, Any] | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.guided = GuidedFunction(function, **(options or {}))
+        self.supports_masking = True
+        self._convert_input_args = False  # an operation does not cast its input
+        self._build_at_init()
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        return self.guided(inputs)
+
+    def compute_output_shape(self, input_shape: Any) -> Any:
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"function": self.guided.function, "options": dict(self.guided.options)})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GuidedPReLU(keras.layers.PReLU):
+    """PReLU with the guided gradient on its input (alpha gets no gradient)."""
+
+    def call(self, inputs: Any) -> tf.Tensor:
+        alpha = tf.cast(tf.convert_to_tensor(self.alpha), inputs.dtype)
+
+        def _forward(x: tf.Tensor) -> tf.Tensor:
+            # The same ops as keras.layers.PReLU.call, so the forward is bit-identical.
+            return keras.activations.relu(x) + (-alpha) * keras.activations.relu(-x)
+
+        return guided_apply(_forward, inputs)
+
+
+# --------------------------------------------------------------------------- cloning
+
+
+class _Rewriter:
+    """The clone_function for keras.models.clone_model; records what it did."""
+
+    def __init__(self) -> None:
+        self.patched: list[str] = []
+        self.unknown: list[str] = []
+
+    def __call__(self, op: Any) -> Any:
+        if not isinstance(op, keras.layers.Layer):
+            return self._operation(op)
+        if isinstance(op, keras.layers.TFSMLayer):
+            raise ValueError(_SAVEDMODEL_MESSAGE)
+        if isinstance(op, keras.Model):
+            # Functional / Sequential sub-models are cloned recursively by clone_model;
+            # anything reaching here is a subclassed model we cannot look into.
+            raise ValueError(
+                f"guided_model: nested model {op.name!r} is a subclassed "
+                f"{type(op).__name__}; only Functional and Sequential models can be "
+                "rewritten for guided backprop."
+            )
+        replacement = self._layer(op)
+        return replacement if replacement is not None else plain_clone(op)
+
+    def _operation(self, op: Any) -> Any:
+        for cls, key, attrs in _OPERATIONS:
+            if type(op) is cls:
+                options = {attr: getattr(op, attr) for attr in attrs}
+                self.patched.append(op.name)
+                return GuidedOperation(key, options, name=op.name)
+        return op  # x + 3.0, residual adds, ...: reused as they are (no state)
+
+    def _layer(self, layer: keras.layers.Layer) -> keras.layers.Layer | None:
+        policy = layer.dtype_policy
+        if isinstance(layer, GuidedPReLU | GuidedOperation):
+            self.patched.append(layer.name)
+            return None
+        if isinstance(layer, keras.layers.PReLU):
+            self.patched.append(layer.name)
+            return GuidedPReLU.from_config(layer.get_config())
+        simple = _simple_activation_layer(layer)
+        if simple is not None:
+            self.patched.append(layer.name)
+            key, options = simple
+            return keras.layers.Activation(
+                GuidedFunction(key, **options), name=layer.name, dtype=policy
+            )
+        if isinstance(layer, keras.layers.RNN):
+            return None  # recurrent activations are out of scope (image classifiers)
+        fn = getattr(layer, "activation", None)
+        if fn is None or not callable(fn):
+            return None
+        key = rectifier_key(fn)
+        if key is not None:
+            self.patched.append(layer.name)
+            guided = fn if isinstance(fn, GuidedFunction) else GuidedFunction(key)
+            return _clone_with_activation(layer, guided)
+        if not _is_builtin(fn):
+            self.unknown.append(layer.name)
+        return None
+
+
+def _simple_activation_layer(layer: keras.layers.Layer) -> tuple[str, dict[str, Any]] | None:
+    """The dedicated activation layers that map onto one activation function."""
+    if isinstance(layer, keras.layers.ReLU):
+        return "relu", {
+            "negative_slope": layer.negative_slope,
+            "max_value": layer.max_value,
+            "threshold": layer.threshold,
+        }
+    if isinstance(layer, keras.layers.LeakyReLU):
+        return "leaky_relu", {"negative_slope": layer.negative_slope}
+    if isinstance(layer, keras.layers.ELU):
+        return "elu", {"alpha": layer.alpha}
+    return None
+
+
+def _is_builtin(fn: Any) -> bool:
+    """keras / TF functions (sigmoid, tanh, softmax, linear, ...) are known, not custom."""
+    module = getattr(fn, "__module__", None) or ""
+    return module.startswith(("keras.", "tensorflow."))
+
+
+def plain_clone(layer: keras.layers.Layer, **overrides: Any) -> keras.layers.Layer:
+    """``layer`` rebuilt from its config with ``overrides``; a new layer, fresh weights.
+
+    The activation object is handed over as is, so an unregistered custom function does
+    not have to survive serialization.
+    """
+    config = layer.get_config()
+    activation = getattr(layer, "activation", None)
+    if "activation" in config and callable(activation):
+        config["activation"] = activation
+    config.update(overrides)
+    return layer.__class__.from_config(config)
+
+
+def _clone_with_activation(layer: keras.layers.Layer, activation: Any) -> keras.layers.Layer:
+    if "activation" in layer.get_config():
+        return plain_clone(layer, activation=activation)
+    clone = plain_clone(layer)
+    clone.activation = activation  # a custom layer that keeps .activation out of its config
+    return clone
+
+
+_SAVEDMODEL_MESSAGE = (
+    "guided_model: the model wraps a TensorFlow SavedModel (keras.layers.TFSMLayer), whose "
+    "graph cannot be rewritten for guided backprop. Use the methods 'vanilla', 'smoothgrad' "
+    "or 'integrated_gradients', or re-export the model as a .keras file."
+)
+
+
+def check_cloneable(model: keras.Model) -> None:
+    """Raise a clear ValueError when ``model`` cannot be rewritten layer by layer."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
+    if isinstance(model, keras.layers.TFSMLayer) or any(
+        isinstance(layer, keras.layers.TFSMLayer) for layer in _all_layers(model)
+    ):
+        raise ValueError(_SAVEDMODEL_MESSAGE)
+    if not isinstance(model, Functional | keras.Sequential):
+        raise ValueError(
+            f"model {model.name!r} is a subclassed {type(model).__name__}; only Functional "
+            "and Sequential models can be cloned and rewritten."
+        )
+
+
+def model_inputs(model: keras.Model) -> Any:
+    """The model's symbolic input(s): one tensor when single (``Sequential.input`` raises)."""
+    inputs = model.inputs
+    return inputs[0] if len(inputs) == 1 else inputs
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    return list(model._flatten_layers(include_self=False, recursive=True))
+
+
+def copy_state(source: keras.Model, target: keras.Model) -> None:
+    """Copy weights from ``source`` to its clone ``target`` and refresh derived state.
+
+    ``set_weights`` does not recompute a Normalization layer's mean/variance tensors;
+    ``finalize_state`` does.
+    """
+    target.set_weights(source.get_weights())
+    for layer in _all_layers(target):
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
+
+
+def clone_rewritten(model: keras.Model, clone_function: Callable[[Any], Any]) -> keras.Model:
+    """clone_model (recursive) + weight copy + finalize_state."""
+    check_cloneable(model)
+    # The model is already in memory (and was vetted when it was loaded), so rebuilding its
+    # Lambda layers from their configs is no new risk: lift safe mode for the clone only.
+    with SafeModeScope(False):
+        clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
+    copy_state(model, clone)
+    return clone
+
+
+def _leftover_rectifiers(model: keras.Model, patched: set[str]) -> list[str]:
+    """Rectifiers inside custom composite layers that the rewrite could not reach."""
+    left = []
+    for layer in _all_layers(model):
+        if layer.name in patched or isinstance(layer, keras.Model):
+            continue
+        fn = getattr(layer, "activation", None)
+        vanilla_fn = (
+            callable(fn) and not isinstance(fn, GuidedFunction) and rectifier_key(fn) is not None
+        )
+        vanilla_layer = isinstance(layer, keras.layers.PReLU) and not isinstance(layer, GuidedPReLU)
+        if (vanilla_fn or vanilla_layer or _simple_activation_layer(layer)) and not isinstance(
+            layer, keras.layers.RNN
+        ):
+            left.append(layer.name)
+    return left
+
+
+def guided_model(model: keras.Model) -> tuple[keras.Model, GuidedReport]:
+    """Clone ``model`` with guided-backprop gradients through its rectifiers.
+
+    The clone's forward pass is identical to the original's (same ops, same weights).
+    Raises ValueError when nothing could be patched, or when the model cannot be cloned
+    (subclassed model, SavedModel wrapper). Custom activations are left as they are and
+    reported in ``GuidedReport.unknown`` with a warning.
+    """
+    rewriter = _Rewriter()
+    clone = clone_rewritten(model, rewriter)
+    unknown = list(dict.fromkeys(rewriter.unknown))
+    unknown += [
+        name for name in _leftover_rectifiers(clone, set(rewriter.patched)) if name not in unknown
+    ]
+    report = GuidedReport(patched=tuple(dict.fromkeys(rewriter.patched)), unknown=tuple(unknown))
+    if report.unknown:
+        warnings.warn(
+            f"guided_model: layers {list(report.unknown)} of model {model.name!r} use custom "
+            "activations (or sit inside custom layers) and keep their vanilla gradient.",
+            stacklevel=2,
+        )
+    if not report.patched:
+        raise ValueError(
+            f"guided_model: model {model.name!r} has no rectifier activation to patch "
+            f"(looked for {sorted(k for k in _FORWARD if '.' not in k)} as activations, "
+            "ReLU / LeakyReLU / ELU / PReLU layers and keras ops). Guided backprop needs "
+            "at least one; use the 'vanilla' or 'smoothgrad' method for this model."
+        )
+    return clone, report
