@@ -7,12 +7,15 @@ from setuptools import find_packages, setup
 TF_CPU = "tensorflow-cpu>=2.16,<3"
 TF_GPU = "tensorflow[and-cuda]>=2.16,<3"
 
+with open("README.md", encoding="utf-8") as handle:
+    README = handle.read()
+
 setup(
     name="saliency-pipeline",
     version="0.1.0",
     description="Dataset-scale saliency maps (vanilla, guided, SmoothGrad, IG) for Keras "
     "image classifiers, as an Apache Beam batch job.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=README,
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*"]),

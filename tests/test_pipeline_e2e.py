@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -99,10 +100,10 @@ def test_summary_reconciles_and_failures_are_listed(first_run):
     assert summary.images_failed == 1
     assert summary.reconciled
     out = config.output.dir
-    failures = [json.loads(line) for line in open(f"{out}/failures.jsonl")]
+    failures = [json.loads(line) for line in Path(f"{out}/failures.jsonl").read_text().splitlines()]
     assert [f["key"] for f in failures] == ["broken.jpg"]
     assert failures[0]["stage"] == "decode"
-    saved = json.load(open(f"{out}/summary.json"))
+    saved = json.loads(Path(f"{out}/summary.json").read_text())
     assert saved["images_written"] == 5 and saved["inputs"] == 6
 
 
@@ -119,7 +120,7 @@ def test_records_equal_what_the_engine_gives(first_run, workspace):
     )
     explainer = Explainer(loaded.model, samples=6, noise=0.2, seed=0, batch_size=8)
     for rec in decoded:
-        data = open(rec.source, "rb").read()
+        data = Path(rec.source).read_bytes()
         pixels = sources.resize(
             sources.decode_image(data, channels=3, max_pixels=10**8), (SIZE, SIZE), "resize"
         )
@@ -137,7 +138,7 @@ def test_records_equal_what_the_engine_gives(first_run, workspace):
             np.testing.assert_allclose(got, want, atol=2e-3 * scale, rtol=2e-2)
             for view in ("abs", "positive", "negative"):
                 m = rec.maps[method][view]
-                assert m.shape == (SIZE, SIZE) and 0.0 <= m.min() and m.max() <= 1.0
+                assert m.shape == (SIZE, SIZE) and m.min() >= 0.0 and m.max() <= 1.0
         # guided differs from vanilla on a relu net: the patch is really applied
         assert not np.allclose(rec.gradients["guided"], rec.gradients["vanilla"])
 
@@ -145,7 +146,7 @@ def test_records_equal_what_the_engine_gives(first_run, workspace):
 def test_pngs_decode_and_manifest_reconciles(first_run):
     config, summary = first_run
     out = config.output.dir
-    rows = [json.loads(line) for line in open(f"{out}/manifest.jsonl")]
+    rows = [json.loads(line) for line in Path(f"{out}/manifest.jsonl").read_text().splitlines()]
     assert len(rows) == summary.records == 5
     for row in rows:
         assert set(row["artifacts"]) == set(METHODS)
@@ -154,7 +155,7 @@ def test_pngs_decode_and_manifest_reconciles(first_run):
             for rel in views.values():
                 path = os.path.join(out, rel)
                 assert os.path.realpath(path).startswith(os.path.realpath(out))
-                img = Image.open(io.BytesIO(open(path, "rb").read()))
+                img = Image.open(io.BytesIO(Path(path).read_bytes()))
                 img.load()
                 assert img.width >= SIZE and img.height >= SIZE
 
@@ -177,3 +178,37 @@ def test_multi_processing_equals_in_process(first_run, workspace):
     assert summary.images_written == 5 and summary.images_failed == 1
     assert _raw_records(multi.output.dir) == _raw_records(config.output.dir)
     shutil.rmtree(multi.output.dir)
+
+
+def test_tfrecord_input_with_label_targets(workspace):
+    import tensorflow as tf
+
+    shard = workspace / "input.tfrecord"
+    photos = sorted((workspace / "images").glob("*.png"))
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for i, path in enumerate(photos):
+            feature = {
+                "image/encoded": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[path.read_bytes()])
+                ),
+                "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i])),
+                "id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[path.name.encode()])),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+    config = _config(
+        workspace,
+        "out_tfrecord",
+        "source.kind=tfrecord",
+        f"source.pattern={shard}",
+        "source.key_key=id",
+        "saliency.target=label",
+        "saliency.methods=[vanilla]",
+    )
+    summary = run(config, ["--runner=DirectRunner"])
+    assert summary.images_written == len(photos) and summary.images_failed == 0
+    decoded = _records(config.output.dir)
+    assert [r.key for r in decoded] == sorted(p.name for p in photos)
+    for rec in decoded:
+        want = [p.name for p in photos].index(rec.key)
+        assert rec.label == want and rec.target_class == want

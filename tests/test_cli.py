@@ -1,0 +1,100 @@
+"""The README's quick start, through the real command line, on the bundled default.
+
+It also checks that the shipped model and its maps do what the README says: every bundled
+example is classified as the shape it shows, and the saliency mass concentrates on the
+pasted shape (whose box is known from examples/images/annotations.json).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import records
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "out"
+    proc = _cli("run", "--config", "configs/local.yaml", "--set", f"output.dir={out}", "-q")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_quick_start_explains_every_bundled_image(local_run):
+    out, proc = local_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs"] == 12
+    assert summary["images_written"] == 12
+    assert summary["images_failed"] == 0
+    assert summary["reconciled"] is True
+    assert "12 of 12 images explained" in proc.stdout
+    assert (out / "failures.jsonl").read_text() == ""
+
+
+def test_shipped_model_finds_the_shapes(local_run):
+    out, _ = local_run
+    annotations = {
+        a["file"]: a for a in json.loads((ROOT / "examples/images/annotations.json").read_text())
+    }
+    decoded = list(records.read(f"{out}/records/*.tfrecord"))
+    assert len(decoded) == 12
+    for rec in decoded:
+        ann = annotations[rec.key]
+        assert rec.prediction_class == ann["label"], rec.key
+        y0, x0, y1, x1 = (v * rec.height / ann["size"] for v in ann["box"])
+        inside = np.zeros((rec.height, rec.width), bool)
+        inside[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] = True
+        m = rec.maps["smoothgrad"]["abs"]
+        share = float(m[inside].sum() / m.sum())
+        # More of the map lies on the shape than the shape's share of the image.
+        assert share > 1.2 * inside.mean(), (rec.key, share, inside.mean())
+
+
+def test_validate_prints_the_resolved_config():
+    proc = _cli("validate", "--config", "configs/local.yaml", "--set", "saliency.samples=7")
+    assert proc.returncode == 0, proc.stderr
+    assert "samples: 7" in proc.stdout
+    assert "methods:" in proc.stdout
+
+
+def test_invalid_config_exits_2_naming_key_and_fix():
+    proc = _cli("run", "--config", "configs/local.yaml", "--set", "saliency.methods=[guidd]")
+    assert proc.returncode == 2
+    assert "saliency.methods" in proc.stderr and "did you mean 'guided'" in proc.stderr
+
+
+def test_unloadable_model_exits_4_before_reading(tmp_path):
+    out = tmp_path / "out"
+    proc = _cli(
+        "run",
+        "--config",
+        "configs/local.yaml",
+        "--set",
+        f"model.name={tmp_path / 'missing.keras'}",
+        "--set",
+        f"output.dir={out}",
+    )
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "could not be loaded" in proc.stderr
+    assert not out.exists()
