@@ -5,6 +5,11 @@
 
 Unknown flags (``--runner``, ``--direct_num_workers``, Dataflow and Flink flags) pass through
 to Beam untouched.
+
+Exit codes: 0 ok; 1 the run failed (nothing of it was published; rerun with the same config);
+2 invalid config (nothing ran); 3 more than run.max_failure_fraction of the inputs failed
+(everything else was published); 4 the model could not be loaded (nothing was read); 5 the
+output dir is in use by another run.
 """
 
 from __future__ import annotations
@@ -19,9 +24,13 @@ from collections.abc import Sequence
 import yaml
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_TOO_MANY_FAILURES = 3
 EXIT_MODEL = 4
+EXIT_BUSY = 5
+
+_LOG = logging.getLogger("pipeline")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from pipeline.handler import ModelLoadError
     from pipeline.run import run
+    from pipeline.sinks import OutputBusyError
 
     try:
         summary = run(config, beam_args)
@@ -78,10 +88,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"error: the model could not be loaded, nothing was read: {exc}", file=sys.stderr)
         return EXIT_MODEL
+    except OutputBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except Exception as exc:  # noqa: BLE001 - one clear line after the logged traceback
+        _LOG.exception("the run failed")
+        print(
+            f"error: the run failed ({type(exc).__name__}: {exc}); nothing of it was "
+            "published and earlier outputs are intact: rerun with the same config",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     print(json.dumps(summary.__dict__, indent=2, default=list))
+    skipped = f", {summary.images_skipped} already done" if summary.incremental else ""
     print(
         f"{summary.images_written} of {summary.inputs} images explained, "
-        f"{summary.images_failed} failed (see {summary.output_dir}/failures.jsonl), "
+        f"{summary.images_failed} failed (see {summary.output_dir}/failures.jsonl){skipped}, "
         f"{summary.records} records, {summary.elapsed_s:.1f} s, "
         f"{summary.images_per_s:.2f} images/s -> {summary.output_dir}"
     )

@@ -6,7 +6,9 @@ SaliencyRecord per (image, target); the gradient maths stays in pipeline.salienc
 
 A batch that raises is retried image by image, so one bad image becomes one Failure and
 its batch neighbours still get their maps; a batch that runs out of accelerator memory is
-split in halves and retried (see _explain_split).
+split in halves and retried (see _explain_split). An image whose logits or maps are not
+finite after the engine's float32 recompute becomes a Failure at stage "numerics": no
+NaN or Inf is ever handed to a sink.
 """
 
 from __future__ import annotations
@@ -202,10 +204,12 @@ def _report_progress(engine: Engine, n: int) -> None:
 def _is_oom(exc: BaseException) -> bool:
     import tensorflow as tf
 
-    return isinstance(exc, tf.errors.ResourceExhaustedError) or "OOM" in str(exc)
+    return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)) or "OOM" in str(exc)
 
 
-def _explain_split(items: list[ImageItem], engine: Engine, run_id: str) -> list[SaliencyRecord]:
+def _explain_split(
+    items: list[ImageItem], engine: Engine, run_id: str
+) -> list[SaliencyRecord | Failure]:
     """Explain a batch; on out-of-memory, halve it and retry each half."""
     try:
         return _explain(items, engine, run_id)
@@ -219,7 +223,39 @@ def _explain_split(items: list[ImageItem], engine: Engine, run_id: str) -> list[
         )
 
 
-def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[SaliencyRecord]:
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def _to_float16(gradient: np.ndarray) -> np.ndarray:
+    """float16 for the record; finite values beyond float16's range saturate at +-65504
+    instead of becoming Inf."""
+    return np.clip(np.asarray(gradient, np.float32), -_FLOAT16_MAX, _FLOAT16_MAX).astype(np.float16)
+
+
+def _non_finite(logits: np.ndarray, rows: np.ndarray, per_method: dict[str, Any]) -> dict:
+    """batch row -> what is not finite (logits, scores or the maps of some methods)."""
+    bad: dict[int, set[str]] = {}
+    for row in np.flatnonzero(~np.isfinite(logits).all(axis=-1)).tolist():
+        bad.setdefault(row, set()).add("logits")
+    for method, e in per_method.items():
+        grads = np.asarray(e.gradients).reshape(len(rows), -1)
+        finite = np.isfinite(grads).all(axis=-1) & np.isfinite(np.asarray(e.scores))
+        for j in np.flatnonzero(~finite).tolist():
+            bad.setdefault(int(rows[j]), set()).add(method)
+    return bad
+
+
+def _numerics_failure(item: ImageItem, what: set[str]) -> Failure:
+    return Failure(
+        key=item.key,
+        source=item.source,
+        stage="numerics",
+        error=f"non-finite values (NaN/Inf) in {sorted(what)} after the float32 recompute; "
+        "nothing written for this image",
+    )
+
+
+def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[SaliencyRecord | Failure]:
     from pipeline.saliency import resolve_targets
 
     config = engine.config
@@ -235,9 +271,14 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
     classes = np.full(len(items), s.target_class, dtype=np.int64) if s.target == "class" else None
     rows, targets = resolve_targets(logits, s.target, labels=labels, classes=classes, k=s.top_k)
     per_method = {m: engine.explainer.explain(x[rows], m, targets=targets) for m in s.methods}
-    records = []
+    bad = _non_finite(logits, rows, per_method)
+    records: list[SaliencyRecord | Failure] = [
+        _numerics_failure(items[row], what) for row, what in sorted(bad.items())
+    ]
     seen: dict[int, int] = {}
     for j, (row, target) in enumerate(zip(rows.tolist(), targets.tolist())):
+        if row in bad:
+            continue
         item = items[row]
         rank = seen.get(row, 0)
         seen[row] = rank + 1
@@ -256,9 +297,7 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
                 target_class=int(target),
                 target_rank=rank,
                 target_score=float(first.scores[j]),
-                gradients={
-                    m: np.asarray(e.gradients[j], dtype=np.float16) for m, e in per_method.items()
-                },
+                gradients={m: _to_float16(e.gradients[j]) for m, e in per_method.items()},
                 run_id=run_id,
                 model_name=loaded.name,
                 model_fingerprint=loaded.fingerprint,

@@ -1,18 +1,25 @@
 """Pipeline wiring: build_pipeline(p, config) and run(config, beam_args). Labels only, no maths.
 
 ```
-ReadImages -> DecodeImages -> RunInference(SaliencyModelHandler) -> SplitResults
-   |              |                                                  |-- WriteRecords
-   |              |                                                  |-- WriteArtifacts -> manifest
-   |              `-- failures --------------------------------------+-- failures.jsonl
-   `-- failures -----------------------------------------------------'
-counts (inputs, images written, records, failures) -> _counts.json -> summary.json
+ReadImages -> [SkipDone] -> DecodeImages -> RunInference -> SplitResults -> GuardFinite
+   |              |              |                              |               |-- WriteRecords
+   |              |              |                              |               `-- WriteArtifacts
+   |              |              |                              |                    -> manifest
+   |              |              `-- failures ------------------+---------------+-- failures.jsonl
+   `-- failures --+-- skipped (incremental: counted only)
+counts (inputs, skipped, written, failed, records, recomputed) -> counts.json -> summary.json
 ```
+
+``run`` wraps the pipeline in the crash-safe protocol of :mod:`pipeline.sinks`: lock the
+output dir, recover_output (remove what a killed run left), write the attempt's records,
+manifest, failures and counts under ``.staging/<shard set>/``, and publish them once the
+pipeline succeeded. Artifacts are written in place (atomically, idempotent paths).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -22,8 +29,9 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.elements import Failure, SaliencyRecord
 
 _LOG = logging.getLogger(__name__)
@@ -32,6 +40,7 @@ _LOG = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_TOO_MANY_FAILURES = 3
+COUNTS_NAME = "counts.json"
 
 
 class Outputs(NamedTuple):
@@ -84,13 +93,77 @@ def _named_count(n: int, name: str) -> tuple[str, int]:
     return name, int(n)
 
 
-def build_pipeline(p: beam.Pipeline, config: Config) -> Outputs:
-    """Add the whole job to pipeline ``p``; returns the main PCollections (for tests)."""
+def settings_fingerprint(config: Config) -> str:
+    """Hash of the settings that change what is computed for an image, beyond the model's
+    own fingerprint: the model section, the saliency section, how inputs are resized and
+    labelled, and what is written per image. Not: where inputs come from or go to, batch
+    sizes, run policy. Incremental runs skip images done with the same value."""
+    data = config.to_dict()
+    source_keys = ("resize", "label_key", "tfds_label_feature")
+    output_keys = ("records", "artifacts", "views", "include_image")
+    chosen = {
+        "model": data["model"],
+        "saliency": data["saliency"],
+        "source": {k: data["source"][k] for k in source_keys},
+        "output": {k: data["output"][k] for k in output_keys},
+    }
+    text = json.dumps(chosen, sort_keys=True).encode("utf-8")
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Attempt:
+    """One run attempt: its shard set id, where it stages, how its rows are stamped."""
+
+    output_dir: str
+    shard_set: str
+    settings: str
+    incremental: bool = False
+
+    @property
+    def staging(self) -> str:
+        from pipeline.sinks import staging_dir
+
+        return staging_dir(self.output_dir, self.shard_set)
+
+    @property
+    def done_index(self) -> str:
+        return f"{self.staging}/done.txt"
+
+
+def new_attempt(config: Config) -> Attempt:
+    """A fresh attempt for ``config`` (a new shard set id)."""
+    from pipeline.sinks import new_shard_set
+
+    return Attempt(
+        output_dir=config.output.dir.rstrip("/"),
+        shard_set=new_shard_set(),
+        settings=settings_fingerprint(config),
+        incremental=config.run.incremental,
+    )
+
+
+def _stamp_row(row: dict, shard_set: str, settings: str) -> dict:
+    return {**row, "shard_set": shard_set, "settings": settings}
+
+
+def _recomputed(record: SaliencyRecord) -> int:
+    return int(record.recomputed)
+
+
+def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None = None) -> Outputs:
+    """Add the whole job to pipeline ``p``; returns the main PCollections (for tests).
+
+    Records, manifest rows, failures and counts go to ``attempt.staging`` (default: a new
+    attempt); run() publishes them. Artifacts go to their final paths.
+    """
     from pipeline import sinks, sources
     from pipeline.handler import SaliencyModelHandler, model_geometry
 
     src = config.source
     out_dir = config.output.dir.rstrip("/")
+    attempt = attempt or new_attempt(config)
+    staging = attempt.staging
     run_id = config.run_id
     geometry = model_geometry(config.model)
     height, width = geometry.input_size
@@ -108,7 +181,13 @@ def build_pipeline(p: beam.Pipeline, config: Config) -> Outputs:
         tfds_label_feature=src.tfds_label_feature,
         limit=src.limit,
     )
-    decoded = read.images | "DecodeImages" >> sources.DecodeImages(
+    images = read.images
+    counted: list[Any] = []
+    if attempt.incremental:
+        todo = images | "SkipDone" >> sources.SkipDone(attempt.done_index)
+        images = todo.images
+        counted.append(todo.skipped | "CountSkipped" >> CountInto("skipped"))
+    decoded = images | "DecodeImages" >> sources.DecodeImages(
         input_size=(height, width),
         channels=geometry.channels,
         resize_policy=src.resize,
@@ -119,32 +198,45 @@ def build_pipeline(p: beam.Pipeline, config: Config) -> Outputs:
         | "Explain" >> RunInference(SaliencyModelHandler(config, run_id=run_id))
         | "SplitResults" >> beam.FlatMap(_split_results).with_outputs("failures", main="records")
     )
-    records = explained.records
+    guarded = explained.records | "GuardFinite" >> sinks.GuardFinite()
+    records = guarded.records
     failures = (
         read.failures,
         decoded.failures,
         explained.failures,
+        guarded.failures,
     ) | "AllFailures" >> beam.Flatten()
 
     if config.output.records:
         _ = records | "WriteRecords" >> sinks.WriteRecords(
-            out_dir,
+            staging,
             num_shards=config.output.num_shards,
             include_image=config.output.include_image,
         )
-    manifest_rows = records | "Artifacts" >> sinks.WriteArtifacts(
-        out_dir,
-        methods=config.saliency.methods,
-        views=config.output.views if config.output.artifacts else (),
+    manifest_rows = (
+        records
+        | "Artifacts"
+        >> sinks.WriteArtifacts(
+            out_dir,
+            methods=config.saliency.methods,
+            views=config.output.views if config.output.artifacts else (),
+            tmp_dir=f"{staging}/tmp",
+        )
+        | "StampRows" >> beam.Map(_stamp_row, attempt.shard_set, attempt.settings)
     )
-    _ = manifest_rows | "WriteManifest" >> sinks.WriteManifest(out_dir)
-    _ = failures | "WriteFailures" >> sinks.WriteFailures(out_dir)
+    _ = manifest_rows | "WriteManifest" >> sinks.WriteManifest(staging)
+    _ = failures | "WriteFailures" >> sinks.WriteFailures(staging)
 
     counts = (
         (
+            *counted,
             read.images | "CountInputs" >> CountInto("inputs"),
             read.failures | "CountUnreadable" >> CountInto("unreadable"),
             records | "CountRecords" >> CountInto("records"),
+            records
+            | "Recomputed" >> beam.Map(_recomputed)
+            | "SumRecomputed" >> beam.CombineGlobally(sum)
+            | "NameRecomputed" >> beam.Map(_named_count, "maps_recomputed"),
             records
             | "ImageKeys" >> beam.Map(_image_key)
             | "DistinctImages" >> beam.Distinct()
@@ -157,7 +249,7 @@ def build_pipeline(p: beam.Pipeline, config: Config) -> Outputs:
         | "AllCounts" >> beam.Flatten()
         | "CountsDict" >> beam.combiners.ToDict()
     )
-    _ = counts | "WriteCounts" >> beam.Map(_write_counts, f"{out_dir}/_counts.json")
+    _ = counts | "WriteCounts" >> beam.Map(_write_counts, f"{staging}/{COUNTS_NAME}")
     return Outputs(records=records, failures=failures, counts=counts)
 
 
@@ -202,54 +294,109 @@ class Summary:
     inputs: int
     images_written: int
     images_failed: int
-    records: int
+    images_skipped: int  # incremental runs: already done for the same content and settings
+    records: int  # written by this run
+    records_total: int  # in the output dir after publishing (earlier incremental runs too)
+    maps_recomputed: int  # maps redone in float32 after a non-finite reduced-precision one
     elapsed_s: float
     images_per_s: float
     failure_fraction: float
     max_failure_fraction: float
     methods: tuple[str, ...]
     model: str
-    reconciled: bool
+    incremental: bool
+    shard_set: str
+    reconciled: bool  # inputs == written + failed + skipped
 
     @property
     def too_many_failures(self) -> bool:
         return self.failure_fraction > self.max_failure_fraction
 
 
-def run(config: Config, beam_args: Sequence[str] = ()) -> Summary:
-    """Run the job to completion; writes summary.json next to the outputs."""
-    from pipeline.handler import model_geometry
-    from pipeline.sinks import read_json, write_json
+def _carried_rows(output_dir: str, model_fingerprint: str, settings: str) -> list[dict]:
+    """Committed manifest rows an incremental run keeps: same model and settings."""
+    from pipeline.sinks import read_manifest
 
-    # Fail fast on a model that cannot load, before any data is read.
-    model_geometry(config.model)
+    return [
+        row
+        for row in read_manifest(output_dir)
+        if row.get("model_fingerprint") == model_fingerprint
+        and row.get("settings") == settings
+        and row.get("shard_set")
+    ]
+
+
+def run(config: Config, beam_args: Sequence[str] = ()) -> Summary:
+    """Run the job to completion and publish its outputs; writes summary.json.
+
+    Raises handler.ModelLoadError before anything is read or written when the model does
+    not load, ConfigError when the source cannot be listed (e.g. a pattern matching no
+    image), sinks.OutputBusyError when another run holds the output dir.
+    """
+    from pipeline.handler import model_geometry
+    from pipeline.sinks import output_lock, publish, read_json, recover_output, write_json
+    from pipeline.sources import done_token, write_done_index
+
+    # Fail fast on a model that cannot load, before any data is read or any file touched.
+    geometry = model_geometry(config.model)
     options = pipeline_options(beam_args)
-    start = time.monotonic()
-    p = beam.Pipeline(runner=make_runner(options), options=options)
-    build_pipeline(p, config)
-    result = p.run()
-    result.wait_until_finish()
-    elapsed = time.monotonic() - start
     out_dir = config.output.dir.rstrip("/")
-    counts = read_json(f"{out_dir}/_counts.json")
+    with output_lock(out_dir):
+        removed = recover_output(out_dir)
+        if removed:
+            _LOG.warning("removed %d files left by an interrupted run in %s", removed, out_dir)
+        attempt = new_attempt(config)
+        start = time.monotonic()
+        p = beam.Pipeline(runner=make_runner(options), options=options)
+        try:
+            build_pipeline(p, config, attempt=attempt)
+        except ValueError as exc:  # what the config names cannot be read: nothing ran
+            raise ConfigError(str(exc)) from exc
+        carried: list[dict] = []
+        if attempt.incremental:
+            carried = _carried_rows(out_dir, geometry.fingerprint, attempt.settings)
+            n = write_done_index(
+                attempt.done_index, (done_token(r["key"], r["sha256"]) for r in carried)
+            )
+            _LOG.info("incremental: %d images already done with these settings", n)
+        state = p.run().wait_until_finish()
+        if state not in (None, PipelineState.DONE):
+            raise RuntimeError(f"the pipeline ended in state {state}; nothing was published")
+        counts = read_json(f"{attempt.staging}/{COUNTS_NAME}")
+        published = publish(out_dir, shard_set=attempt.shard_set, carried=carried)
+        summary = _summary(config, attempt, counts, published.records_total, start)
+        write_json(f"{out_dir}/summary.json", dataclasses.asdict(summary))
+    _LOG.info("summary: %s", json.dumps(dataclasses.asdict(summary)))
+    return summary
+
+
+def _summary(
+    config: Config, attempt: Attempt, counts: dict, records_total: int, start: float
+) -> Summary:
+    elapsed = time.monotonic() - start
     inputs = int(counts.get("inputs", 0))
     written = int(counts.get("images_written", 0))
     failed = int(counts.get("images_failed", 0))
-    summary = Summary(
+    skipped = int(counts.get("skipped", 0))
+    return Summary(
         run_id=config.run_id,
-        output_dir=out_dir,
+        output_dir=attempt.output_dir,
         inputs=inputs,
         images_written=written,
         images_failed=failed,
+        images_skipped=skipped,
         records=int(counts.get("records", 0)),
+        records_total=records_total,
+        maps_recomputed=int(counts.get("maps_recomputed", 0)),
         elapsed_s=round(elapsed, 3),
         images_per_s=round(written / elapsed, 3) if elapsed > 0 else 0.0,
+        # Of all inputs, skipped included: earlier failures are retried every run, so a
+        # fraction of only the new work would trip on a bucket's few permanent bad files.
         failure_fraction=round(failed / inputs, 6) if inputs else 0.0,
         max_failure_fraction=config.run.max_failure_fraction,
         methods=config.saliency.methods,
         model=config.model.name,
-        reconciled=inputs == written + failed,
+        incremental=attempt.incremental,
+        shard_set=attempt.shard_set,
+        reconciled=inputs == written + failed + skipped,
     )
-    write_json(f"{out_dir}/summary.json", dataclasses.asdict(summary))
-    _LOG.info("summary: %s", json.dumps(dataclasses.asdict(summary)))
-    return summary

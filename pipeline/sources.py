@@ -29,7 +29,8 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterator
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -46,18 +47,27 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "READ_KINDS",
     "RESIZE_POLICIES",
+    "SKIPPED",
     "DecodeImages",
     "Decoded",
     "Read",
     "ReadImages",
+    "SkipDone",
+    "Skipped",
+    "common_root",
+    "content_sha256",
     "convert_pixels",
     "decode_image",
+    "done_token",
     "glob_root",
     "key_for",
     "list_pattern",
+    "printable",
+    "read_done_index",
     "resize",
     "sha256_hex",
     "to_image_item",
+    "write_done_index",
 ]
 
 READ_KINDS = ("files", "tfrecord", "tfds")
@@ -80,6 +90,37 @@ _MAX_ERROR_CHARS = 500
 def sha256_hex(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+def content_sha256(encoded: EncodedImage) -> str:
+    """The input's content hash, as ImageItem.sha256 has it: of the encoded bytes, or of the
+    raw pixel buffer (``np.ascontiguousarray(pixels).tobytes()``) for TFDS inputs."""
+    if encoded.data is not None:
+        return sha256_hex(encoded.data)
+    if encoded.pixels is not None:
+        return sha256_hex(np.ascontiguousarray(np.asarray(encoded.pixels)).tobytes())
+    raise ValueError("input has neither encoded data nor pixels")
+
+
+def done_token(key: str, sha256: str) -> str:
+    """Identity of a done input in the incremental index: its key and content hash."""
+    text = f"{key}\0{sha256}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).hexdigest()[:32]
+
+
+def printable(text: str) -> str:
+    """``text`` as valid Unicode: file names that are not UTF-8 (Python keeps their bytes as
+    lone surrogates) get those bytes as ``\\xNN``, so keys and sources can go into JSON and
+    TFRecords. Valid text is returned unchanged."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = text.encode("utf-8", "surrogatepass")
+        return raw.decode("utf-8", "backslashreplace")
 
 
 def _check_channels(channels: int) -> None:
@@ -184,6 +225,14 @@ def _short_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}"
 
 
+def _allow_pillow(max_pixels: int) -> None:
+    """Pillow refuses images above 2x Image.MAX_IMAGE_PIXELS in Image.open; raise its limit
+    when source.max_pixels is higher, so that the configured limit is the one that counts."""
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and max_pixels > limit:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def _open_header(data: bytes) -> Image.Image:
     """Open lazily with Pillow (parses the header only) or say why this is no image."""
     try:
@@ -199,6 +248,27 @@ def _open_header(data: bytes) -> Image.Image:
             f"not a recognised image ({len(data)} bytes starting with {head!r}); "
             f"supported formats: {', '.join(IMAGE_EXTENSIONS)}"
         ) from e
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Verify every PNG chunk's CRC up to IEND. libpng (tf.io) accepts some corrupt chunks;
+    a CRC mismatch means the file was damaged, so its pixels cannot be trusted."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return  # truncated: the decoders report it
+        kind = data[pos + 4 : pos + 8]
+        crc = int.from_bytes(data[end : end + 4], "big")
+        if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != crc:
+            raise ValueError(f"corrupt PNG: chunk {kind.decode('latin-1')!r} fails its CRC check")
+        if kind == b"IEND":
+            return
+        pos = end + 4
 
 
 def _exif_orientation(img: Image.Image) -> int:
@@ -280,7 +350,8 @@ def decode_image(data: bytes, *, channels: int, max_pixels: int) -> np.ndarray:
 
     Raises:
         ValueError: empty input, not an image, an image larger than ``max_pixels``
-            (checked from the header, before any pixel is decoded), or undecodable data.
+            (checked from the header, before any pixel is decoded), a PNG chunk failing
+            its CRC, or undecodable data.
     """
     _check_channels(channels)
     _check_max_pixels(max_pixels)
@@ -289,8 +360,11 @@ def decode_image(data: bytes, *, channels: int, max_pixels: int) -> np.ndarray:
     data = bytes(data)
     if not data:
         raise ValueError("empty input (0 bytes)")
+    _allow_pillow(max_pixels)
     img = _open_header(data)
     _check_size(img.width, img.height, max_pixels)
+    if img.format == "PNG" and data.startswith(_PNG_SIGNATURE):
+        _check_png_chunks(data)
     orientation = _exif_orientation(img)
     try:
         pixels = _decode_with_tf(data, img)
@@ -365,11 +439,11 @@ def to_image_item(
     if not isinstance(encoded, EncodedImage):
         raise TypeError(f"expected an EncodedImage, got {type(encoded).__name__}")
     if encoded.data is not None:
-        digest = sha256_hex(encoded.data)
+        digest = content_sha256(encoded)
         pixels = decode_image(encoded.data, channels=channels, max_pixels=max_pixels)
     elif encoded.pixels is not None:
         raw = np.asarray(encoded.pixels)
-        digest = sha256_hex(np.ascontiguousarray(raw).tobytes())
+        digest = content_sha256(encoded)
         if raw.ndim in (2, 3):
             _check_size(int(raw.shape[1]), int(raw.shape[0]), max_pixels)
         pixels = convert_pixels(raw, channels=channels)
@@ -424,6 +498,21 @@ def glob_root(pattern: str) -> str:
     m = _WILDCARDS.search(pattern)
     prefix = pattern[: m.start()] if m else pattern
     return prefix[: prefix.rfind("/") + 1]
+
+
+def common_root(patterns: Sequence[str]) -> str:
+    """The deepest directory holding every pattern's :func:`glob_root` ('' when they share
+    none, e.g. a local and a gs:// pattern). ReadImages keys files relative to it, so two
+    different files never share a key ("/d/a/*,/d/b/*": "a/x.jpg" and "b/x.jpg")."""
+    roots = [glob_root(p) for p in patterns]
+    prefix = os.path.commonprefix(roots)
+    return prefix[: prefix.rfind("/") + 1]
+
+
+def _relative_key(path: str, root: str) -> str:
+    if root and path.startswith(root) and len(path) > len(root):
+        return path[len(root) :]
+    return path
 
 
 def key_for(path: str, root: str) -> str:
@@ -599,13 +688,25 @@ def _check_files_exist(pattern: str) -> None:
 
 
 class _ListFilesFn(beam.DoFn):
-    """pattern -> (path, key) for every image file it matches."""
+    """pattern -> (path, key) for every image file it matches; keys relative to ``root``
+    (the patterns' common root) and made printable."""
 
-    def __init__(self, extensions: tuple[str, ...] | None):
+    def __init__(self, extensions: tuple[str, ...] | None, root: str):
         self._extensions = extensions
+        self._root = root
 
     def process(self, pattern: str):
-        yield from list_pattern(pattern, extensions=self._extensions)
+        for path, _ in list_pattern(pattern, extensions=self._extensions):
+            yield _wire_path(path), printable(_relative_key(path, self._root))
+
+
+def _wire_path(path: str) -> str | bytes:
+    """A path Beam's coders can carry: a local name that is not UTF-8 travels as bytes."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return os.fsencode(path)
 
 
 class _ReadFileFn(beam.DoFn):
@@ -614,16 +715,18 @@ class _ReadFileFn(beam.DoFn):
     def __init__(self) -> None:
         self._failed = beam.metrics.Metrics.counter("sources", "read_failures")
 
-    def process(self, element: tuple[str, str]):
-        path, key = element
+    def process(self, element: tuple[str | bytes, str]):
+        wire, key = element
+        path = os.fsdecode(wire) if isinstance(wire, bytes) else wire
         try:
             with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
                 data = f.read()
-        except Exception as e:  # dangling symlink, permission, vanished file, ...
+        except Exception as e:  # dangling symlink, loop, permission, vanished file, ...
             self._failed.inc()
-            yield TaggedOutput(FAILURES, Failure(key, path, "read", _short_error(e)))
+            failure = Failure(key, printable(path), "read", printable(_short_error(e)))
+            yield TaggedOutput(FAILURES, failure)
             return
-        yield EncodedImage(key=key, source=path, data=data)
+        yield EncodedImage(key=key, source=printable(path), data=data)
 
 
 def _feature_values(example, name: str) -> list:
@@ -777,8 +880,9 @@ def _image_sort_key(image: EncodedImage) -> tuple[str, str]:
     return image.key, image.source
 
 
-def _listing_sort_key(path_key: tuple[str, str]) -> tuple[str, str]:
-    return path_key[1], path_key[0]
+def _listing_sort_key(path_key: tuple[str | bytes, str]) -> tuple[str, str]:
+    path = path_key[0]
+    return path_key[1], printable(os.fsdecode(path) if isinstance(path, bytes) else path)
 
 
 def _explode(values: list) -> list:
@@ -818,9 +922,11 @@ class ReadImages(beam.PTransform):
     (local, gs://, s3://); ``*`` stays within a directory, ``**`` recurses (``a/**/*.jpg``
     includes ``a/x.jpg``), a trailing ``/`` means everything below. Only files with an
     image extension (``extensions``, case-insensitive; None: all) are read; a file matched by
-    several patterns is read once. key = path relative to its pattern's fixed root
-    (:func:`key_for`), label -1. A pattern matching nothing fails at construction.
-    Unreadable files (dangling symlinks, permissions) become failures.
+    several patterns is read once. key = path relative to the patterns' common root
+    (:func:`common_root`; for one pattern its fixed root, as :func:`key_for`), so two files
+    never share a key; names that are not UTF-8 keep their bytes as ``\\xNN``
+    (:func:`printable`); label -1. A pattern matching nothing fails at construction.
+    Unreadable files (dangling symlinks, symlink loops, permissions) become failures.
 
     kind="tfrecord": ``pattern`` globs TFRecord files of tf.train.Example: the image bytes
     from ``image_key``, the int64 label from ``label_key`` (-1 when absent; "" for none),
@@ -884,10 +990,11 @@ class ReadImages(beam.PTransform):
         patterns = [_normalise_pattern(p) for p in _split_patterns(self._pattern)]
         for pattern in patterns:
             _check_pattern_matches(pattern, self._extensions)
+        root = common_root(patterns)
         listed = (
             pbegin
             | "Patterns" >> beam.Create(patterns)
-            | "ListFiles" >> beam.ParDo(_ListFilesFn(self._extensions))
+            | "ListFiles" >> beam.ParDo(_ListFilesFn(self._extensions, root))
             # one read per file even when patterns overlap; also spreads the reads
             | "OnePerPath" >> beam.CombinePerKey(min)
         )
@@ -1025,3 +1132,68 @@ class DecodeImages(beam.PTransform):
     def expand(self, pcoll: beam.PCollection) -> Decoded:
         out = pcoll | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILURES, main="items")
         return Decoded(items=out.items, failures=out[FAILURES])
+
+
+# ------------------------------------------------------------------------ incremental runs
+
+SKIPPED = "skipped"  # the tag of SkipDone's output of inputs already done
+
+
+def write_done_index(path: str, tokens: Iterable[str]) -> int:
+    """Write the incremental index (one :func:`done_token` per line); returns its size."""
+    lines = sorted(set(tokens))
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write("".join(f"{t}\n" for t in lines).encode("ascii"))
+    return len(lines)
+
+
+def read_done_index(path: str) -> frozenset[str]:
+    """The tokens written by :func:`write_done_index`."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return frozenset(f.read().decode("ascii").split())
+
+
+class Skipped(NamedTuple):
+    """SkipDone's result: inputs still to do, and the keys of those already done."""
+
+    images: beam.PCollection  # of EncodedImage
+    skipped: beam.PCollection  # of str (keys)
+
+
+class _SkipDoneFn(beam.DoFn):
+    """EncodedImage -> itself, or its key (tag "skipped") when (key, content hash) is in
+    the index. Runs before decoding: a done image costs one hash, not a decode."""
+
+    def __init__(self, index_path: str) -> None:
+        self._index_path = index_path
+        self._done: frozenset[str] = frozenset()
+
+    def setup(self) -> None:
+        self._done = read_done_index(self._index_path)
+
+    def process(self, element: EncodedImage):
+        try:
+            token = done_token(element.key, content_sha256(element))
+        except Exception:  # no content: DecodeImages reports it as a failure
+            yield element
+            return
+        if token in self._done:
+            yield TaggedOutput(SKIPPED, element.key)
+        else:
+            yield element
+
+
+class SkipDone(beam.PTransform):
+    """PCollection[EncodedImage] -> :class:`Skipped`: drop inputs whose (key, sha256) is in
+    the index file at ``index_path`` (written by :func:`write_done_index`; each worker reads
+    it once, so the pipeline graph stays small however many images are done)."""
+
+    def __init__(self, index_path: str) -> None:
+        super().__init__()
+        if not isinstance(index_path, str) or not index_path:
+            raise ValueError(f"index_path={index_path!r} must name the done-index file")
+        self._fn = _SkipDoneFn(index_path)
+
+    def expand(self, pcoll: beam.PCollection) -> Skipped:
+        out = pcoll | "SkipDone" >> beam.ParDo(self._fn).with_outputs(SKIPPED, main="images")
+        return Skipped(images=out.images, skipped=out[SKIPPED])

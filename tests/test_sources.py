@@ -486,15 +486,16 @@ def test_files_pipeline_items_and_failures(image_tree, photos):
             equal_to([("dangling.jpg", "read"), ("bad.jpg", "decode")]),
             label="CheckFailures",
         )
-        # Globs are case-sensitive ('*.png' misses photo1.PNG); keys are relative to each
-        # pattern's root; a file matched twice is read once, under the smaller key.
+        # Globs are case-sensitive ('*.png' misses photo1.PNG); keys are relative to the
+        # patterns' common root (never two files under one key); a file matched twice is
+        # read once.
         overlap = p | "ReadOverlap" >> S.ReadImages(
             kind="files",
             pattern=f"{root}/**/*.png, {root}/top.png, {root}/a/**, {root}/**/*.jpg",
         )
         assert_that(
             overlap.images | "OverlapKeys" >> beam.Map(_key),
-            equal_to(["top.png", "a/photo0.jpg", "b/photo1.PNG", "bad.jpg"]),
+            equal_to(["top.png", "a/photo0.jpg", "a/b/photo1.PNG", "bad.jpg"]),
             label="CheckOverlap",
         )
         limited = p | "ReadLimited" >> S.ReadImages(kind="files", pattern=f"{root}/", limit=2)

@@ -1,0 +1,118 @@
+"""Shared helpers of the reliability tests (test_reliability.py, test_crash_safety.py):
+a tiny guided-patchable classifier saved as .keras, small images, output checks."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+
+import keras
+import numpy as np
+from PIL import Image
+
+from pipeline import records, sinks
+
+SIZE = 16  # the tiny model's input size
+
+
+def tiny_model(seed: int = 3, *, with_lambda: bool = False) -> keras.Model:
+    """Conv-ReLU-GAP-Dense(softmax) on SIZE x SIZE x 3; optionally with a Lambda layer."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = inputs
+    if with_lambda:
+        x = keras.layers.Lambda(lambda t: t * 2.0)(x)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def save_tiny_model(path: str, seed: int = 3, *, with_lambda: bool = False) -> str:
+    tiny_model(seed, with_lambda=with_lambda).save(path)
+    return str(path)
+
+
+def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def noise_png(seed: int, size: int = 24) -> bytes:
+    """A distinct, deterministic RGB PNG per seed."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return encode(Image.fromarray(pixels), "PNG")
+
+
+def write_files(root: str, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+
+
+def base_overrides(model: str, pattern: str, out: str) -> list[str]:
+    """--set overrides of a small, fast float32 run of the tiny model."""
+    return [
+        f"model.name={model}",
+        "model.preprocessing=unit",
+        f"source.pattern={pattern}",
+        "saliency.methods=[vanilla]",
+        "saliency.precision=float32",
+        "batch.max_batch_size=4",
+        f"output.dir={out}",
+        "output.views=[heatmap]",
+        "run.progress_every=0",
+    ]
+
+
+def read_records(out: str) -> list[records.DecodedRecord]:
+    files = glob.glob(os.path.join(out, "records", "*.tfrecord"))
+    return list(records.read(os.path.join(out, "records", "*.tfrecord"))) if files else []
+
+
+def check_complete(out: str) -> dict:
+    """Assert the output dir is complete and readable; returns what it holds.
+
+    Each record once, manifest rows == records, every artifact the manifest lists is a
+    decodable PNG inside out, every file readable, nothing temporary left."""
+    recs = read_records(out)
+    record_ids = [r.record_id for r in recs]
+    assert len(record_ids) == len(set(record_ids)), "a record is duplicated"
+    for r in recs:
+        for method in r.methods:
+            assert np.isfinite(r.gradients[method].astype(np.float32)).all()
+    manifest = sinks.read_jsonl(os.path.join(out, "manifest.jsonl"))
+    assert sorted(row["record_id"] for row in manifest) == sorted(record_ids)
+    real_out = os.path.realpath(out)
+    listed = set()
+    for row in manifest:
+        for views in row["artifacts"].values():
+            for rel in views.values():
+                path = os.path.realpath(os.path.join(out, rel))
+                assert path.startswith(real_out + os.sep), rel
+                listed.add(path)
+    pngs = set()
+    for dirpath, dirs, files in os.walk(out):
+        assert ".staging" not in dirs, "a staging directory is left"
+        for name in files:
+            path = os.path.join(dirpath, name)
+            assert ".tmp-" not in name and "beam-temp" not in path, path
+            if name.endswith(".png"):
+                Image.open(path).load()  # raises on a partial file
+                pngs.add(os.path.realpath(path))
+            elif name.endswith(".json"):
+                with open(path, encoding="utf-8") as handle:
+                    json.load(handle)
+            elif name.endswith(".jsonl"):
+                sinks.read_jsonl(path)
+    assert listed <= pngs
+    failures = sinks.read_jsonl(os.path.join(out, "failures.jsonl"))
+    with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
+        summary = json.load(handle)
+    return {"records": recs, "manifest": manifest, "failures": failures, "summary": summary}

@@ -1,0 +1,190 @@
+"""Crash safety: a run killed at any moment, then run again, ends complete and exact.
+
+Fault injection with a real process: `python -m pipeline run` over 40 images plus bad
+files is killed with SIGKILL while it writes, then run again to completion; every input is
+accounted for exactly once and every output file is readable. The publish step (after the
+pipeline) is cut at each of its steps in-process, then rerun.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from _reliability import (
+    base_overrides,
+    check_complete,
+    noise_png,
+    read_records,
+    save_tiny_model,
+    write_files,
+)
+from PIL import Image
+
+from pipeline import sinks
+from pipeline.config import load_config
+from pipeline.run import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOOD = [f"img_{i:02d}.png" for i in range(40)]
+BAD = {"empty.jpg": b"", "page.png": b"<html>404</html>", "cut.png": noise_png(99)[:60]}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> str:
+    return save_tiny_model(str(tmp_path_factory.mktemp("model") / "tiny.keras"))
+
+
+def _bucket(root: str, n: int = len(GOOD)) -> str:
+    files = {name: noise_png(i) for i, name in enumerate(GOOD[:n])}
+    write_files(root, {**files, **BAD})
+    return root
+
+
+def _cli_run(config: str, stdout, stderr) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", "--config", config, "-q"],
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=stderr,
+        start_new_session=True,  # its own process group: the kill reaches every child
+    )
+
+
+def _visible_pngs_are_whole(out: str) -> int:
+    """What a reader polling the output sees while the run writes: only whole PNGs."""
+    n = 0
+    for dirpath, _, files in os.walk(os.path.join(out, "artifacts")):
+        for name in files:
+            assert ".tmp-" not in name, name
+            with Image.open(os.path.join(dirpath, name)) as img:
+                img.load()
+            n += 1
+    return n
+
+
+def test_sigkill_mid_run_then_rerun_accounts_for_every_input_once(tmp_path, model):
+    bucket = _bucket(str(tmp_path / "bucket"))
+    out = str(tmp_path / "out")
+    config = tmp_path / "audit.yaml"
+    config.write_text(
+        f"model: {{name: '{model}', preprocessing: unit}}\n"
+        f"source: {{pattern: '{bucket}/*'}}\n"
+        "saliency: {methods: [smoothgrad], samples: 1000, sample_batch_size: 100,"
+        " precision: float32}\n"
+        "batch: {max_batch_size: 2}\n"
+        f"output: {{dir: '{out}', views: [heatmap, grid]}}\n"
+        "run: {progress_every: 0}\n"
+    )
+    with open(tmp_path / "killed.log", "wb") as log:
+        proc = _cli_run(str(config), log, log)
+        deadline = time.monotonic() + 120
+        written = 0
+        try:
+            while proc.poll() is None and time.monotonic() < deadline:
+                written = _visible_pngs_are_whole(out)
+                if written >= 10:  # mid-way: some artifacts are out, most are not
+                    break
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
+    assert 10 <= written < 2 * len(GOOD)
+    # Nothing of the killed attempt is visible to a records or manifest reader.
+    assert read_records(out) == []
+    assert not os.path.exists(os.path.join(out, "manifest.jsonl"))
+    assert os.listdir(os.path.join(out, ".staging"))  # its leftovers are hidden there
+
+    with open(tmp_path / "rerun.log", "wb") as log:
+        rerun = _cli_run(str(config), log, log)
+        assert rerun.wait(timeout=300) == 0, (tmp_path / "rerun.log").read_text()[-3000:]
+
+    got = check_complete(out)
+    keys = [r.key for r in got["records"]]
+    assert sorted(keys) == sorted(GOOD)  # each good input exactly once
+    assert sorted(f["key"] for f in got["failures"]) == sorted(BAD)  # each bad one once
+    assert {f["key"]: f["stage"] for f in got["failures"]} == dict.fromkeys(BAD, "decode")
+    summary = got["summary"]
+    assert summary["inputs"] == len(GOOD) + len(BAD)
+    assert (summary["images_written"], summary["images_failed"]) == (len(GOOD), len(BAD))
+    assert summary["reconciled"] is True
+    for row in got["manifest"]:
+        assert set(row["artifacts"]["smoothgrad"]) == {"heatmap", "grid"}
+    # Every artifact on disk is one the manifest lists: the killed run's PNGs were
+    # rewritten in place (same paths, same bytes), not duplicated.
+    assert _visible_pngs_are_whole(out) == 2 * len(GOOD)
+
+    # A rerun with another shard count replaces the shards: still each record once.
+    config_3 = load_config(str(config), ["output.num_shards=3", "saliency.samples=4"])
+    summary_3 = run(config_3)
+    assert summary_3.images_written == len(GOOD)
+    got = check_complete(out)
+    assert sorted(r.key for r in got["records"]) == sorted(GOOD)
+    names = os.listdir(os.path.join(out, "records"))
+    assert len(names) == 3 and all(summary_3.shard_set in n for n in names)
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL inside publish (a BaseException: nothing catches it)."""
+
+
+def _crash_at(monkeypatch, out: str, name: str) -> None:
+    """Make publish die when it is about to replace ``out/name``."""
+    real = sinks.write_atomic
+    target = os.path.join(out, name)
+
+    def write_atomic(path, data, **kwargs):
+        if os.path.abspath(path) == os.path.abspath(target):
+            raise _Killed(path)
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(sinks, "write_atomic", write_atomic)
+
+
+@pytest.mark.parametrize(
+    ("incremental", "crash_before"),
+    [
+        (False, "manifest.jsonl"),  # shards renamed into records/, manifest not yet replaced
+        (False, "failures.jsonl"),  # manifest replaced, old shards not yet deleted
+        (True, "manifest.jsonl"),
+    ],
+)
+def test_publish_cut_at_any_step_then_rerun_is_exact(
+    tmp_path, model, monkeypatch, incremental, crash_before
+):
+    bucket = _bucket(str(tmp_path / "bucket"), n=6)
+    out = str(tmp_path / "out")
+    extra = [f"run.incremental={str(incremental).lower()}", "run.max_failure_fraction=0.5"]
+    first = load_config(None, [*base_overrides(model, f"{bucket}/*", out), *extra])
+    run(first)
+    before = check_complete(out)
+    assert sorted(r.key for r in before["records"]) == GOOD[:6]
+
+    # Next run: two more images, another shard count; it dies inside publish.
+    write_files(bucket, {GOOD[6]: noise_png(6), GOOD[7]: noise_png(7)})
+    second = load_config(
+        None, [*base_overrides(model, f"{bucket}/*", out), *extra, "output.num_shards=2"]
+    )
+    with monkeypatch.context() as patch:
+        _crash_at(patch, out, crash_before)
+        with pytest.raises(_Killed):
+            run(second)
+    # The committed manifest is whole: the old one or the new one, never a mix.
+    rows = sinks.read_jsonl(os.path.join(out, "manifest.jsonl"))
+    new_committed = crash_before == "failures.jsonl"
+    assert len(rows) == (8 if new_committed else 6)
+
+    summary = run(second)
+    got = check_complete(out)
+    assert sorted(r.key for r in got["records"]) == GOOD[:8]
+    assert sorted(f["key"] for f in got["failures"]) == sorted(BAD)
+    assert summary.reconciled
+    if incremental:  # the uncommitted attempt's two images were done again, not skipped
+        assert (summary.images_written, summary.images_skipped) == (2, 6)
