@@ -77,8 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     from pipeline.handler import ModelLoadError
+    from pipeline.outputs import OutputBusyError
     from pipeline.run import run
-    from pipeline.sinks import OutputBusyError
 
     try:
         summary = run(config, beam_args)

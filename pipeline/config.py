@@ -246,6 +246,9 @@ class OutputConfig:
     views: tuple[str, ...] = ARTIFACT_VIEWS
     num_shards: int = 0  # 0: let the runner choose
     include_image: bool = True  # the model-input-size image as PNG inside each record
+    # PNG artifacts are upscaled (nearest neighbour, by an integer factor) until the
+    # image's shorter side is at least this many pixels: small models' maps stay visible.
+    min_artifact_size: int = 192
 
     def __post_init__(self) -> None:
         _check_str("output.dir", self.dir)
@@ -259,6 +262,7 @@ class OutputConfig:
             _check_choice("output.views", view, ARTIFACT_VIEWS)
         object.__setattr__(self, "views", tuple(views))
         _check_int("output.num_shards", self.num_shards, minimum=0, maximum=100_000)
+        _check_int("output.min_artifact_size", self.min_artifact_size, minimum=1, maximum=4096)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -89,9 +89,19 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def heatmap_png(m: np.ndarray, *, cmap: str = "inferno") -> bytes:
-    """PNG of a colormapped 2-D map in [0, 1]."""
-    return encode_png(colormap(m, cmap))
+def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscale of [H, W, ...] pixels by an integer factor: each pixel
+    becomes a ``scale`` x ``scale`` block of itself (crisp edges, no new colours)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale={scale!r} must be a whole number >= 1 (1: no upscaling).")
+    if scale == 1:
+        return pixels
+    return np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
+
+
+def heatmap_png(m: np.ndarray, *, cmap: str = "inferno", scale: int = 1) -> bytes:
+    """PNG of a colormapped 2-D map in [0, 1], upscaled by the integer ``scale``."""
+    return encode_png(upscale(colormap(m, cmap), scale))
 
 
 def _blend(image: np.ndarray, m: np.ndarray, alpha: float, cmap: str) -> np.ndarray:
@@ -103,10 +113,11 @@ def _blend(image: np.ndarray, m: np.ndarray, alpha: float, cmap: str) -> np.ndar
 
 
 def overlay_png(
-    image: np.ndarray, m: np.ndarray, alpha: float = 0.5, *, cmap: str = "inferno"
+    image: np.ndarray, m: np.ndarray, alpha: float = 0.5, *, cmap: str = "inferno", scale: int = 1
 ) -> bytes:
-    """PNG of the colormapped map alpha-blended over the image (uint8, same H, W)."""
-    return encode_png(_blend(image, m, alpha, cmap))
+    """PNG of the colormapped map alpha-blended over the image (uint8, same H, W),
+    upscaled by the integer ``scale``."""
+    return encode_png(upscale(_blend(image, m, alpha, cmap), scale))
 
 
 def grid_panels(
@@ -137,17 +148,20 @@ def grid_png(
     percentile: float = 99.0,
     cmap: str = "inferno",
     gap: int = GRID_GAP,
+    scale: int = 1,
 ) -> bytes:
     """The seed notebook's five-view grid as one PNG.
 
     Panels, left to right: original | abs | positive | negative | original x abs, each the
-    model-input size [H, W], separated by ``gap`` white pixels: width = 5 * W + 4 * gap.
+    model-input size [H, W] upscaled by the integer ``scale`` (nearest neighbour), separated
+    by ``gap`` white pixels (not scaled): width = 5 * scale * W + 4 * gap.
     ``title`` and ``labels`` (the panel names) each add a white 12-pixel text strip above
-    the panels (Pillow's default font); without them the height is H.
+    the panels (Pillow's default font); without them the height is scale * H.
     """
     if int(gap) < 0:
         raise ValueError(f"gap={gap!r} must be >= 0 pixels.")
     panels = grid_panels(image, gradient, percentile=percentile, cmap=cmap)
+    panels = [upscale(panel, scale) for panel in panels]
     h, w = panels[0].shape[:2]
     lines = int(bool(title)) + int(bool(labels))
     top = lines * _LABEL_HEIGHT

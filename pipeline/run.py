@@ -10,7 +10,7 @@ ReadImages -> [SkipDone] -> DecodeImages -> RunInference -> SplitResults -> Guar
 counts (inputs, skipped, written, failed, records, recomputed) -> counts.json -> summary.json
 ```
 
-``run`` wraps the pipeline in the crash-safe protocol of :mod:`pipeline.sinks`: lock the
+``run`` wraps the pipeline in the crash-safe protocol of :mod:`pipeline.outputs`: lock the
 output dir, recover_output (remove what a killed run left), write the attempt's records,
 manifest, failures and counts under ``.staging/<shard set>/``, and publish them once the
 pipeline succeeded. Artifacts are written in place (atomically, idempotent paths).
@@ -36,10 +36,6 @@ from pipeline.elements import Failure, SaliencyRecord
 
 _LOG = logging.getLogger(__name__)
 
-# Exit codes of `python -m pipeline run`.
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_TOO_MANY_FAILURES = 3
 COUNTS_NAME = "counts.json"
 
 
@@ -56,14 +52,6 @@ def _split_results(result: PredictionResult):
             yield beam.pvalue.TaggedOutput("failures", out)
         else:
             yield out
-
-
-def _count_as(name: str):
-    def count(_: Any) -> tuple[str, int]:
-        return name, 1
-
-    count.__name__ = f"count_{name}"
-    return count
 
 
 def _image_key(record: SaliencyRecord) -> str:
@@ -100,7 +88,7 @@ def settings_fingerprint(config: Config) -> str:
     sizes, run policy. Incremental runs skip images done with the same value."""
     data = config.to_dict()
     source_keys = ("resize", "label_key", "tfds_label_feature")
-    output_keys = ("records", "artifacts", "views", "include_image")
+    output_keys = ("records", "artifacts", "views", "include_image", "min_artifact_size")
     chosen = {
         "model": data["model"],
         "saliency": data["saliency"],
@@ -122,7 +110,7 @@ class Attempt:
 
     @property
     def staging(self) -> str:
-        from pipeline.sinks import staging_dir
+        from pipeline.outputs import staging_dir
 
         return staging_dir(self.output_dir, self.shard_set)
 
@@ -133,7 +121,7 @@ class Attempt:
 
 def new_attempt(config: Config) -> Attempt:
     """A fresh attempt for ``config`` (a new shard set id)."""
-    from pipeline.sinks import new_shard_set
+    from pipeline.outputs import new_shard_set
 
     return Attempt(
         output_dir=config.output.dir.rstrip("/"),
@@ -221,6 +209,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
             methods=config.saliency.methods,
             views=config.output.views if config.output.artifacts else (),
             tmp_dir=f"{staging}/tmp",
+            min_artifact_size=config.output.min_artifact_size,
         )
         | "StampRows" >> beam.Map(_stamp_row, attempt.shard_set, attempt.settings)
     )
@@ -254,7 +243,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
 
 
 def _write_counts(counts: dict[str, int], path: str) -> None:
-    from pipeline.sinks import write_json
+    from pipeline.outputs import write_json
 
     counts = dict(counts)
     # Unreadable inputs never reached ReadImages' main output; they are inputs all the same.
@@ -315,7 +304,7 @@ class Summary:
 
 def _carried_rows(output_dir: str, model_fingerprint: str, settings: str) -> list[dict]:
     """Committed manifest rows an incremental run keeps: same model and settings."""
-    from pipeline.sinks import read_manifest
+    from pipeline.outputs import read_manifest
 
     return [
         row
@@ -331,10 +320,17 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> Summary:
 
     Raises handler.ModelLoadError before anything is read or written when the model does
     not load, ConfigError when the source cannot be listed (e.g. a pattern matching no
-    image), sinks.OutputBusyError when another run holds the output dir.
+    image), outputs.OutputBusyError when another run holds the output dir.
     """
     from pipeline.handler import model_geometry
-    from pipeline.sinks import output_lock, publish, read_json, recover_output, write_json
+    from pipeline.outputs import (
+        SUMMARY_NAME,
+        output_lock,
+        publish,
+        read_json,
+        recover_output,
+        write_json,
+    )
     from pipeline.sources import done_token, write_done_index
 
     # Fail fast on a model that cannot load, before any data is read or any file touched.
@@ -365,7 +361,7 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> Summary:
         counts = read_json(f"{attempt.staging}/{COUNTS_NAME}")
         published = publish(out_dir, shard_set=attempt.shard_set, carried=carried)
         summary = _summary(config, attempt, counts, published.records_total, start)
-        write_json(f"{out_dir}/summary.json", dataclasses.asdict(summary))
+        write_json(f"{out_dir}/{SUMMARY_NAME}", dataclasses.asdict(summary))
     _LOG.info("summary: %s", json.dumps(dataclasses.asdict(summary)))
     return summary
 

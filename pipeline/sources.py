@@ -1,36 +1,21 @@
-"""Image input: ReadImages / DecodeImages PTransforms and the pure decode functions.
+"""Image input as Beam transforms: ReadImages, DecodeImages, SkipDone.
 
 ``ReadImages`` turns files, TFRecords of ``tf.train.Example`` or a prepared TFDS dataset
 into :class:`EncodedImage` records; ``DecodeImages`` turns those into fixed-size uint8
 :class:`ImageItem` records. Both return a NamedTuple of two PCollections, the records and
 the :class:`Failure` records of inputs that could not be read or decoded: nothing is
-dropped silently (inputs = items + failures).
+dropped silently (inputs = items + failures). ``SkipDone`` drops the inputs an incremental
+run already did, before any decode.
 
-Decoding (:func:`decode_image`) runs on the CPU and never on an accelerator:
-
-* the header is read first with Pillow (lazy, no pixel data) to know the format, the size
-  and the EXIF orientation; images above ``max_pixels`` are refused before any decode
-  (decompression bombs);
-* tf.io decodes the formats it handles fully: JPEG (RGB / grayscale), PNG (8 and 16 bit,
-  palette, alpha), still WebP (alpha too);
-* Pillow decodes the rest: GIF (first frame only; tf.io.decode_gif decodes every frame),
-  BMP (tf.io supports only uncompressed 24/32-bit), TIFF, CMYK / YCCK JPEG, animated WebP,
-  and is the fallback whenever tf.io fails;
-* alpha is composited over white (a transparent background shows as white, not as the
-  arbitrary colour stored under alpha 0); 16-bit samples are scaled with rounding,
-  ``round(v * 255 / 65535)``; grayscale <-> RGB uses Pillow's ITU-R 601-2 luma weights;
-  EXIF orientation is applied (JPEG, TIFF, WebP, PNG with eXIf before the pixel data);
-  embedded ICC colour profiles are not applied (as with tf.io and keras' load_img).
+The work is done by pure functions elsewhere: :mod:`pipeline.listing` (which files a
+pattern names, their keys) and :mod:`pipeline.decode` (bytes -> pixels at the model size).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import re
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -38,15 +23,32 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.pvalue import TaggedOutput
-from PIL import Image
 
-from pipeline.elements import EncodedImage, Failure, ImageItem
+from pipeline.config import SOURCE_KINDS
+from pipeline.decode import (
+    check_decode_options,
+    content_sha256,
+    decode_image,
+    resize,
+    sha256_hex,
+    short_error,
+    to_image_item,
+)
+from pipeline.elements import EncodedImage, Failure
+from pipeline.listing import (
+    IMAGE_EXTENSIONS,
+    check_files_exist,
+    check_pattern_matches,
+    common_root,
+    list_pattern,
+    normalise_pattern,
+    printable,
+    relative_key,
+    split_patterns,
+)
 
 __all__ = [
     "FAILURES",
-    "IMAGE_EXTENSIONS",
-    "READ_KINDS",
-    "RESIZE_POLICIES",
     "SKIPPED",
     "DecodeImages",
     "Decoded",
@@ -54,630 +56,14 @@ __all__ = [
     "ReadImages",
     "SkipDone",
     "Skipped",
-    "common_root",
-    "content_sha256",
-    "convert_pixels",
-    "decode_image",
+    "decode_image",  # re-exported: pipeline.decode's, used by the benchmarks
     "done_token",
-    "glob_root",
-    "key_for",
-    "list_pattern",
-    "printable",
     "read_done_index",
-    "resize",
-    "sha256_hex",
-    "to_image_item",
+    "resize",  # re-exported: pipeline.decode's, used by the benchmarks
     "write_done_index",
 ]
 
-READ_KINDS = ("files", "tfrecord", "tfds")
-RESIZE_POLICIES = ("resize", "center_crop")
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
 FAILURES = "failures"  # the tag of the failure output of every DoFn here
-
-# Pillow may only identify these formats: its other plugins (TGA, ...) have weak magic
-# numbers and would "recognise" random bytes.
-_PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF")
-_WILDCARDS = re.compile(r"[*?\[]")
-_TF_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]")
-_EXIF_ORIENTATION = 0x0112
-_MAX_ERROR_CHARS = 500
-
-
-# ----------------------------------------------------------------------------- pure helpers
-
-
-def sha256_hex(data: bytes) -> str:
-    """Hex sha256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def content_sha256(encoded: EncodedImage) -> str:
-    """The input's content hash, as ImageItem.sha256 has it: of the encoded bytes, or of the
-    raw pixel buffer (``np.ascontiguousarray(pixels).tobytes()``) for TFDS inputs."""
-    if encoded.data is not None:
-        return sha256_hex(encoded.data)
-    if encoded.pixels is not None:
-        return sha256_hex(np.ascontiguousarray(np.asarray(encoded.pixels)).tobytes())
-    raise ValueError("input has neither encoded data nor pixels")
-
-
-def done_token(key: str, sha256: str) -> str:
-    """Identity of a done input in the incremental index: its key and content hash."""
-    text = f"{key}\0{sha256}".encode("utf-8", "surrogatepass")
-    return hashlib.sha256(text).hexdigest()[:32]
-
-
-def printable(text: str) -> str:
-    """``text`` as valid Unicode: file names that are not UTF-8 (Python keeps their bytes as
-    lone surrogates) get those bytes as ``\\xNN``, so keys and sources can go into JSON and
-    TFRecords. Valid text is returned unchanged."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        try:
-            raw = text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raw = text.encode("utf-8", "surrogatepass")
-        return raw.decode("utf-8", "backslashreplace")
-
-
-def _check_channels(channels: int) -> None:
-    if isinstance(channels, bool) or channels not in (1, 3):
-        raise ValueError(f"channels={channels!r} is not supported: use 1 (grayscale) or 3 (RGB)")
-
-
-def _check_max_pixels(max_pixels: int) -> None:
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
-        raise ValueError(f"max_pixels={max_pixels!r} must be a positive int (pixel count)")
-
-
-def _check_size(width: int, height: int, max_pixels: int) -> None:
-    if width < 1 or height < 1:
-        raise ValueError(f"image has an empty size {width}x{height}")
-    if width * height > max_pixels:
-        raise ValueError(
-            f"image is {width}x{height} = {width * height} pixels, more than "
-            f"max_pixels={max_pixels}: refused before decoding (possible decompression bomb)"
-        )
-
-
-def _scale_16_to_8(values: np.ndarray) -> np.ndarray:
-    """round(v * 255 / 65535) for 16-bit samples (65535 -> 255, 257 -> 1)."""
-    v = np.clip(values.astype(np.int64), 0, 65535)
-    return ((v * 255 + 32767) // 65535).astype(np.uint8)
-
-
-def _composite_over_white(pixels: np.ndarray) -> np.ndarray:
-    """[H, W, C+1] uint8 with alpha last -> [H, W, C] composited over a white background."""
-    colour = pixels[..., :-1].astype(np.uint32)
-    alpha = pixels[..., -1:].astype(np.uint32)
-    return ((colour * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601-2 luma with Pillow's fixed-point rounding (same as Image.convert("L"))."""
-    c = rgb.astype(np.uint32)
-    y = (c[..., 0] * 19595 + c[..., 1] * 38470 + c[..., 2] * 7471 + 0x8000) >> 16
-    return y.astype(np.uint8)[..., None]
-
-
-def convert_pixels(pixels: np.ndarray, *, channels: int) -> np.ndarray:
-    """Bring decoded pixels to uint8 [H, W, channels].
-
-    Accepts [H, W] or [H, W, C] with C in 1 (gray), 2 (gray + alpha), 3 (RGB), 4 (RGBA);
-    dtype uint8, bool, uint16 or other integers (taken as 16-bit samples, scaled with
-    rounding). Alpha is composited over white. Floating-point pixels are refused.
-    """
-    _check_channels(channels)
-    arr = np.asarray(pixels)
-    if arr.ndim == 2:
-        arr = arr[..., None]
-    if arr.ndim != 3 or arr.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(
-            f"pixels of shape {arr.shape} are not an image: expected [H, W] or [H, W, C] "
-            "with C in 1, 2, 3, 4"
-        )
-    if arr.dtype == np.bool_:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype == np.uint8:
-        pass
-    elif np.issubdtype(arr.dtype, np.integer):
-        arr = _scale_16_to_8(arr)
-    else:
-        raise ValueError(f"pixels of dtype {arr.dtype} are not supported: use uint8 or uint16")
-    if arr.shape[-1] in (2, 4):
-        arr = _composite_over_white(arr)
-    if arr.shape[-1] == channels:
-        return np.ascontiguousarray(arr)
-    if channels == 1:
-        return _luma(arr)
-    return np.ascontiguousarray(np.repeat(arr, 3, axis=-1))
-
-
-def _apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply EXIF orientation 1..8 to [H, W, C] pixels, as PIL.ImageOps.exif_transpose."""
-    if orientation == 2:
-        out = pixels[:, ::-1]
-    elif orientation == 3:
-        out = pixels[::-1, ::-1]
-    elif orientation == 4:
-        out = pixels[::-1]
-    elif orientation == 5:
-        out = pixels.transpose(1, 0, 2)
-    elif orientation == 6:
-        out = np.rot90(pixels, k=-1)
-    elif orientation == 7:
-        out = pixels[::-1, ::-1].transpose(1, 0, 2)
-    elif orientation == 8:
-        out = np.rot90(pixels, k=1)
-    else:  # 1, absent or invalid: as stored
-        return pixels
-    return np.ascontiguousarray(out)
-
-
-def _short_error(error: BaseException) -> str:
-    """``Type: message`` without TF's function-node noise, cut to a sane length."""
-    text = _TF_NOISE.sub("", str(error)).strip() or repr(error)
-    if len(text) > _MAX_ERROR_CHARS:
-        text = text[:_MAX_ERROR_CHARS] + "..."
-    return f"{type(error).__name__}: {text}"
-
-
-def _allow_pillow(max_pixels: int) -> None:
-    """Pillow refuses images above 2x Image.MAX_IMAGE_PIXELS in Image.open; raise its limit
-    when source.max_pixels is higher, so that the configured limit is the one that counts."""
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and max_pixels > limit:
-        Image.MAX_IMAGE_PIXELS = max_pixels
-
-
-def _open_header(data: bytes) -> Image.Image:
-    """Open lazily with Pillow (parses the header only) or say why this is no image."""
-    try:
-        return Image.open(io.BytesIO(data), formats=_PIL_FORMATS)
-    except Image.DecompressionBombError as e:
-        raise ValueError(
-            f"refused before decoding (possible decompression bomb): {e}; raise Pillow's "
-            "Image.MAX_IMAGE_PIXELS too if such images are legitimate"
-        ) from e
-    except Exception as e:
-        head = bytes(data[:16])
-        raise ValueError(
-            f"not a recognised image ({len(data)} bytes starting with {head!r}); "
-            f"supported formats: {', '.join(IMAGE_EXTENSIONS)}"
-        ) from e
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def _check_png_chunks(data: bytes) -> None:
-    """Verify every PNG chunk's CRC up to IEND. libpng (tf.io) accepts some corrupt chunks;
-    a CRC mismatch means the file was damaged, so its pixels cannot be trusted."""
-    pos = len(_PNG_SIGNATURE)
-    while pos + 12 <= len(data):
-        length = int.from_bytes(data[pos : pos + 4], "big")
-        end = pos + 8 + length
-        if end + 4 > len(data):
-            return  # truncated: the decoders report it
-        kind = data[pos + 4 : pos + 8]
-        crc = int.from_bytes(data[end : end + 4], "big")
-        if zlib.crc32(data[pos + 4 : end]) & 0xFFFFFFFF != crc:
-            raise ValueError(f"corrupt PNG: chunk {kind.decode('latin-1')!r} fails its CRC check")
-        if kind == b"IEND":
-            return
-        pos = end + 4
-
-
-def _exif_orientation(img: Image.Image) -> int:
-    try:
-        if img.format == "PNG":
-            # PngImageFile.getexif() decodes the whole image to look for an eXIf chunk
-            # after the pixel data: use only an eXIf chunk seen in the header.
-            raw = img.info.get("exif")
-            if not raw:
-                return 1
-            exif = Image.Exif()
-            exif.load(raw)
-        else:
-            exif = img.getexif()
-        return int(exif.get(_EXIF_ORIENTATION, 1))
-    except Exception:  # broken EXIF must not cost the image: keep it as stored
-        return 1
-
-
-def _decode_with_tf(data: bytes, img: Image.Image) -> np.ndarray | None:
-    """tf.io for what it decodes fully and fast; None when Pillow must do it."""
-    fmt = img.format
-    if fmt in ("JPEG", "MPO") and img.mode in ("L", "RGB"):
-        op, kwargs = "jpeg", {}
-    elif fmt == "PNG":
-        # IHDR bit depth sits at byte 24; 16-bit PNGs are decoded as uint16 and scaled.
-        op, kwargs = "png", {"sixteen": len(data) > 24 and data[24] == 16}
-    elif fmt == "WEBP" and not getattr(img, "is_animated", False):
-        op, kwargs = "webp", {}
-    else:
-        return None
-    import tensorflow as tf
-
-    with tf.device("/CPU:0"):  # decode ops are CPU-only; keep their outputs off the GPU
-        if op == "jpeg":
-            out = tf.io.decode_jpeg(data, channels=0, dct_method="INTEGER_ACCURATE")
-        elif op == "png":
-            out = tf.io.decode_png(
-                data, channels=0, dtype=tf.uint16 if kwargs["sixteen"] else tf.uint8
-            )
-        else:
-            out = tf.io.decode_webp(data, channels=0)[0]
-        pixels = out.numpy()
-    if pixels.shape[:2] != (img.height, img.width):
-        raise ValueError(
-            f"tf.io decoded {pixels.shape[1]}x{pixels.shape[0]} but the header says "
-            f"{img.width}x{img.height}"
-        )
-    return pixels
-
-
-def _decode_with_pillow(img: Image.Image) -> np.ndarray:
-    """Pillow for everything else; the first frame of animations."""
-    img.seek(0)
-    mode = img.mode
-    if mode == "F":
-        raise ValueError("32-bit floating-point images (Pillow mode F) are not supported")
-    if mode.startswith("I"):  # I;16, I;16B, I;16L, I: 16-bit (or int32) grayscale
-        img.load()
-        return np.asarray(img)
-    transparent = "transparency" in img.info
-    if mode in ("LA", "La") or (mode == "L" and transparent):
-        img = img.convert("LA")
-    elif mode in ("RGBA", "RGBa", "PA") or transparent:
-        img = img.convert("RGBA")
-    elif mode in ("L", "1"):
-        img = img.convert("L")
-    else:  # RGB, P, CMYK, YCbCr, LAB, HSV, ...
-        img = img.convert("RGB")
-    return np.asarray(img)
-
-
-def decode_image(data: bytes, *, channels: int, max_pixels: int) -> np.ndarray:
-    """Decode encoded image bytes to uint8 [H, W, channels] (CPU only).
-
-    Formats: JPEG (EXIF orientation applied, CMYK too), PNG (8/16-bit, palette, alpha),
-    GIF (first frame), BMP, WebP (alpha, animated: first frame), TIFF. Alpha is composited
-    over white; 16-bit samples are scaled to 8 bits with rounding.
-
-    Raises:
-        ValueError: empty input, not an image, an image larger than ``max_pixels``
-            (checked from the header, before any pixel is decoded), a PNG chunk failing
-            its CRC, or undecodable data.
-    """
-    _check_channels(channels)
-    _check_max_pixels(max_pixels)
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"data must be bytes, got {type(data).__name__}")
-    data = bytes(data)
-    if not data:
-        raise ValueError("empty input (0 bytes)")
-    _allow_pillow(max_pixels)
-    img = _open_header(data)
-    _check_size(img.width, img.height, max_pixels)
-    if img.format == "PNG" and data.startswith(_PNG_SIGNATURE):
-        _check_png_chunks(data)
-    orientation = _exif_orientation(img)
-    try:
-        pixels = _decode_with_tf(data, img)
-    except Exception as tf_error:  # corrupt for libjpeg/libpng: let Pillow try once more
-        try:
-            pixels = _decode_with_pillow(img)
-        except Exception as e:
-            raise ValueError(f"cannot decode {img.format}: {_short_error(tf_error)}") from e
-    if pixels is None:
-        try:
-            pixels = _decode_with_pillow(img)
-        except Exception as e:
-            raise ValueError(f"cannot decode {img.format}: {_short_error(e)}") from e
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    return convert_pixels(_apply_orientation(pixels, orientation), channels=channels)
-
-
-def _check_resize_args(pixels: np.ndarray, size: tuple[int, int], policy: str) -> None:
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"resize policy {policy!r} is unknown: use one of {RESIZE_POLICIES}")
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise ValueError(f"size={size!r} must be (height, width), two positive ints")
-    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
-        raise TypeError("pixels must be a uint8 numpy array [H, W, C]")
-    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3) or 0 in pixels.shape[:2]:
-        raise ValueError(f"pixels of shape {pixels.shape} must be [H, W, C] with C 1 or 3")
-
-
-def resize(pixels: np.ndarray, size: tuple[int, int], policy: str) -> np.ndarray:
-    """Resize uint8 [H, W, C] pixels to ``size`` = (height, width); returns uint8.
-
-    Policies (Pillow bilinear, antialiased when shrinking, half-pixel centres):
-      "resize":      stretch to ``size``; the aspect ratio is not kept.
-      "center_crop": scale so the image covers ``size`` (for a square target: the shorter
-                     side becomes the target's) and take the centre; resampled in one
-                     step from the matching centre box of the original.
-    """
-    _check_resize_args(pixels, size, policy)
-    height, width = int(pixels.shape[0]), int(pixels.shape[1])
-    out_h, out_w = int(size[0]), int(size[1])
-    gray = pixels.shape[-1] == 1
-    img = Image.fromarray(pixels[..., 0] if gray else pixels, mode="L" if gray else "RGB")
-    if policy == "resize":
-        box = (0.0, 0.0, float(width), float(height))
-    else:
-        scale = max(out_h / height, out_w / width)
-        box_w, box_h = out_w / scale, out_h / scale
-        left, top = (width - box_w) / 2.0, (height - box_h) / 2.0
-        box = (left, top, left + box_w, top + box_h)
-    out = np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box))
-    return np.ascontiguousarray(out[..., None] if gray else out)
-
-
-def to_image_item(
-    encoded: EncodedImage,
-    *,
-    input_size: tuple[int, int],
-    channels: int,
-    resize_policy: str,
-    max_pixels: int,
-) -> ImageItem:
-    """Decode (or take the TFDS pixels of) one input and resize it to ``input_size``.
-
-    ``sha256`` is that of the encoded bytes, or of the raw pixel buffer as given
-    (``np.ascontiguousarray(pixels).tobytes()``) for TFDS inputs.
-    """
-    if not isinstance(encoded, EncodedImage):
-        raise TypeError(f"expected an EncodedImage, got {type(encoded).__name__}")
-    if encoded.data is not None:
-        digest = content_sha256(encoded)
-        pixels = decode_image(encoded.data, channels=channels, max_pixels=max_pixels)
-    elif encoded.pixels is not None:
-        raw = np.asarray(encoded.pixels)
-        digest = content_sha256(encoded)
-        if raw.ndim in (2, 3):
-            _check_size(int(raw.shape[1]), int(raw.shape[0]), max_pixels)
-        pixels = convert_pixels(raw, channels=channels)
-    else:
-        raise ValueError("input has neither encoded data nor pixels")
-    return ImageItem(
-        key=encoded.key,
-        source=encoded.source,
-        pixels=resize(pixels, input_size, resize_policy),
-        label=int(encoded.label),
-        sha256=digest,
-        original_height=int(pixels.shape[0]),
-        original_width=int(pixels.shape[1]),
-    )
-
-
-# ------------------------------------------------------------------------ file patterns
-
-
-def _split_patterns(pattern: str) -> list[str]:
-    patterns = [p.strip() for p in pattern.split(",") if p.strip()]
-    if not patterns:
-        raise ValueError(
-            f"pattern={pattern!r} names no files: give a glob such as '/data/imgs/**/*.jpg' "
-            "(several separated by commas)"
-        )
-    return patterns
-
-
-def _is_local(path: str) -> bool:
-    return FileSystems.get_scheme(path) is None
-
-
-def _normalise_pattern(pattern: str) -> str:
-    """Absolute posix local patterns; a trailing '/' means everything below (``dir/**``)."""
-    if _is_local(pattern):
-        trailing = pattern.endswith(("/", os.sep))
-        pattern = os.path.abspath(pattern).replace(os.sep, "/")
-        if trailing:
-            pattern = pattern.rstrip("/") + "/"
-    if pattern.endswith("/"):
-        pattern += "**"
-    return pattern
-
-
-def glob_root(pattern: str) -> str:
-    """The fixed directory part of a glob: up to the last '/' before the first wildcard.
-
-    "/data/imgs/**/*.jpg" -> "/data/imgs/"; "gs://b/x/a*.png" -> "gs://b/x/";
-    a pattern without wildcards (one file) -> its directory.
-    """
-    m = _WILDCARDS.search(pattern)
-    prefix = pattern[: m.start()] if m else pattern
-    return prefix[: prefix.rfind("/") + 1]
-
-
-def common_root(patterns: Sequence[str]) -> str:
-    """The deepest directory holding every pattern's :func:`glob_root` ('' when they share
-    none, e.g. a local and a gs:// pattern). ReadImages keys files relative to it, so two
-    different files never share a key ("/d/a/*,/d/b/*": "a/x.jpg" and "b/x.jpg")."""
-    roots = [glob_root(p) for p in patterns]
-    prefix = os.path.commonprefix(roots)
-    return prefix[: prefix.rfind("/") + 1]
-
-
-def _relative_key(path: str, root: str) -> str:
-    if root and path.startswith(root) and len(path) > len(root):
-        return path[len(root) :]
-    return path
-
-
-def key_for(path: str, root: str) -> str:
-    """Stable key of ``path``: relative to ``root``, posix separators.
-
-    ``root`` is a glob (its :func:`glob_root` is used), a directory, or the path itself (a
-    pattern naming one file: the key is the file name).
-    "/data/imgs/a/b.jpg" under "/data/imgs/**/*.jpg" -> "a/b.jpg".
-    """
-    path = path.replace("\\", "/") if _is_local(path) else path
-    root = root.replace("\\", "/") if _is_local(root) else root
-    if _WILDCARDS.search(root):
-        root = glob_root(root)
-    elif path == root:
-        return path.rsplit("/", 1)[-1]
-    elif not root.endswith("/"):
-        root += "/"
-    if not path.startswith(root) or len(path) == len(root):
-        raise ValueError(f"path {path!r} is not below the pattern root {root!r}")
-    return path[len(root) :]
-
-
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """Glob -> regex: '*' and '?' stay within a directory, '**' crosses directories and
-    '**/' also matches no directory at all ('a/**/*.jpg' matches 'a/x.jpg')."""
-    out: list[str] = []
-    i, n = 0, len(pattern)
-    while i < n:
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            j = i + 1
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            j = pattern.find("]", j)
-            if j < 0:
-                out.append(re.escape("["))
-                i += 1
-            else:
-                body = pattern[i + 1 : j].replace("\\", "\\\\")
-                out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-                i = j + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _has_extension(path: str, extensions: tuple[str, ...] | None) -> bool:
-    if extensions is None:
-        return True
-    return path.lower().endswith(tuple("." + e.lower().lstrip(".") for e in extensions))
-
-
-def _iter_candidates(pattern: str) -> Iterator[str]:
-    """Every file path the pattern matches, lazily where the filesystem allows.
-
-    Locally the tree is walked here (not with Beam's listing, which silently drops dangling
-    symlinks: they must surface as read failures). Elsewhere one Beam listing of the root.
-    """
-    if not _WILDCARDS.search(pattern):
-        if _is_local(pattern):
-            if os.path.isdir(pattern):
-                raise ValueError(
-                    f"pattern {pattern!r} is a directory: use {pattern.rstrip('/')}/** "
-                    "to read the images below it"
-                )
-            if os.path.lexists(pattern):
-                yield pattern
-        else:
-            for meta in FileSystems.match([pattern])[0].metadata_list:
-                yield meta.path
-        return
-    regex = _glob_regex(pattern)
-    root = glob_root(pattern)
-    if _is_local(pattern):
-        rest = pattern[len(root) :]
-        max_depth = None if "**" in rest else rest.count("/")  # no '**': walk no deeper
-        for dirpath, dirs, files in os.walk(root or "."):
-            rel = os.path.relpath(dirpath, root or ".")
-            depth = 0 if rel == "." else rel.count(os.sep) + 1
-            if max_depth is not None and depth >= max_depth:
-                dirs[:] = []
-            dirs.sort()
-            base = dirpath.replace(os.sep, "/").rstrip("/") + "/"
-            for name in sorted(files):
-                path = base + name
-                if regex.match(path):
-                    yield path
-    else:
-        for meta in FileSystems.match([root + "**"])[0].metadata_list:
-            if not meta.path.endswith("/") and regex.match(meta.path):
-                yield meta.path
-
-
-def list_pattern(
-    pattern: str, *, extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS
-) -> Iterator[tuple[str, str]]:
-    """(path, key) of the files a glob matches with an allowed extension (None: all).
-
-    Raises ValueError when the pattern matches no such file.
-    """
-    pattern = _normalise_pattern(pattern)
-    seen = skipped = 0
-    for path in _iter_candidates(pattern):
-        if _has_extension(path, extensions):
-            seen += 1
-            yield path, key_for(path, pattern)
-        else:
-            skipped += 1
-    if not seen:
-        raise ValueError(_no_match_message(pattern, skipped, extensions))
-
-
-def _no_match_message(pattern: str, skipped: int, extensions: tuple[str, ...] | None) -> str:
-    detail = (
-        f"{skipped} file(s) matched but none has an image extension {extensions}"
-        if skipped
-        else "no file matched"
-    )
-    return f"pattern {pattern!r} matches no image file ({detail}): check the path and glob"
-
-
-def _check_pattern_matches(pattern: str, extensions: tuple[str, ...] | None) -> None:
-    """Fail at pipeline construction, not after workers started, for an empty pattern.
-
-    Local: stops at the first matching image file. Elsewhere one cheap limited listing
-    (the extension check then happens when the files are listed for real).
-    """
-    pattern = _normalise_pattern(pattern)
-    if _is_local(pattern):
-        next(list_pattern(pattern, extensions=extensions))
-        return
-    candidates = [pattern]
-    if "**/" in pattern:  # '**/' may match no directory: try that reading too
-        candidates.append(pattern.replace("**/", "", 1))
-    try:
-        results = FileSystems.match(candidates, limits=[1] * len(candidates))
-    except Exception as e:
-        raise ValueError(f"cannot list pattern {pattern!r}: {_short_error(e)}") from e
-    if not any(r.metadata_list for r in results):
-        raise ValueError(_no_match_message(pattern, 0, extensions))
-
-
-def _check_files_exist(pattern: str) -> None:
-    """For TFRecord patterns: at least one file (any name)."""
-    pattern = _normalise_pattern(pattern)
-    try:
-        found = FileSystems.match([pattern], limits=[1])[0].metadata_list
-    except Exception as e:
-        raise ValueError(f"cannot list pattern {pattern!r}: {_short_error(e)}") from e
-    if not found:
-        raise ValueError(f"TFRecord pattern {pattern!r} matches no file: check the path")
 
 
 # ---------------------------------------------------------------------------- Beam DoFns
@@ -697,7 +83,7 @@ class _ListFilesFn(beam.DoFn):
 
     def process(self, pattern: str):
         for path, _ in list_pattern(pattern, extensions=self._extensions):
-            yield _wire_path(path), printable(_relative_key(path, self._root))
+            yield _wire_path(path), printable(relative_key(path, self._root))
 
 
 def _wire_path(path: str) -> str | bytes:
@@ -723,7 +109,7 @@ class _ReadFileFn(beam.DoFn):
                 data = f.read()
         except Exception as e:  # dangling symlink, loop, permission, vanished file, ...
             self._failed.inc()
-            failure = Failure(key, printable(path), "read", printable(_short_error(e)))
+            failure = Failure(key, printable(path), "read", printable(short_error(e)))
             yield TaggedOutput(FAILURES, failure)
             return
         yield EncodedImage(key=key, source=printable(path), data=data)
@@ -757,7 +143,7 @@ class _ParseExampleFn(beam.DoFn):
             yield self._to_image(example, filename)
         except Exception as e:
             self._failed.inc()
-            yield TaggedOutput(FAILURES, Failure(key, filename, "read", _short_error(e)))
+            yield TaggedOutput(FAILURES, Failure(key, filename, "read", short_error(e)))
 
     def _given_key(self, example) -> str:
         values = _feature_values(example, self._key_key)
@@ -840,7 +226,7 @@ class _TfdsExampleFn(beam.DoFn):
         except Exception as e:
             self._failed.inc()
             key = f"{self._name}/{self._split}/{tfds_id or 'unknown'}"
-            failure = Failure(key, f"tfds:{self._name}:{tfds_id}", "read", _short_error(e))
+            failure = Failure(key, f"tfds:{self._name}:{tfds_id}", "read", short_error(e))
             yield TaggedOutput(FAILURES, failure)
             return
         yield EncodedImage(
@@ -870,7 +256,7 @@ class _DecodeFn(beam.DoFn):
             self._failed.inc()
             key = str(getattr(element, "key", "?"))
             source = str(getattr(element, "source", "?"))
-            yield TaggedOutput(FAILURES, Failure(key, source, "decode", _short_error(e)))
+            yield TaggedOutput(FAILURES, Failure(key, source, "decode", short_error(e)))
             return
         self._decoded.inc()
         yield item
@@ -958,10 +344,10 @@ class ReadImages(beam.PTransform):
         extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS,
     ):
         super().__init__()
-        if kind not in READ_KINDS:
-            raise ValueError(f"kind={kind!r} is unknown: use one of {READ_KINDS}")
+        if kind not in SOURCE_KINDS:
+            raise ValueError(f"kind={kind!r} is unknown: use one of {SOURCE_KINDS}")
         if kind in ("files", "tfrecord"):
-            _split_patterns(pattern)
+            split_patterns(pattern)
         elif not tfds_name:
             raise ValueError("kind='tfds' needs tfds_name (e.g. 'mnist' or 'my_dataset')")
         if kind == "tfrecord" and not image_key:
@@ -987,9 +373,9 @@ class ReadImages(beam.PTransform):
         return self._expand_tfds(pbegin)
 
     def _expand_files(self, pbegin) -> Read:
-        patterns = [_normalise_pattern(p) for p in _split_patterns(self._pattern)]
+        patterns = [normalise_pattern(p) for p in split_patterns(self._pattern)]
         for pattern in patterns:
-            _check_pattern_matches(pattern, self._extensions)
+            check_pattern_matches(pattern, self._extensions)
         root = common_root(patterns)
         listed = (
             pbegin
@@ -1010,9 +396,9 @@ class ReadImages(beam.PTransform):
     def _expand_tfrecord(self, pbegin) -> Read:
         from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 
-        patterns = [_normalise_pattern(p) for p in _split_patterns(self._pattern)]
+        patterns = [normalise_pattern(p) for p in split_patterns(self._pattern)]
         for pattern in patterns:
-            _check_files_exist(pattern)
+            check_files_exist(pattern)
         parsed = (
             pbegin
             | "Patterns" >> beam.Create(patterns)
@@ -1064,7 +450,7 @@ def _prepared_builder(name: str, data_dir: str | None):
     except Exception as e:
         raise ValueError(
             f"TFDS dataset {name!r} not found in {where}: "
-            f"{_short_error(e).splitlines()[0]}; prepare it first "
+            f"{short_error(e).splitlines()[0]}; prepare it first "
             "(`tfds build` or builder.download_and_prepare()) or set tfds_data_dir"
         ) from e
     if not builder.is_prepared():
@@ -1119,9 +505,12 @@ class DecodeImages(beam.PTransform):
         max_pixels: int,
     ):
         super().__init__()
-        _check_channels(channels)
-        _check_max_pixels(max_pixels)
-        _check_resize_args(np.zeros((1, 1, 3), np.uint8), tuple(input_size), resize_policy)
+        check_decode_options(
+            input_size=input_size,
+            channels=channels,
+            resize_policy=resize_policy,
+            max_pixels=max_pixels,
+        )
         self._fn = _DecodeFn(
             input_size=tuple(input_size),
             channels=channels,
@@ -1137,6 +526,12 @@ class DecodeImages(beam.PTransform):
 # ------------------------------------------------------------------------ incremental runs
 
 SKIPPED = "skipped"  # the tag of SkipDone's output of inputs already done
+
+
+def done_token(key: str, sha256: str) -> str:
+    """Identity of a done input in the incremental index: its key and content hash."""
+    text = f"{key}\0{sha256}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).hexdigest()[:32]
 
 
 def write_done_index(path: str, tokens: Iterable[str]) -> int:

@@ -12,7 +12,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from pipeline import records, sinks
+from pipeline import records
+from pipeline.outputs import read_jsonl
 
 SIZE = 16  # the tiny model's input size
 
@@ -87,7 +88,7 @@ def check_complete(out: str) -> dict:
     for r in recs:
         for method in r.methods:
             assert np.isfinite(r.gradients[method].astype(np.float32)).all()
-    manifest = sinks.read_jsonl(os.path.join(out, "manifest.jsonl"))
+    manifest = read_jsonl(os.path.join(out, "manifest.jsonl"))
     assert sorted(row["record_id"] for row in manifest) == sorted(record_ids)
     real_out = os.path.realpath(out)
     listed = set()
@@ -110,9 +111,9 @@ def check_complete(out: str) -> dict:
                 with open(path, encoding="utf-8") as handle:
                     json.load(handle)
             elif name.endswith(".jsonl"):
-                sinks.read_jsonl(path)
+                read_jsonl(path)
     assert listed <= pngs
-    failures = sinks.read_jsonl(os.path.join(out, "failures.jsonl"))
+    failures = read_jsonl(os.path.join(out, "failures.jsonl"))
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
         summary = json.load(handle)
     return {"records": recs, "manifest": manifest, "failures": failures, "summary": summary}

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from pipeline import config as C
 from pipeline.config import Config, ConfigError, config_from_dict, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,6 +56,9 @@ def test_overrides_are_parsed_as_yaml_and_lists_become_tuples():
         ("model.input_size=[224]", "model.input_size"),
         ("model.preprocessing=imagenet", "model.preprocessing"),
         ("output.views=[heat]", "output.views"),
+        ("output.min_artifact_size=0", "output.min_artifact_size"),
+        ("output.min_artifact_size=4097", "output.min_artifact_size"),
+        ("output.min_artifact_size=1.5", "output.min_artifact_size"),
         ("run.max_failure_fraction=2", "run.max_failure_fraction"),
         ("nosection.key=1", "unknown config key"),
         ("saliency.samples", "section.key=value"),
@@ -85,3 +89,23 @@ def test_fingerprint_ignores_output_dir_but_not_method_settings():
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != c.fingerprint()
     assert a.run_id == b.run_id and a.run_id.startswith("cfg-")
+
+
+def test_engine_constants_equal_the_configs():
+    # config.py holds the canonical tuples (importable before TensorFlow); the engine
+    # modules keep their own copies for their checks: they must never drift apart.
+    from pipeline import decode, models, precision, saliency, sinks, sources
+
+    assert saliency.METHODS == C.METHODS
+    assert saliency.TARGET_MODES == C.TARGET_MODES
+    assert precision.PRECISIONS == C.PRECISIONS
+    assert models.PREPROCESSING_MODES == C.PREPROCESSING_MODES
+    # The Beam modules import theirs from config.
+    assert decode.RESIZE_POLICIES is C.RESIZE_POLICIES
+    assert sinks.ARTIFACT_VIEWS is C.ARTIFACT_VIEWS
+    assert sources.SOURCE_KINDS is C.SOURCE_KINDS
+
+
+def test_min_artifact_size_default_and_override():
+    assert Config().output.min_artifact_size == 192
+    assert load_config(None, ["output.min_artifact_size=64"]).output.min_artifact_size == 64

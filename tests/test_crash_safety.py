@@ -25,7 +25,7 @@ from _reliability import (
 )
 from PIL import Image
 
-from pipeline import sinks
+from pipeline import outputs
 from pipeline.config import load_config
 from pipeline.run import run
 
@@ -137,7 +137,7 @@ class _Killed(BaseException):
 
 def _crash_at(monkeypatch, out: str, name: str) -> None:
     """Make publish die when it is about to replace ``out/name``."""
-    real = sinks.write_atomic
+    real = outputs.write_atomic
     target = os.path.join(out, name)
 
     def write_atomic(path, data, **kwargs):
@@ -145,7 +145,7 @@ def _crash_at(monkeypatch, out: str, name: str) -> None:
             raise _Killed(path)
         return real(path, data, **kwargs)
 
-    monkeypatch.setattr(sinks, "write_atomic", write_atomic)
+    monkeypatch.setattr(outputs, "write_atomic", write_atomic)
 
 
 @pytest.mark.parametrize(
@@ -177,7 +177,7 @@ def test_publish_cut_at_any_step_then_rerun_is_exact(
         with pytest.raises(_Killed):
             run(second)
     # The committed manifest is whole: the old one or the new one, never a mix.
-    rows = sinks.read_jsonl(os.path.join(out, "manifest.jsonl"))
+    rows = outputs.read_jsonl(os.path.join(out, "manifest.jsonl"))
     new_committed = crash_before == "failures.jsonl"
     assert len(rows) == (8 if new_committed else 6)
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import records, sources
+from pipeline import decode, records, render
 from pipeline.config import load_config
 from pipeline.run import run
 from pipeline.saliency import Explainer
@@ -121,8 +121,8 @@ def test_records_equal_what_the_engine_gives(first_run, workspace):
     explainer = Explainer(loaded.model, samples=6, noise=0.2, seed=0, batch_size=8)
     for rec in decoded:
         data = Path(rec.source).read_bytes()
-        pixels = sources.resize(
-            sources.decode_image(data, channels=3, max_pixels=10**8), (SIZE, SIZE), "resize"
+        pixels = decode.resize(
+            decode.decode_image(data, channels=3, max_pixels=10**8), (SIZE, SIZE), "resize"
         )
         np.testing.assert_array_equal(rec.image, pixels)
         x = np.asarray(loaded.preprocess(pixels[None].astype(np.float32)))
@@ -158,6 +158,29 @@ def test_pngs_decode_and_manifest_reconciles(first_run):
                 img = Image.open(io.BytesIO(Path(path).read_bytes()))
                 img.load()
                 assert img.width >= SIZE and img.height >= SIZE
+
+
+def test_small_model_artifacts_are_upscaled_to_min_artifact_size(first_run):
+    config, _ = first_run
+    out = config.output.dir
+    assert config.output.min_artifact_size == 192  # the default
+    f = 12  # ceil(192 / 16): the 16x16 model's maps, nearest-neighbour upscaled
+    by_key = {r.key: r for r in _records(out)}
+    rows = [json.loads(line) for line in Path(f"{out}/manifest.jsonl").read_text().splitlines()]
+    for row in rows:
+        views = row["artifacts"]["vanilla"]
+        with Image.open(os.path.join(out, views["grid"])) as img:
+            grid = np.asarray(img.convert("RGB"))
+        assert grid.shape == (SIZE * f, 5 * SIZE * f + 4 * render.GRID_GAP, 3)
+        # The first panel is the model-input image, each pixel an f x f block of itself.
+        original = grid[:, : SIZE * f]
+        np.testing.assert_array_equal(original[::f, ::f], by_key[row["key"]].image)
+        np.testing.assert_array_equal(
+            original, np.repeat(np.repeat(original[::f, ::f], f, 0), f, 1)
+        )
+        for view in ("heatmap", "overlay"):
+            with Image.open(os.path.join(out, views[view])) as img:
+                assert (img.width, img.height) == (SIZE * f, SIZE * f)
 
 
 def test_rerun_into_fresh_dir_gives_identical_records(first_run, workspace):

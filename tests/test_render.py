@@ -104,6 +104,39 @@ def test_grid_title_adds_a_strip_and_is_deterministic():
     np.testing.assert_array_equal(gray[:, :W, 0], image[..., 0])
 
 
+def _blocks_equal(big: np.ndarray, small: np.ndarray, f: int) -> None:
+    """``big`` is ``small`` with every pixel an f x f block of itself."""
+    assert big.shape == (small.shape[0] * f, small.shape[1] * f, *small.shape[2:])
+    for dy in range(f):
+        for dx in range(f):
+            np.testing.assert_array_equal(big[dy::f, dx::f], small)
+
+
+def test_scale_upscales_every_pixel_to_a_constant_block():
+    image, g, m = _image(), _gradient(), np.random.default_rng(2).random((H, W))
+    _blocks_equal(_decode(render.heatmap_png(m, scale=3)), _decode(render.heatmap_png(m)), 3)
+    _blocks_equal(
+        _decode(render.overlay_png(image, m, 0.4, scale=3)),
+        _decode(render.overlay_png(image, m, 0.4)),
+        3,
+    )
+    gap = render.GRID_GAP
+    plain = _decode(render.grid_png(image, g))
+    big = _decode(render.grid_png(image, g, scale=3))
+    assert big.shape == (3 * H, 5 * 3 * W + 4 * gap, 3)  # panels scaled, gaps not
+    for i in range(5):
+        x, x3 = i * (W + gap), i * (3 * W + gap)
+        _blocks_equal(big[:, x3 : x3 + 3 * W], plain[:, x : x + W], 3)
+        if i < 4:
+            assert np.all(big[:, x3 + 3 * W : x3 + 3 * W + gap] == 255)
+    titled = _decode(render.grid_png(image, g, scale=2, title="cat", labels=True))
+    assert titled.shape == (2 * H + 24, 5 * 2 * W + 4 * gap, 3)
+    assert render.heatmap_png(m, scale=1) == render.heatmap_png(m)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="scale"):
+            render.heatmap_png(m, scale=bad)
+
+
 def test_encode_png_round_trip():
     image = _image()
     np.testing.assert_array_equal(_decode(render.encode_png(image)), image)

@@ -1,10 +1,10 @@
-"""sinks.py: safe paths, atomic files, and the sinks in a real (FnApiRunner) Beam pipeline."""
+"""sinks.py: safe paths, artifact scaling, and the sinks in a real (FnApiRunner) Beam pipeline
+(atomic files and publishing: test_outputs.py, test_crash_safety.py)."""
 
 from __future__ import annotations
 
 import glob
 import io
-import json
 import os
 
 import apache_beam as beam
@@ -14,7 +14,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipeline import records, render, sinks
+from pipeline import outputs, records, render, sinks
 from pipeline.elements import Failure, SaliencyRecord
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -98,23 +98,6 @@ def test_artifact_path_suffix_for_further_targets():
     )
 
 
-# --------------------------------------------------------------------------- atomic files
-
-
-def test_write_json_atomic_and_overwrites(tmp_path):
-    path = str(tmp_path / "sub" / "summary.json")
-    sinks.write_json(path, {"b": 1, "a": [1.5, "é"]})
-    sinks.write_json(path, {"b": 2, "a": [1.5, "é"]})
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    assert json.loads(text) == {"a": [1.5, "é"], "b": 2}
-    assert text.index('"a"') < text.index('"b"')  # sorted keys
-    assert os.listdir(tmp_path / "sub") == ["summary.json"]  # no temp file left
-    with pytest.raises(TypeError):
-        sinks.write_json(str(tmp_path / "bad.json"), {"x": object()})
-    assert os.listdir(tmp_path) == ["sub"]
-
-
 def test_transform_options_are_checked():
     with pytest.raises(ValueError, match="methods"):
         sinks.WriteArtifacts("/tmp/x", methods=["../evil"])
@@ -122,6 +105,20 @@ def test_transform_options_are_checked():
         sinks.WriteArtifacts("/tmp/x", methods=["vanilla"], views=["movie"])
     with pytest.raises(ValueError, match="num_shards"):
         sinks.WriteRecords("/tmp/x", num_shards=-1)
+    for size in (0, 4097, 2.5, True):
+        with pytest.raises(ValueError, match="min_artifact_size"):
+            sinks.WriteArtifacts("/tmp/x", methods=["vanilla"], min_artifact_size=size)
+
+
+def test_artifact_scale_brings_the_shorter_side_to_the_minimum():
+    assert sinks.artifact_scale(16, 16, 192) == 12  # 192 / 16
+    assert sinks.artifact_scale(64, 64, 192) == 3  # the shipped model: 64 * 3 = 192
+    assert sinks.artifact_scale(10, 300, 192) == 20  # ceil(192 / 10): the shorter side
+    assert sinks.artifact_scale(50, 50, 192) == 4  # ceil(3.84)
+    assert sinks.artifact_scale(224, 224, 192) == 1  # already large enough
+    assert sinks.artifact_scale(8, 8, 1) == 1
+    with pytest.raises(ValueError, match="empty"):
+        sinks.artifact_scale(0, 8, 192)
 
 
 # --------------------------------------------------------------------------- pipelines
@@ -179,7 +176,7 @@ def test_pipeline_writes_everything(tmp_path):
         np.testing.assert_array_equal(got.image, item.pixels)
 
     # Manifest: sorted by record_id, complete, and its paths hold decodable PNGs.
-    manifest = sinks.read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
+    manifest = outputs.read_jsonl(os.path.join(out_dir, "manifest.jsonl"))
     ids = [row["record_id"] for row in manifest]
     assert ids == sorted(r.record_id for r in items)
     by_id = {r.record_id: r for r in items}
@@ -204,7 +201,7 @@ def test_pipeline_writes_everything(tmp_path):
     evil = next(r for r in manifest if r["key"] == "../evil name.png")
     assert evil["artifacts"]["guided"]["grid"].startswith("artifacts/%2E%2E/evil%20name.png~")
 
-    rows = sinks.read_jsonl(os.path.join(out_dir, "failures.jsonl"))
+    rows = outputs.read_jsonl(os.path.join(out_dir, "failures.jsonl"))
     assert [r["key"] for r in rows] == ["b.jpg", "q.jpg"]
     assert rows[0] == {
         "key": "b.jpg",
