@@ -94,14 +94,22 @@ class ModelGeometry:
     fingerprint: str
 
 
-@functools.lru_cache(maxsize=4)
-def model_geometry(m: ModelConfig) -> ModelGeometry:
-    """Load the model once in the launching process: fails fast on a bad model, and gives
-    the input size the decoder resizes to."""
+@functools.lru_cache(maxsize=2)
+def _load_once(m: ModelConfig):
+    """One load per process and model config: the launcher's check and an in-process
+    worker (DirectRunner) share it instead of loading the model twice."""
     from pipeline.models import load_model
+    from pipeline.precision import configure_gpus
 
+    configure_gpus()  # memory growth before any TF op touches the GPU
+    return load_model(model_spec(m))
+
+
+def model_geometry(m: ModelConfig) -> ModelGeometry:
+    """Load the model in the launching process: fails fast on a bad model, and gives
+    the input size the decoder resizes to."""
     try:
-        loaded = load_model(model_spec(m))
+        loaded = _load_once(m)
     except Exception as exc:
         raise ModelLoadError(f"model {m.name!r}: {type(exc).__name__}: {exc}") from exc
     return ModelGeometry(
@@ -114,11 +122,7 @@ def model_geometry(m: ModelConfig) -> ModelGeometry:
 
 def load_engine(config: Config) -> Engine:
     """Load the model and build the explainer (what each worker process does once)."""
-    from pipeline.models import load_model
-    from pipeline.precision import configure_gpus
-
-    configure_gpus()  # memory growth before any TF op touches the GPU
-    loaded = load_model(model_spec(config.model))
+    loaded = _load_once(config.model)
     explainer = make_explainer(
         loaded,
         config,
