@@ -36,7 +36,10 @@ setup(
         "gcp": ["apache-beam[gcp]>=2.60,<3"],
         "aws": ["apache-beam[aws]>=2.60,<3"],
         "test": [TF_CPU, "pytest>=8", "ruff>=0.6"],
-        "bench": ["psutil>=5"],
+        # Peer libraries for benchmarks/ (versions measured in benchmarks/RESULTS.md). They
+        # pull tensorflow<=2.20 and tf-keras through tensorflow-probability: install them in
+        # a separate venv and point `python -m benchmarks.bench --peers-python` at it.
+        "bench": ["psutil>=5", "xplique==2.0.2", "tf-keras-vis==0.8.7", "saliency==0.2.1"],
     },
     entry_points={"console_scripts": ["saliency-pipeline=pipeline.cli:main"]},
 )

@@ -48,6 +48,7 @@ DERIVATIVES = {
     "relu": lambda z: (z > 0).astype(np.float32),
     "relu_max6": lambda z: ((z > 0) & (z < 6)).astype(np.float32),
     "relu6": lambda z: ((z > 0) & (z < 6)).astype(np.float32),
+    "relu_max4": lambda z: ((z > 0) & (z < 4)).astype(np.float32),
     "relu_threshold": lambda z: np.where(z > 1.0, 1.0, 0.1),  # threshold 1, slope 0.1
     "silu": lambda z: _sigmoid(z) * (1 + z * (1 - _sigmoid(z))),
     "hard_silu": lambda z: np.where(z < -3, 0.0, np.where(z > 3, 1.0, (2 * z + 3) / 6)),
@@ -66,6 +67,7 @@ def _activation_block(case: str):
         "relu": lambda z: keras.layers.Activation("relu")(z),
         "relu_max6": lambda z: keras.layers.ReLU(max_value=6.0)(z),
         "relu6": lambda z: keras.layers.Activation(keras.activations.relu6)(z),
+        "relu_max4": lambda z: keras.layers.ReLU(max_value=4.0)(z),
         "relu_threshold": lambda z: keras.layers.ReLU(threshold=1.0, negative_slope=0.1)(z),
         "silu": lambda z: keras.layers.Activation("swish")(z),
         "hard_silu": lambda z: keras.layers.Activation("hard_swish")(z),
