@@ -464,3 +464,78 @@ def test_explain_with_a_model_spec_applies_the_preprocessing(tmp_path, conv):
         np.testing.assert_allclose(result.scores, expected.scores, rtol=1e-5)
     with pytest.raises(ValueError, match="input size"):
         explain(spec, pixels[:, :4], "vanilla")
+
+
+# --------------------------------------------------------------------------- engine internals
+
+
+def _bn_net(seed=5):
+    """Conv -> BN -> ReLU6 -> Depthwise(x2) -> BN -> ReLU -> GAP -> Dense, with BatchNorm
+    statistics and affine parameters far from the identity."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same", use_bias=True)(inputs)
+    h = keras.layers.ReLU(6.0)(keras.layers.BatchNormalization()(h))
+    h = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False)(h)
+    h = keras.layers.ReLU()(keras.layers.BatchNormalization(epsilon=1e-2)(h))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h)))
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]  # gamma, beta, moving mean, moving variance
+            layer.set_weights(
+                [rng.uniform(0.5, 2, n), rng.normal(size=n), rng.normal(size=n),
+                 rng.uniform(0.2, 3, n)]
+            )  # fmt: skip
+    return model
+
+
+def test_batchnorm_folding_keeps_logits_and_gradients():
+    import tensorflow as tf
+
+    from pipeline.saliency import _fold_batchnorm
+
+    model = _bn_net()
+    folded = _fold_batchnorm(model)
+    kinds = [type(layer).__name__ for layer in folded.layers]
+    assert "BatchNormalization" not in kinds and kinds.count("FoldedBatchNormalization") == 2
+    x = _images(4, (12, 12, 3), seed=50)
+    np.testing.assert_allclose(folded(x), model(x), rtol=1e-5, atol=1e-5)
+
+    @tf.function
+    def gradient(inputs, targets):  # the plain reference, on the original (unfolded) model
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            scores = tf.gather(model(inputs, training=False), targets, axis=1, batch_dims=1)
+        return tape.gradient(scores, inputs)
+
+    targets = np.array([0, 1, 2, 1])
+    expected = gradient(tf.constant(x), tf.constant(targets)).numpy()
+    assert np.abs(expected).max() > 1e-3  # not vanishing: the comparison means something
+    got = Explainer(model).explain(x, "vanilla", targets=targets).gradients
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_batchnorm_after_an_activation_or_a_shared_conv_is_not_folded():
+    from pipeline.saliency import _fold_batchnorm
+
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(2, 1, activation="relu")(inputs)  # BN after relu: not affine
+    h = keras.layers.BatchNormalization()(h)
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
+    assert _fold_batchnorm(model) is model
+    conv = keras.layers.Conv2D(2, 1)
+    a = conv(inputs)
+    both = keras.layers.Add()([keras.layers.BatchNormalization()(a), a])  # conv output reused
+    shared = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(both)))
+    assert _fold_batchnorm(shared) is shared
+
+
+def test_sample_chunks_are_balanced():
+    from pipeline.saliency import _balanced_chunks
+
+    assert _balanced_chunks(400, 64) == (7, 58)  # not 7 x 64 = 448 inputs
+    assert _balanced_chunks(400, 32) == (13, 31)
+    assert _balanced_chunks(400, 400) == (1, 400)
+    assert _balanced_chunks(5, 1000) == (1, 5)
+    assert _balanced_chunks(7, 3) == (3, 3)
