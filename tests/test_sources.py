@@ -450,3 +450,40 @@ def test_tfds_not_prepared_or_wrong_feature_fails_at_construction(tmp_path, tfds
         _ = p | "Split" >> S.ReadImages(
             kind="tfds", tfds_name="tiny_images", tfds_data_dir=tfds_dir, tfds_split="validation"
         )
+
+
+def test_tfds_full_run_with_label_targets(tfds_dir, tmp_path):
+    """A whole run() over the TFDS split: every example explained for its label."""
+    import keras
+
+    from pipeline import records
+    from pipeline.config import load_config
+    from pipeline.run import run
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4, 4, 3))
+    hidden = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(hidden)
+    outputs = keras.layers.Dense(3, activation="softmax")(pooled)
+    keras.Model(inputs, outputs).save(tmp_path / "tiny.keras")
+    config = load_config(
+        None,
+        [
+            f"model.name={tmp_path / 'tiny.keras'}",
+            "model.preprocessing=unit",
+            "source.kind=tfds",
+            "source.tfds_name=tiny_images",
+            f"source.tfds_data_dir={tfds_dir}",
+            "saliency.methods=[vanilla]",
+            "saliency.target=label",
+            "saliency.precision=float32",
+            "batch.max_batch_size=2",
+            f"output.dir={tmp_path / 'out'}",
+        ],
+    )
+    summary = run(config, ["--runner=DirectRunner"])
+    assert (summary.inputs, summary.images_written, summary.images_failed) == (5, 5, 0)
+    decoded = sorted(records.read(f"{tmp_path / 'out'}/records/*.tfrecord"), key=lambda r: r.key)
+    assert [r.key for r in decoded] == [f"tiny_images/train/{i}" for i in range(5)]
+    assert [r.target_class for r in decoded] == [i % 3 for i in range(5)]
+    assert all(np.abs(r.gradients["vanilla"]).max() > 0 for r in decoded)
