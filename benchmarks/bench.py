@@ -200,9 +200,9 @@ def precision_section(args: argparse.Namespace) -> dict[str, Any]:
 
 def _trained_example_agreement() -> dict[str, float]:
     """Rank correlation of float32 and auto maps of the trained example model."""
+    from pipeline.decode import decode_image, resize
     from pipeline.models import ModelSpec, load_model
     from pipeline.saliency import Explainer
-    from pipeline.sources import decode_image, resize
 
     loaded = load_model(
         ModelSpec(name=str(common.ROOT / "examples/model/shapes_cnn.keras"), preprocessing="unit")

@@ -106,10 +106,10 @@ run:
 def model_only(config_path: Path) -> dict[str, Any]:
     """The handler's work without Beam: decode up front, then explain batch by batch."""
     from pipeline.config import load_config
+    from pipeline.decode import decode_image, resize
     from pipeline.handler import make_explainer, model_spec
     from pipeline.models import load_model
     from pipeline.saliency import resolve_targets
-    from pipeline.sources import decode_image, resize
 
     config = load_config(str(config_path))
     started = time.perf_counter()

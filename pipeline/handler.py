@@ -61,11 +61,7 @@ def make_explainer(loaded: Any, config: Config, *, pad_to: int, sample_batch_siz
     from pipeline.saliency import Explainer
 
     s = config.saliency
-    baseline: Any = s.ig_baseline
-    if baseline == "black":  # black pixels, in the space the model sees
-        height, width = loaded.input_size
-        black = np.zeros((1, height, width, loaded.channels), dtype=np.float32)
-        baseline = np.asarray(loaded.preprocess(black), dtype=np.float32)[0]
+    baseline: Any = loaded.black_image() if s.ig_baseline == "black" else s.ig_baseline
     return Explainer(
         loaded.model,
         samples=s.samples,
@@ -280,13 +276,13 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
         _numerics_failure(items[row], what) for row, what in sorted(bad.items())
     ]
     seen: dict[int, int] = {}
+    first = per_method[s.methods[0]]
     for j, (row, target) in enumerate(zip(rows.tolist(), targets.tolist())):
         if row in bad:
             continue
         item = items[row]
         rank = seen.get(row, 0)
         seen[row] = rank + 1
-        first = per_method[s.methods[0]]
         records.append(
             SaliencyRecord(
                 key=item.key,
@@ -312,7 +308,5 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
 
 
 def _recomputed_row(explanation: Any, row: int) -> int:
-    flags = getattr(explanation, "recomputed_rows", None)
-    if flags is None:
-        return 0
-    return int(flags[row])
+    flags = explanation.recomputed_rows
+    return 0 if flags is None else int(flags[row])

@@ -297,6 +297,12 @@ class LoadedModel:
         """Float pixels 0..255 ``[B, H, W, C]`` -> the model's input space."""
         return preprocess(pixels, self.preprocessing)
 
+    def black_image(self) -> np.ndarray:
+        """An all-black image in the model's input space, float32 [H, W, C]: the "black"
+        baseline of integrated gradients."""
+        black = np.zeros((1, *self.input_size, self.channels), np.float32)
+        return np.asarray(self.preprocess(black), dtype=np.float32)[0]
+
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Build or load the model of ``spec`` as a float32 logits model."""

@@ -817,6 +817,5 @@ def _load_and_preprocess(spec: Any, images: Any, ig_baseline: Any):
         )
     x = np.asarray(loaded.preprocess(pixels), dtype=np.float32)
     if isinstance(ig_baseline, str) and ig_baseline == "black":
-        black = np.zeros((1, *expected), np.float32)
-        ig_baseline = np.asarray(loaded.preprocess(black), dtype=np.float32)[0]
+        ig_baseline = loaded.black_image()
     return loaded.model, x, ig_baseline

@@ -28,8 +28,6 @@ from pipeline.config import SOURCE_KINDS
 from pipeline.decode import (
     check_decode_options,
     content_sha256,
-    decode_image,
-    resize,
     sha256_hex,
     short_error,
     to_image_item,
@@ -56,10 +54,8 @@ __all__ = [
     "ReadImages",
     "SkipDone",
     "Skipped",
-    "decode_image",  # re-exported: pipeline.decode's, used by the benchmarks
     "done_token",
     "read_done_index",
-    "resize",  # re-exported: pipeline.decode's, used by the benchmarks
     "write_done_index",
 ]
 
