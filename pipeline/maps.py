@@ -96,8 +96,19 @@ def image_times_abs(
 ) -> np.ndarray:
     """The image (0..255) weighted by the normalised ``abs`` map: float32 [H, W, C] in [0, 1]."""
     g = _check_gradient(gradient)
-    img = _check_image(image, g.shape)
-    weight = normalise(np.abs(g).sum(axis=-1), percentile)
+    _check_image(image, g.shape)
+    return weight_image(normalise(np.abs(g).sum(axis=-1), percentile), image)
+
+
+def weight_image(abs_map: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """The image (0..255, [H, W, C]) weighted by an already normalised ``abs`` map [H, W]:
+    float32 [H, W, C] in [0, 1] (what :func:`image_times_abs` returns)."""
+    weight = np.asarray(abs_map, dtype=np.float32)
+    if weight.ndim != 2:
+        raise ValueError(f"abs_map has shape {weight.shape}: expected a 2-D [H, W] map.")
+    pixels = np.asarray(image)
+    channels = pixels.shape[2] if pixels.ndim == 3 else 1
+    img = _check_image(pixels, weight.shape + (channels,))
     return (weight[..., None] * img).astype(np.float32)
 
 

@@ -6,12 +6,10 @@ Pillow writes no timestamp chunk, and the same array always gives the same bytes
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import maps
+from pipeline import maps, png
 
 # Anchor colours at 11 evenly spaced points (0.0, 0.1, ..., 1.0) of matplotlib's
 # perceptually uniform maps; the 256-entry tables interpolate linearly between them.
@@ -78,21 +76,11 @@ def colormap(m: np.ndarray, name: str = "inferno") -> np.ndarray:
 def encode_png(pixels: np.ndarray) -> bytes:
     """Encode uint8 [H, W], [H, W, 1] or [H, W, 3] pixels as PNG (deterministic bytes).
 
-    zlib level 1: saliency maps compress about as well as at the default level 6, at a
-    fraction of the CPU time, and PNG encoding sits on the pipeline's critical path.
+    :func:`pipeline.png.encode` at zlib level 1: saliency maps compress about as well as at
+    the default level 6 at a fraction of the CPU time, and PNG encoding is most of the
+    pipeline's own per-image work.
     """
-    arr = np.asarray(pixels)
-    if arr.dtype != np.uint8:
-        raise TypeError(f"pixels have dtype {arr.dtype}: expected uint8 0..255.")
-    if arr.ndim == 3 and arr.shape[2] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise ValueError(f"pixels have shape {arr.shape}: expected [H, W], [H, W, 1] or [H, W, 3].")
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr)).save(
-        buf, format="PNG", optimize=False, compress_level=1
-    )
-    return buf.getvalue()
+    return png.encode(pixels)
 
 
 def upscale(pixels: np.ndarray, scale: int) -> np.ndarray:
@@ -126,19 +114,35 @@ def overlay_png(
     return encode_png(upscale(_blend(image, m, alpha, cmap), scale))
 
 
+GRID_VIEWS = ("abs", "positive", "negative")  # the maps.compute_views the grid needs
+
+
 def grid_panels(
     image: np.ndarray, gradient: np.ndarray, *, percentile: float = 99.0, cmap: str = "inferno"
 ) -> list[np.ndarray]:
     """The five uint8 [H, W, 3] panels of the grid, in :data:`GRID_PANELS` order."""
     g = np.asarray(gradient)
-    views = maps.compute_views(g, percentile=percentile, views=("abs", "positive", "negative"))
-    img = _check_image(image, g.shape[:2])
-    weighted = maps.image_times_abs(g, np.asarray(image), percentile=percentile)
+    views = maps.compute_views(g, percentile=percentile, views=GRID_VIEWS)
+    return panels_from_views(image, views, cmap=cmap)
+
+
+def panels_from_views(
+    image: np.ndarray, views: dict[str, np.ndarray], *, cmap: str = "inferno"
+) -> list[np.ndarray]:
+    """The grid's five panels from already computed :data:`GRID_VIEWS` (each [H, W] in
+    [0, 1], as ``maps.compute_views`` gives them), so a caller that renders several
+    artifacts of one gradient normalises each view once."""
+    missing = [v for v in GRID_VIEWS if v not in views]
+    if missing:
+        raise ValueError(f"views lacks {missing}: the grid needs {GRID_VIEWS}.")
+    abs_map = _check_map(views["abs"])
+    img = _check_image(image, abs_map.shape)
+    weighted = maps.weight_image(abs_map, np.asarray(image))
     if weighted.shape[2] == 1:
         weighted = np.repeat(weighted, 3, axis=-1)
     return [
         img,
-        colormap(views["abs"], cmap),
+        colormap(abs_map, cmap),
         colormap(views["positive"], cmap),
         colormap(views["negative"], cmap),
         np.rint(weighted * 255.0).astype(np.uint8),
@@ -164,9 +168,21 @@ def grid_png(
     ``title`` and ``labels`` (the panel names) each add a white 12-pixel text strip above
     the panels (Pillow's default font); without them the height is scale * H.
     """
+    panels = grid_panels(image, gradient, percentile=percentile, cmap=cmap)
+    return grid_png_from_panels(panels, title=title, labels=labels, gap=gap, scale=scale)
+
+
+def grid_png_from_panels(
+    panels: list[np.ndarray],
+    *,
+    title: str | None = None,
+    labels: bool = False,
+    gap: int = GRID_GAP,
+    scale: int = 1,
+) -> bytes:
+    """:func:`grid_png` from its panels (:func:`grid_panels` or :func:`panels_from_views`)."""
     if int(gap) < 0:
         raise ValueError(f"gap={gap!r} must be >= 0 pixels.")
-    panels = grid_panels(image, gradient, percentile=percentile, cmap=cmap)
     panels = [upscale(panel, scale) for panel in panels]
     h, w = panels[0].shape[:2]
     lines = int(bool(title)) + int(bool(labels))

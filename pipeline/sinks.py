@@ -155,28 +155,36 @@ def artifact_scale(height: int, width: int, min_size: int) -> int:
     return max(1, -(-int(min_size) // shorter))
 
 
-def render_artifact(
+def render_artifacts(
     record: SaliencyRecord,
     method: str,
-    view: str,
+    views: Sequence[str],
     *,
     percentile: float,
     alpha: float,
     cmap: str,
     scale: int = 1,
-) -> bytes:
-    """PNG bytes of one artifact view of one record and method, each panel upscaled by
-    the integer ``scale`` (nearest neighbour)."""
+) -> dict[str, bytes]:
+    """PNG bytes of the artifact ``views`` of one record and method, each panel upscaled by
+    the integer ``scale`` (nearest neighbour). The 2-D maps are normalised once and shared
+    by all views (the heatmap, the overlay and the grid all show the same abs map)."""
+    unknown = [v for v in views if v not in ARTIFACT_VIEWS]
+    if unknown:
+        raise ValueError(f"artifact views {unknown!r} are unknown: allowed are {ARTIFACT_VIEWS}.")
     gradient = np.asarray(record.gradients[method])
     pixels = np.asarray(record.pixels)
-    if view == "grid":
-        return render.grid_png(pixels, gradient, percentile=percentile, cmap=cmap, scale=scale)
-    abs_map = maps.compute_views(gradient, percentile=percentile, views=("abs",))["abs"]
-    if view == "heatmap":
-        return render.heatmap_png(abs_map, cmap=cmap, scale=scale)
-    if view == "overlay":
-        return render.overlay_png(pixels, abs_map, alpha, cmap=cmap, scale=scale)
-    raise ValueError(f"artifact view {view!r} is unknown: allowed are {ARTIFACT_VIEWS}.")
+    wanted = render.GRID_VIEWS if "grid" in views else ("abs",)
+    two_d = maps.compute_views(gradient, percentile=percentile, views=wanted)
+    out = {}
+    for view in views:
+        if view == "grid":
+            panels = render.panels_from_views(pixels, two_d, cmap=cmap)
+            out[view] = render.grid_png_from_panels(panels, scale=scale)
+        elif view == "heatmap":
+            out[view] = render.heatmap_png(two_d["abs"], cmap=cmap, scale=scale)
+        else:  # overlay
+            out[view] = render.overlay_png(pixels, two_d["abs"], alpha, cmap=cmap, scale=scale)
+    return out
 
 
 class _RenderArtifacts(beam.DoFn):
@@ -206,9 +214,9 @@ class _RenderArtifacts(beam.DoFn):
             if method not in record.gradients:
                 continue  # the manifest lists what exists
             artifacts[method] = {}
-            for view in self._views:
+            rendered = render_artifacts(record, method, self._views, scale=scale, **self._options)
+            for view, data in rendered.items():
                 relative = artifact_path(record, method, view)
-                data = render_artifact(record, method, view, scale=scale, **self._options)
                 write_atomic(
                     join_path(self._output_dir, relative),
                     data,

@@ -14,7 +14,7 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipeline import outputs, records, render, sinks
+from pipeline import maps, outputs, records, render, sinks
 from pipeline.elements import Failure, SaliencyRecord
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -119,6 +119,27 @@ def test_artifact_scale_brings_the_shorter_side_to_the_minimum():
     assert sinks.artifact_scale(8, 8, 1) == 1
     with pytest.raises(ValueError, match="empty"):
         sinks.artifact_scale(0, 8, 192)
+
+
+@pytest.mark.parametrize("views", [("heatmap", "overlay", "grid"), ("grid",), ("overlay",)])
+def test_render_artifacts_equal_the_public_render_functions(views):
+    # The sink normalises each map once for all views; the bytes must be what the public
+    # one-view functions give on their own.
+    record = make_record("a", seed=3)
+    options = {"percentile": 97.0, "alpha": 0.3, "cmap": "viridis", "scale": 2}
+    out = sinks.render_artifacts(record, "guided", views, **options)
+    assert tuple(out) == views
+    g, pixels = record.gradients["guided"], record.pixels
+    abs_map = maps.compute_views(g, percentile=97.0, views=("abs",))["abs"]
+    expected = {
+        "heatmap": render.heatmap_png(abs_map, cmap="viridis", scale=2),
+        "overlay": render.overlay_png(pixels, abs_map, 0.3, cmap="viridis", scale=2),
+        "grid": render.grid_png(pixels, g, percentile=97.0, cmap="viridis", scale=2),
+    }
+    for view in views:
+        assert out[view] == expected[view], view
+    with pytest.raises(ValueError, match="'sketch'"):
+        sinks.render_artifacts(record, "guided", ("sketch",), **options)
 
 
 # --------------------------------------------------------------------------- pipelines
