@@ -174,9 +174,9 @@ def precision_section(args: argparse.Namespace) -> dict[str, Any]:
     from pipeline.precision import resolve_precision
     from pipeline.saliency import Explainer
 
-    resolved = resolve_precision("auto")
-    common.log(f"precision: ResNet50, float32 vs auto (= {resolved})")
     model = common.random_weight_model("ResNet50", args.size)
+    resolved = resolve_precision("auto", model)
+    common.log(f"precision: ResNet50, float32 vs auto (= {resolved})")
     batch = args.precision_batch
     x = common.caffe(common.photo_batch(batch, args.size))
     common.calibrate_batchnorm(model, common.caffe(common.photo_batch(16, args.size)))

@@ -497,7 +497,7 @@ class Explainer:
         if not isinstance(xla, bool):
             raise TypeError(f"xla: got {xla!r}; True or False is required.")
         self.xla = xla
-        self.precision = _resolve_precision(precision)
+        self.precision = _resolve_precision(precision, model)
         self.num_classes = int(outputs[0].shape[-1])
         # Inference BatchNorm folded into the convolutions: the same function, fewer passes.
         model = _fold_batchnorm(model)
@@ -742,7 +742,7 @@ def _joined(pieces: list[np.ndarray], empty_shape: tuple) -> np.ndarray:
     return joined.astype(np.float32, copy=False)
 
 
-def _resolve_precision(name: Any) -> str:
+def _resolve_precision(name: Any, model: keras.Model) -> str:
     from pipeline.precision import PRECISIONS, resolve_precision
 
     if name not in PRECISIONS:
@@ -750,7 +750,7 @@ def _resolve_precision(name: Any) -> str:
             f"precision: got {name!r}; allowed values are {list(PRECISIONS)}. "
             "Fix: use 'float32' (exact) or 'auto' (reduced precision where the device has it)."
         )
-    return resolve_precision(name)
+    return resolve_precision(name, model)
 
 
 # --------------------------------------------------------------------------- one-shot API

@@ -16,6 +16,7 @@ from pipeline.precision import (
     cpu_supports_bf16,
     resolve_precision,
 )
+from pipeline.saliency import Explainer
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,37 @@ def test_auto_resolves_per_device(monkeypatch, gpu, bf16, expected):
     monkeypatch.setattr(precision, "gpu_available", lambda: gpu)
     monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: bf16)
     assert resolve_precision("auto") == expected
+
+
+def _tiny(conv_layer=None, *, nested=False):
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    if conv_layer is not None:
+        block = conv_layer
+        if nested:
+            block_in = keras.Input((8, 8, 4))
+            block = keras.Model(block_in, conv_layer(block_in))
+        h = block(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+@pytest.mark.parametrize(
+    ("layer", "nested", "expected"),
+    [
+        (None, False, "mixed_bfloat16"),
+        (lambda: keras.layers.DepthwiseConv2D(3, padding="same"), False, "float32"),
+        (lambda: keras.layers.SeparableConv2D(4, 3, padding="same"), True, "float32"),
+    ],
+)
+def test_auto_on_a_bf16_cpu_keeps_depthwise_models_in_float32(monkeypatch, layer, nested, expected):
+    monkeypatch.setattr(precision, "gpu_available", lambda: False)
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: True)
+    model = _tiny(None if layer is None else layer(), nested=nested)
+    assert resolve_precision("auto", model) == expected
+    assert Explainer(model, precision="auto").precision == expected
+    monkeypatch.setattr(precision, "gpu_available", lambda: True)  # GPUs: always float16
+    assert resolve_precision("auto", model) == "mixed_float16"
 
 
 @pytest.mark.parametrize("name", ["float32", "mixed_float16", "mixed_bfloat16"])
