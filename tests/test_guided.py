@@ -270,3 +270,30 @@ def test_convnext_gelu_stays_exact(applications):
     gelus = [name for name in report.patched if name.endswith("_gelu")]
     assert len(gelus) == 18
     assert guided.get_layer(gelus[0]).activation == GuidedFunction("gelu")
+
+
+@pytest.mark.parametrize("activation", ["relu", "relu6"])
+def test_guided_backward_leaves_the_pre_activation_fusable(activation):
+    # Grappler fuses Conv2D+BiasAdd+Relu(6) only when the pre-activation has no other
+    # consumer. The guided backward must read the rectifier's output (as TF's own ReluGrad
+    # does), not capture its input, or the fusion (about 5% of guided's speed) is lost.
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, activation=activation)(inputs)
+    out = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h))
+    guided, report = guided_model(keras.Model(inputs, out))
+    assert len(report.patched) == 1
+
+    @tf.function(autograph=False)
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.reduce_sum(guided(x))
+        return tape.gradient(y, x)
+
+    graph = grad.get_concrete_function(tf.TensorSpec([1, 8, 8, 3], tf.float32)).graph
+    op_type = {"relu": "Relu", "relu6": "Relu6"}[activation]
+    grads = [op for op in graph.get_operations() if op.type == op_type + "Grad"]
+    assert len(grads) == 1
+    rectifier = grads[0].inputs[1].op  # "features": must be the forward rectifier's output
+    assert rectifier.type == op_type
+    assert [c.name for c in rectifier.inputs[0].consumers()] == [rectifier.name]
