@@ -204,6 +204,21 @@ def caffe(pixels: np.ndarray) -> np.ndarray:
     return (bgr - np.array([103.939, 116.779, 123.68], np.float32)).astype(np.float32)
 
 
+def reference_gradient(model: Any) -> Callable[[Any, Any], Any]:
+    """The plain reference: one ``tf.function`` for the gradient of each image's target
+    logit with respect to a batch of images (the gradient any library starts from)."""
+    import tensorflow as tf
+
+    @tf.function
+    def gradient(x: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            scores = tf.gather(model(x, training=False), targets, axis=1, batch_dims=1)
+        return tape.gradient(scores, x)
+
+    return gradient
+
+
 # --------------------------------------------------------------------------- statistics
 
 

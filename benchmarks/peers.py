@@ -76,14 +76,7 @@ def _reference(model: Any, x: np.ndarray, targets: np.ndarray) -> Callable[[], A
     import tensorflow as tf
 
     xt, tt = tf.constant(x), tf.constant(targets.astype(np.int32))
-
-    @tf.function
-    def grad(inputs: tf.Tensor, t: tf.Tensor) -> tf.Tensor:
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            scores = tf.gather(model(inputs, training=False), t, axis=1, batch_dims=1)
-        return tape.gradient(scores, inputs)
-
+    grad = common.reference_gradient(model)
     return lambda: grad(xt, tt).numpy()
 
 

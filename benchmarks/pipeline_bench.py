@@ -132,7 +132,7 @@ def _child_model_only(config_path: str, result_path: str) -> None:
     )
     load_s = time.perf_counter() - started
     pixels = []
-    decode_started = time.perf_counter()
+    decode_started, decode_cpu_started = time.perf_counter(), _cpu_s()
     for path in paths:
         decoded = decode_image(
             path.read_bytes(), channels=loaded.channels, max_pixels=config.source.max_pixels
@@ -140,6 +140,7 @@ def _child_model_only(config_path: str, result_path: str) -> None:
         pixels.append(resize(decoded, tuple(loaded.input_size), config.source.resize))
     pixels = np.stack(pixels)
     decode_s = time.perf_counter() - decode_started
+    decode_cpu_s = _cpu_s() - decode_cpu_started
     batch = config.batch.max_batch_size
     batch_s = []
     for start in range(0, len(pixels), batch):
@@ -161,7 +162,7 @@ def _child_model_only(config_path: str, result_path: str) -> None:
                 "load_s": load_s,
                 "first_batch_s": batch_s[0],
                 "cold_s": cold_s,
-                "cold_cpu_s": _cpu_s() - cpu_started,  # decoding included (a few %)
+                "cold_cpu_s": _cpu_s() - cpu_started - decode_cpu_s,
                 "decode_s": decode_s,
                 "images_per_s": len(pixels) / cold_s,
                 "steady_images_per_s": steady_images / sum(steady),

@@ -50,6 +50,7 @@ __all__ = [
     "GuidedOperation",
     "GuidedPReLU",
     "GuidedReport",
+    "all_layers",
     "check_cloneable",
     "clone_rewritten",
     "copy_state",
@@ -413,7 +414,7 @@ def check_cloneable(model: keras.Model) -> None:
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
     if isinstance(model, keras.layers.TFSMLayer) or any(
-        isinstance(layer, keras.layers.TFSMLayer) for layer in _all_layers(model)
+        isinstance(layer, keras.layers.TFSMLayer) for layer in all_layers(model)
     ):
         raise ValueError(_SAVEDMODEL_MESSAGE)
     if not isinstance(model, Functional | keras.Sequential):
@@ -429,7 +430,8 @@ def model_inputs(model: keras.Model) -> Any:
     return inputs[0] if len(inputs) == 1 else inputs
 
 
-def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of ``model``, nested models' layers included (the model itself not)."""
     return list(model._flatten_layers(include_self=False, recursive=True))
 
 
@@ -440,7 +442,7 @@ def copy_state(source: keras.Model, target: keras.Model) -> None:
     ``finalize_state`` does.
     """
     target.set_weights(source.get_weights())
-    for layer in _all_layers(target):
+    for layer in all_layers(target):
         if hasattr(layer, "finalize_state"):
             layer.finalize_state()
 
@@ -459,7 +461,7 @@ def clone_rewritten(model: keras.Model, clone_function: Callable[[Any], Any]) ->
 def _leftover_rectifiers(model: keras.Model, patched: set[str]) -> list[str]:
     """Rectifiers inside custom composite layers that the rewrite could not reach."""
     left = []
-    for layer in _all_layers(model):
+    for layer in all_layers(model):
         if layer.name in patched or isinstance(layer, keras.Model):
             continue
         fn = getattr(layer, "activation", None)

@@ -96,8 +96,8 @@ def image_times_abs(
 ) -> np.ndarray:
     """The image (0..255) weighted by the normalised ``abs`` map: float32 [H, W, C] in [0, 1]."""
     g = _check_gradient(gradient)
-    _check_image(image, g.shape)
-    return weight_image(normalise(np.abs(g).sum(axis=-1), percentile), image)
+    img = _check_image(image, g.shape)
+    return _weighted(normalise(np.abs(g).sum(axis=-1), percentile), img)
 
 
 def weight_image(abs_map: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -108,8 +108,12 @@ def weight_image(abs_map: np.ndarray, image: np.ndarray) -> np.ndarray:
         raise ValueError(f"abs_map has shape {weight.shape}: expected a 2-D [H, W] map.")
     pixels = np.asarray(image)
     channels = pixels.shape[2] if pixels.ndim == 3 else 1
-    img = _check_image(pixels, weight.shape + (channels,))
-    return (weight[..., None] * img).astype(np.float32)
+    return _weighted(weight, _check_image(pixels, weight.shape + (channels,)))
+
+
+def _weighted(weight: np.ndarray, img: np.ndarray) -> np.ndarray:
+    """[H, W] weights times a checked [H, W, C] image in [0, 1]."""
+    return (np.asarray(weight, np.float32)[..., None] * img).astype(np.float32)
 
 
 def compute_views(

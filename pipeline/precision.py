@@ -17,7 +17,13 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline.guided import check_cloneable, clone_rewritten, model_inputs, plain_clone
+from pipeline.guided import (
+    all_layers,
+    check_cloneable,
+    clone_rewritten,
+    model_inputs,
+    plain_clone,
+)
 
 __all__ = ["PRECISIONS", "cast_model", "configure_gpus", "cpu_supports_bf16", "resolve_precision"]
 
@@ -70,15 +76,6 @@ _SLOW_IN_BF16_ON_CPU = tuple(
 )
 
 
-def _has_layers(model: keras.Model, classes: tuple[type, ...]) -> bool:
-    for layer in model.layers:
-        if isinstance(layer, classes):
-            return True
-        if isinstance(layer, keras.Model) and _has_layers(layer, classes):
-            return True
-    return False
-
-
 def resolve_precision(name: str, model: keras.Model | None = None) -> str:
     """Map a precision name to a concrete one; "auto" depends on the device (and model).
 
@@ -93,7 +90,9 @@ def resolve_precision(name: str, model: keras.Model | None = None) -> str:
     if gpu_available():
         return "mixed_float16"
     if cpu_supports_bf16():
-        if model is not None and _has_layers(model, _SLOW_IN_BF16_ON_CPU):
+        if model is not None and any(
+            isinstance(layer, _SLOW_IN_BF16_ON_CPU) for layer in all_layers(model)
+        ):
             return "float32"
         return "mixed_bfloat16"
     return "float32"

@@ -418,7 +418,7 @@ def _fold_batchnorm(model: keras.Model) -> keras.Model:
 def _clone_folded(model: keras.Model, pairs: dict[str, str]) -> keras.Model:
     from keras.src.saving.serialization_lib import SafeModeScope
 
-    from pipeline.guided import plain_clone
+    from pipeline.guided import all_layers, plain_clone
 
     convolutions = {conv: bn for bn, conv in pairs.items()}
 
@@ -444,7 +444,7 @@ def _clone_folded(model: keras.Model, pairs: dict[str, str]) -> keras.Model:
             layer.set_weights(_folded_weights(source, originals[convolutions[layer.name]]))
         else:
             layer.set_weights(source.get_weights())
-    for layer in folded._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(folded):
         if hasattr(layer, "finalize_state"):
             layer.finalize_state()  # set_weights does not refresh Normalization's mean/var
     return folded
