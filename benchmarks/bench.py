@@ -117,7 +117,7 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
 def _engine_batch(model: Any, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     import tensorflow as tf
 
-    from pipeline.saliency import Explainer
+    from pipeline.engine.explainer import Explainer
 
     x = common.symmetric(common.photo_batch(batch, args.size))
     targets = np.argmax(np.asarray(model(x, training=False)), axis=1).astype(np.int32)
@@ -166,8 +166,8 @@ def precision_section(args: argparse.Namespace) -> dict[str, Any]:
     """
     import tensorflow as tf
 
-    from pipeline.precision import resolve_precision
-    from pipeline.saliency import Explainer
+    from pipeline.engine.explainer import Explainer
+    from pipeline.engine.precision import resolve_precision
 
     model = common.random_weight_model("ResNet50", args.size)
     resolved = resolve_precision("auto", model)
@@ -220,7 +220,7 @@ def _trained_resnet50_agreement(path: Path) -> dict[str, Any] | None:
     import tensorflow as tf
 
     from benchmarks.train_resnet50 import held_out
-    from pipeline.saliency import Explainer
+    from pipeline.engine.explainer import Explainer
 
     if not path.exists():
         common.log(
@@ -252,9 +252,9 @@ def _trained_resnet50_agreement(path: Path) -> dict[str, Any] | None:
 
 def _trained_example_agreement() -> dict[str, float]:
     """Rank correlation of float32 and auto maps of the trained example model."""
-    from pipeline.decode import decode_image, resize
-    from pipeline.models import ModelSpec, load_model
-    from pipeline.saliency import Explainer
+    from pipeline.engine.explainer import Explainer
+    from pipeline.engine.models import ModelSpec, load_model
+    from pipeline.store.decode import decode_image, resize
 
     loaded = load_model(
         ModelSpec(name=str(common.ROOT / "examples/model/shapes_cnn.keras"), preprocessing="unit")

@@ -113,11 +113,11 @@ def _child_model_only(config_path: str, result_path: str) -> None:
     work). Then, timed: load the model file, build the Explainer, and per batch what the
     handler does (preprocess, logits, Explainer.explain). The first batch traces.
     """
+    from pipeline.beam.handler import make_explainer, model_spec
     from pipeline.config import load_config
-    from pipeline.decode import decode_image, resize
-    from pipeline.handler import make_explainer, model_spec
-    from pipeline.models import load_model
-    from pipeline.saliency import resolve_targets
+    from pipeline.engine.models import load_model
+    from pipeline.engine.targets import resolve_targets
+    from pipeline.store.decode import decode_image, resize
 
     config = load_config(config_path)
     paths = sorted(Path(config.source.pattern).parent.iterdir())
@@ -208,8 +208,9 @@ def _child_run(config_path: str, result_path: str) -> None:
     started = time.perf_counter()
     import pipeline.models  # noqa: F401  (TensorFlow, Keras)
     import pipeline.saliency  # noqa: F401
+
+    from pipeline.beam.run import run
     from pipeline.config import load_config
-    from pipeline.run import run
 
     config = load_config(config_path)
     import_s = time.perf_counter() - started

@@ -65,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # The package is imported only now: TF_CPP_MIN_LOG_LEVEL must be set before TensorFlow
+    # loads, and `validate` never needs TensorFlow or Beam.
     from pipeline.config import ConfigError, load_config
 
     try:
@@ -76,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return EXIT_OK
 
-    from pipeline.handler import ModelLoadError
-    from pipeline.outputs import OutputBusyError
-    from pipeline.run import run
+    from pipeline.beam.handler import ModelLoadError
+    from pipeline.beam.run import run
+    from pipeline.store.publish import OutputBusyError
 
     try:
         summary = run(config, beam_args)

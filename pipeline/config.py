@@ -20,54 +20,33 @@ from typing import Any
 
 import yaml
 
-METHODS = ("vanilla", "guided", "smoothgrad", "guided_smoothgrad", "integrated_gradients")
-PREPROCESSING_MODES = ("none", "unit", "symmetric", "caffe", "torch", "auto")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
-SOURCE_KINDS = ("files", "tfrecord", "tfds")
-RESIZE_POLICIES = ("resize", "center_crop")
-TARGET_MODES = ("predicted", "label", "class", "top_k")
-ARTIFACT_VIEWS = ("heatmap", "overlay", "grid")
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the key, the value and the fix."""
-
-
-def _fail(key: str, value: Any, allowed: str, fix: str = "") -> typing.NoReturn:
-    message = f"config key '{key}': got {value!r}; {allowed}."
-    if fix:
-        message += f" Fix: {fix}" + ("" if fix.endswith(("?", ".")) else ".")
-    raise ConfigError(message)
-
-
-def _check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(choices)}"
-        _fail(key, value, f"allowed values are {list(choices)}", hint)
-
-
-def _check_int(key: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        _fail(key, value, "an integer is required", f"set {key} to a whole number")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-        _fail(key, value, f"it must be {bound}", f"set {key} within that range")
-
-
-def _check_number(key: str, value: Any, *, minimum: float, maximum: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        _fail(key, value, "a number is required", f"set {key} to a number")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
-        _fail(key, value, f"it must be {bound}", f"set {key} within that range")
-
-
-def _check_str(key: str, value: Any, *, empty_ok: bool = False) -> None:
-    if not isinstance(value, str):
-        _fail(key, value, "a string is required", f"quote the value of {key}")
-    if not empty_ok and not value.strip():
-        _fail(key, value, "it must not be empty", f"set {key}")
+from pipeline.choices import (
+    ARTIFACT_VIEWS,
+    DEFAULT_IG_BASELINE,
+    DEFAULT_IG_STEPS,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_NOISE,
+    DEFAULT_PRECISION,
+    DEFAULT_RESIZE,
+    DEFAULT_SAMPLE_BATCH_SIZE,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    IG_BASELINES,
+    METHODS,
+    PRECISIONS,
+    PREPROCESSING_MODES,
+    RESIZE_POLICIES,
+    SOURCE_KINDS,
+    TARGET_MODES,
+)
+from pipeline.validation import (
+    ConfigError,
+    check_choice,
+    check_int,
+    check_number,
+    check_str,
+    fail,
+)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,10 +65,10 @@ class ModelConfig:
     safe_mode: bool = True
 
     def __post_init__(self) -> None:
-        _check_str("model.name", self.name)
+        check_str("model.name", self.name)
         if self.weights is not None:
-            _check_str("model.weights", self.weights)
-        _check_choice("model.preprocessing", self.preprocessing, PREPROCESSING_MODES)
+            check_str("model.weights", self.weights)
+        check_choice("model.preprocessing", self.preprocessing, PREPROCESSING_MODES)
         if self.input_size is not None:
             size = self.input_size
             if (
@@ -97,7 +76,7 @@ class ModelConfig:
                 or len(size) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
             ):
-                _fail(
+                fail(
                     "model.input_size",
                     size,
                     "it must be two positive integers [height, width] or null",
@@ -105,7 +84,7 @@ class ModelConfig:
                 )
             object.__setattr__(self, "input_size", tuple(size))
         if not isinstance(self.safe_mode, bool):
-            _fail("model.safe_mode", self.safe_mode, "true or false is required")
+            fail("model.safe_mode", self.safe_mode, "true or false is required")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -124,26 +103,26 @@ class SourceConfig:
     tfds_data_dir: str | None = None
     tfds_image_feature: str = "image"
     tfds_label_feature: str = "label"
-    resize: str = "resize"
+    resize: str = DEFAULT_RESIZE
     # Inputs larger than this many pixels are rejected before a full decode (bombs).
-    max_pixels: int = 89_478_485
+    max_pixels: int = DEFAULT_MAX_PIXELS
     # Take only the first N inputs (by key) for a smoke run; null for all.
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("source.kind", self.kind, SOURCE_KINDS)
+        check_choice("source.kind", self.kind, SOURCE_KINDS)
         if self.kind in ("files", "tfrecord"):
-            _check_str("source.pattern", self.pattern)
+            check_str("source.pattern", self.pattern)
         else:
-            _check_str("source.tfds_name", self.tfds_name)
-            _check_str("source.tfds_split", self.tfds_split)
-        _check_str("source.image_key", self.image_key)
-        _check_str("source.label_key", self.label_key, empty_ok=True)
-        _check_str("source.key_key", self.key_key, empty_ok=True)
-        _check_choice("source.resize", self.resize, RESIZE_POLICIES)
-        _check_int("source.max_pixels", self.max_pixels, minimum=1)
+            check_str("source.tfds_name", self.tfds_name)
+            check_str("source.tfds_split", self.tfds_split)
+        check_str("source.image_key", self.image_key)
+        check_str("source.label_key", self.label_key, empty_ok=True)
+        check_str("source.key_key", self.key_key, empty_ok=True)
+        check_choice("source.resize", self.resize, RESIZE_POLICIES)
+        check_int("source.max_pixels", self.max_pixels, minimum=1)
         if self.limit is not None:
-            _check_int("source.limit", self.limit, minimum=1)
+            check_int("source.limit", self.limit, minimum=1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -155,14 +134,14 @@ class SaliencyConfig:
     target: str = "predicted"
     target_class: int | None = None
     top_k: int = 1
-    samples: int = 50  # SmoothGrad N (the seed notebook's REPETITIONS)
-    noise: float = 0.2  # SmoothGrad sigma as a fraction of (max - min) of each input
-    seed: int = 0
-    precision: str = "auto"
+    samples: int = DEFAULT_SAMPLES
+    noise: float = DEFAULT_NOISE
+    seed: int = DEFAULT_SEED
+    precision: str = DEFAULT_PRECISION
     # Model inputs per forward/backward chunk (SmoothGrad samples and IG steps are chunked).
-    sample_batch_size: int = 64
-    ig_steps: int = 32
-    ig_baseline: str = "zeros"
+    sample_batch_size: int = DEFAULT_SAMPLE_BATCH_SIZE
+    ig_steps: int = DEFAULT_IG_STEPS
+    ig_baseline: str = DEFAULT_IG_BASELINE
     xla: bool = False
 
     def __post_init__(self) -> None:
@@ -170,44 +149,44 @@ class SaliencyConfig:
         if isinstance(methods, str):
             methods = tuple(m.strip() for m in methods.split(",") if m.strip())
         if not isinstance(methods, (tuple, list)) or not methods:
-            _fail(
+            fail(
                 "saliency.methods",
                 self.methods,
                 f"a non-empty list of {list(METHODS)} is required",
                 "write e.g. methods: [vanilla, guided]",
             )
         for method in methods:
-            _check_choice("saliency.methods", method, METHODS)
+            check_choice("saliency.methods", method, METHODS)
         if len(set(methods)) != len(methods):
-            _fail("saliency.methods", list(methods), "each method may appear once", "remove dups")
+            fail("saliency.methods", list(methods), "each method may appear once", "remove dups")
         object.__setattr__(self, "methods", tuple(methods))
-        _check_choice("saliency.target", self.target, TARGET_MODES)
+        check_choice("saliency.target", self.target, TARGET_MODES)
         if self.target == "class":
             if self.target_class is None:
-                _fail(
+                fail(
                     "saliency.target_class",
                     None,
                     "target 'class' needs the class index to explain",
                     "set saliency.target_class",
                 )
-            _check_int("saliency.target_class", self.target_class, minimum=0)
-        _check_int("saliency.top_k", self.top_k, minimum=1, maximum=1000)
+            check_int("saliency.target_class", self.target_class, minimum=0)
+        check_int("saliency.top_k", self.top_k, minimum=1, maximum=1000)
         if self.target != "top_k" and self.top_k != 1:
-            _fail(
+            fail(
                 "saliency.top_k",
                 self.top_k,
                 f"top_k only applies with target 'top_k' (target is {self.target!r})",
                 "set saliency.target=top_k or top_k=1",
             )
-        _check_int("saliency.samples", self.samples, minimum=1, maximum=100_000)
-        _check_number("saliency.noise", self.noise, minimum=0.0, maximum=10.0)
-        _check_int("saliency.seed", self.seed, minimum=0)
-        _check_choice("saliency.precision", self.precision, PRECISIONS)
-        _check_int("saliency.sample_batch_size", self.sample_batch_size, minimum=1)
-        _check_int("saliency.ig_steps", self.ig_steps, minimum=1, maximum=10_000)
-        _check_choice("saliency.ig_baseline", self.ig_baseline, ("zeros", "black"))
+        check_int("saliency.samples", self.samples, minimum=1, maximum=100_000)
+        check_number("saliency.noise", self.noise, minimum=0.0, maximum=10.0)
+        check_int("saliency.seed", self.seed, minimum=0)
+        check_choice("saliency.precision", self.precision, PRECISIONS)
+        check_int("saliency.sample_batch_size", self.sample_batch_size, minimum=1)
+        check_int("saliency.ig_steps", self.ig_steps, minimum=1, maximum=10_000)
+        check_choice("saliency.ig_baseline", self.ig_baseline, IG_BASELINES)
         if not isinstance(self.xla, bool):
-            _fail("saliency.xla", self.xla, "true or false is required")
+            fail("saliency.xla", self.xla, "true or false is required")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -222,18 +201,18 @@ class BatchConfig:
     max_batch_duration_secs: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("batch.max_batch_size", self.max_batch_size, minimum=1, maximum=4096)
+        check_int("batch.max_batch_size", self.max_batch_size, minimum=1, maximum=4096)
         if self.min_batch_size is None:
             object.__setattr__(self, "min_batch_size", self.max_batch_size)
-        _check_int("batch.min_batch_size", self.min_batch_size, minimum=1)
+        check_int("batch.min_batch_size", self.min_batch_size, minimum=1)
         if self.min_batch_size > self.max_batch_size:
-            _fail(
+            fail(
                 "batch.min_batch_size",
                 self.min_batch_size,
                 f"it must be <= batch.max_batch_size ({self.max_batch_size})",
                 "lower min_batch_size",
             )
-        _check_number("batch.max_batch_duration_secs", self.max_batch_duration_secs, minimum=0)
+        check_number("batch.max_batch_duration_secs", self.max_batch_duration_secs, minimum=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -251,18 +230,18 @@ class OutputConfig:
     min_artifact_size: int = 192
 
     def __post_init__(self) -> None:
-        _check_str("output.dir", self.dir)
+        check_str("output.dir", self.dir)
         for flag in ("records", "artifacts", "include_image"):
             if not isinstance(getattr(self, flag), bool):
-                _fail(f"output.{flag}", getattr(self, flag), "true or false is required")
+                fail(f"output.{flag}", getattr(self, flag), "true or false is required")
         views = self.views
         if isinstance(views, str):
             views = tuple(v.strip() for v in views.split(",") if v.strip())
         for view in views:
-            _check_choice("output.views", view, ARTIFACT_VIEWS)
+            check_choice("output.views", view, ARTIFACT_VIEWS)
         object.__setattr__(self, "views", tuple(views))
-        _check_int("output.num_shards", self.num_shards, minimum=0, maximum=100_000)
-        _check_int("output.min_artifact_size", self.min_artifact_size, minimum=1, maximum=4096)
+        check_int("output.num_shards", self.num_shards, minimum=0, maximum=100_000)
+        check_int("output.min_artifact_size", self.min_artifact_size, minimum=1, maximum=4096)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -280,11 +259,11 @@ class RunConfig:
     progress_every: int = 100
 
     def __post_init__(self) -> None:
-        _check_str("run.id", self.id, empty_ok=True)
-        _check_number("run.max_failure_fraction", self.max_failure_fraction, minimum=0, maximum=1)
+        check_str("run.id", self.id, empty_ok=True)
+        check_number("run.max_failure_fraction", self.max_failure_fraction, minimum=0, maximum=1)
         if not isinstance(self.incremental, bool):
-            _fail("run.incremental", self.incremental, "true or false is required")
-        _check_int("run.progress_every", self.progress_every, minimum=0)
+            fail("run.incremental", self.incremental, "true or false is required")
+        check_int("run.progress_every", self.progress_every, minimum=0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -351,7 +330,7 @@ def _section(name: str, values: Any) -> Any:
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        _fail(name, values, "a mapping of keys is required", f"write '{name}:' then indented keys")
+        fail(name, values, "a mapping of keys is required", f"write '{name}:' then indented keys")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.decode import decode_image
+from pipeline.store.decode import decode_image
 
 PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
 BIG = 10**8  # max_pixels that no test image reaches

@@ -12,8 +12,8 @@ import keras
 import numpy as np
 from PIL import Image
 
-from pipeline import records
-from pipeline.outputs import read_jsonl
+from pipeline.store import records
+from pipeline.store.files import read_jsonl
 
 SIZE = 16  # the tiny model's input size
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import records
+from pipeline.store import records
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -91,19 +91,33 @@ def test_fingerprint_ignores_output_dir_but_not_method_settings():
     assert a.run_id == b.run_id and a.run_id.startswith("cfg-")
 
 
-def test_engine_constants_equal_the_configs():
-    # config.py holds the canonical tuples (importable before TensorFlow); the engine
-    # modules keep their own copies for their checks: they must never drift apart.
-    from pipeline import decode, models, precision, saliency, sinks, sources
+def test_choices_and_defaults_are_declared_once():
+    # choices.py holds every choice tuple and engine default (no imports); the config, the
+    # engine and the Beam modules all use those very objects, so they cannot drift apart.
+    import inspect
 
-    assert saliency.METHODS == C.METHODS
-    assert saliency.TARGET_MODES == C.TARGET_MODES
-    assert precision.PRECISIONS == C.PRECISIONS
-    assert models.PREPROCESSING_MODES == C.PREPROCESSING_MODES
-    # The Beam modules import theirs from config.
-    assert decode.RESIZE_POLICIES is C.RESIZE_POLICIES
-    assert sinks.ARTIFACT_VIEWS is C.ARTIFACT_VIEWS
-    assert sources.SOURCE_KINDS is C.SOURCE_KINDS
+    from pipeline import choices
+    from pipeline.beam import sinks, sources
+    from pipeline.engine import api, checks, explainer, precision, targets
+    from pipeline.store import decode
+
+    assert C.METHODS is choices.METHODS is checks.METHODS
+    assert targets.TARGET_MODES is choices.TARGET_MODES is C.TARGET_MODES
+    assert precision.PRECISIONS is choices.PRECISIONS is C.PRECISIONS
+    assert decode.RESIZE_POLICIES is choices.RESIZE_POLICIES
+    assert sinks.ARTIFACT_VIEWS is choices.ARTIFACT_VIEWS
+    assert sources.SOURCE_KINDS is choices.SOURCE_KINDS
+    # One set of engine defaults: the config section, the Explainer and explain() agree.
+    section = C.SaliencyConfig()
+    for fn in (explainer.Explainer.__init__, api.explain):
+        params = inspect.signature(fn).parameters
+        assert params["samples"].default == section.samples == choices.DEFAULT_SAMPLES
+        assert params["noise"].default == section.noise
+        assert params["seed"].default == section.seed
+        assert params["precision"].default == section.precision == "float32"
+        assert params["batch_size"].default == section.sample_batch_size
+        assert params["ig_steps"].default == section.ig_steps
+        assert params["ig_baseline"].default == section.ig_baseline
 
 
 def test_min_artifact_size_default_and_override():

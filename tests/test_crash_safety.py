@@ -25,9 +25,10 @@ from _reliability import (
 )
 from PIL import Image
 
-from pipeline import outputs
+from pipeline.beam.run import run
 from pipeline.config import load_config
-from pipeline.run import run
+from pipeline.store import files as outputs
+from pipeline.store import publish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = [f"img_{i:02d}.png" for i in range(40)]
@@ -145,7 +146,8 @@ def _crash_at(monkeypatch, out: str, name: str) -> None:
             raise _Killed(path)
         return real(path, data, **kwargs)
 
-    monkeypatch.setattr(outputs, "write_atomic", write_atomic)
+    monkeypatch.setattr(outputs, "write_atomic", write_atomic)  # write_sorted_jsonl's
+    monkeypatch.setattr(publish, "write_atomic", write_atomic)  # publish's own writes
 
 
 @pytest.mark.parametrize(

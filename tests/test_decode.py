@@ -14,8 +14,8 @@ import tensorflow as tf
 from _images import BIG, decode, encode, random_rgb, small_photos
 from PIL import Image, ImageOps
 
-from pipeline import decode as D
 from pipeline.elements import EncodedImage
+from pipeline.store import decode as D
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.guided import GuidedFunction, GuidedReport, guided_model
+from pipeline.engine.guided import GuidedFunction, GuidedReport, guided_model
 
 # Pre-activations z of 8 units and the upstream gradient v that reaches them (mixed signs,
 # so relu(dy) matters; z avoids every kink: 0, 1 (threshold), 3 (hard_silu), 6 (relu6)).

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import listing as L
+from pipeline.store import listing as L
 
 
 @pytest.mark.parametrize(

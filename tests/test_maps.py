@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import maps
+from pipeline.maps import views as maps
 
 # A 2x2x3 gradient with known signs: sums of |g|, g+, g- and max|g| per pixel are
 #   abs [[6, 0], [3, 8]]   positive [[4, 0], [0, 4]]   negative [[2, 0], [3, 4]]

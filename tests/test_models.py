@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import models
-from pipeline.guided import guided_model
-from pipeline.models import (
+from pipeline.engine import models
+from pipeline.engine.guided import guided_model
+from pipeline.engine.models import (
     PREPROCESSING_MODES,
     LoadedModel,
     ModelSpec,

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from pipeline import outputs
+from pipeline.store import files as outputs
 
 
 def test_write_json_atomic_and_overwrites(tmp_path):

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import decode, records, render
+from pipeline.beam.run import run
 from pipeline.config import load_config
-from pipeline.run import run
-from pipeline.saliency import Explainer
+from pipeline.engine.explainer import Explainer
+from pipeline.maps import render
+from pipeline.store import decode, records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(ROOT, "examples", "photos")
@@ -113,7 +114,7 @@ def test_records_equal_what_the_engine_gives(first_run, workspace):
     assert [r.key for r in decoded] == sorted(
         ["astronaut.png", "coffee.png", "grace_hopper.jpg", "rocket.jpg", "sub dir/chelsea.png"]
     )
-    from pipeline.models import ModelSpec, load_model
+    from pipeline.engine.models import ModelSpec, load_model
 
     loaded = load_model(
         ModelSpec(name=str(workspace / "tiny.keras"), preprocessing="unit", weights=None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import png
+from pipeline.maps import png
 
 
 def _decode(data: bytes) -> tuple[np.ndarray, str]:

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import precision
-from pipeline.guided import GuidedFunction, guided_model
-from pipeline.precision import (
+from pipeline.engine import precision
+from pipeline.engine.explainer import Explainer
+from pipeline.engine.guided import GuidedFunction, guided_model
+from pipeline.engine.precision import (
     PRECISIONS,
     cast_model,
     configure_gpus,
     cpu_supports_bf16,
     resolve_precision,
 )
-from pipeline.saliency import Explainer
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import maps, records
 from pipeline.elements import SaliencyRecord
+from pipeline.maps import views as maps
+from pipeline.store import records
 
 H, W = 6, 5
 

@@ -32,10 +32,11 @@ from _reliability import (
 from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
-from pipeline import cli, handler, sinks
+from pipeline import cli
+from pipeline.beam import handler, sinks
+from pipeline.beam.run import run
 from pipeline.config import ConfigError, load_config
 from pipeline.elements import ImageItem, SaliencyRecord
-from pipeline.run import run
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 100_000
@@ -351,7 +352,7 @@ def _key_stage(failure) -> tuple[str, str]:
 
 def test_handler_splits_out_of_memory_batches_and_fails_non_finite_images(model):
     config = load_config(None, base_overrides(model, "x", "/nonexistent"))
-    engine = handler.load_engine(config)
+    engine = handler.load_engine(config.model, config.saliency, config.batch)
     reference = engine.explainer
     rng = np.random.default_rng(0)
     items = [
@@ -367,7 +368,9 @@ def test_handler_splits_out_of_memory_batches_and_fails_non_finite_images(model)
         for i in range(4)
     ]
     engine.explainer = rigged = _Rigged(reference, oom_if=_more_than_one)
-    model_handler = handler.SaliencyModelHandler(config, run_id="t")
+    model_handler = handler.SaliencyModelHandler(
+        model=config.model, saliency=config.saliency, batch=config.batch, run_id="t"
+    )
     outputs = [o for r in model_handler.run_inference(items, engine) for o in r.inference]
     assert rigged.calls == [4, 2, 1, 1, 2, 1, 1]  # halved until it fits, each image once
     assert [type(o).__name__ for o in outputs] == ["SaliencyRecord"] * 4
@@ -425,7 +428,7 @@ def test_a_model_that_cannot_load_fails_fast_before_any_data_is_read(
     def no_reading(self, pbegin):
         raise AssertionError("data was read")
 
-    from pipeline import sources
+    from pipeline.beam import sources
 
     monkeypatch.setattr(sources.ReadImages, "expand", no_reading)
     out = tmp_path / "out"

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import maps, render
+from pipeline.maps import render
+from pipeline.maps import views as maps
 
 H, W = 6, 8
 

@@ -7,14 +7,11 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.saliency import (
-    FLOAT16_LOSS_SCALE,
-    METHODS,
-    Explainer,
-    explain,
-    image_seeds,
-    resolve_targets,
-)
+from pipeline.choices import METHODS
+from pipeline.engine.api import explain
+from pipeline.engine.explainer import FLOAT16_LOSS_SCALE, Explainer
+from pipeline.engine.methods.noise import image_seeds
+from pipeline.engine.targets import resolve_targets
 
 # --------------------------------------------------------------------------- models
 
@@ -449,7 +446,7 @@ def test_explain_with_a_keras_model_defaults_to_predicted_targets(conv):
 
 
 def test_explain_with_a_model_spec_applies_the_preprocessing(tmp_path, conv):
-    from pipeline.models import ModelSpec
+    from pipeline.engine.models import ModelSpec
 
     path = str(tmp_path / "tiny.keras")
     conv.save(path)
@@ -493,10 +490,11 @@ def _bn_net(seed=5):
 def test_batchnorm_folding_keeps_logits_and_gradients():
     import tensorflow as tf
 
-    from pipeline.saliency import _fold_batchnorm
+    from pipeline.engine.folding import fold_checked
 
     model = _bn_net()
-    folded = _fold_batchnorm(model)
+    folded, report = fold_checked(model)
+    assert report.folded and report.pairs == 2 and report.gradient_error <= 1e-4
     kinds = [type(layer).__name__ for layer in folded.layers]
     assert "BatchNormalization" not in kinds and kinds.count("FoldedBatchNormalization") == 2
     x = _images(4, (12, 12, 3), seed=50)
@@ -517,22 +515,22 @@ def test_batchnorm_folding_keeps_logits_and_gradients():
 
 
 def test_batchnorm_after_an_activation_or_a_shared_conv_is_not_folded():
-    from pipeline.saliency import _fold_batchnorm
+    from pipeline.engine.folding import fold_checked
 
     inputs = keras.Input((6, 6, 2))
     h = keras.layers.Conv2D(2, 1, activation="relu")(inputs)  # BN after relu: not affine
     h = keras.layers.BatchNormalization()(h)
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(h)))
-    assert _fold_batchnorm(model) is model
+    assert fold_checked(model)[0] is model
     conv = keras.layers.Conv2D(2, 1)
     a = conv(inputs)
     both = keras.layers.Add()([keras.layers.BatchNormalization()(a), a])  # conv output reused
     shared = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(both)))
-    assert _fold_batchnorm(shared) is shared
+    assert fold_checked(shared)[0] is shared
 
 
 def test_sample_chunks_are_balanced():
-    from pipeline.saliency import _balanced_chunks
+    from pipeline.engine.methods.loop import balanced_chunks as _balanced_chunks
 
     assert _balanced_chunks(400, 64) == (7, 58)  # not 7 x 64 = 448 inputs
     assert _balanced_chunks(400, 32) == (13, 31)

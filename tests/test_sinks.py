@@ -14,8 +14,12 @@ import tensorflow as tf
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
-from pipeline import maps, outputs, records, render, sinks
+from pipeline.beam import sinks
 from pipeline.elements import Failure, SaliencyRecord
+from pipeline.maps import render
+from pipeline.maps import views as maps
+from pipeline.store import files as outputs
+from pipeline.store import layout, records
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 H, W = 8, 8
@@ -67,7 +71,7 @@ TRICKY = [
 
 
 def test_safe_key_distinct_and_inside(tmp_path):
-    out = [sinks.safe_key(k) for k in TRICKY]
+    out = [layout.safe_key(k) for k in TRICKY]
     assert len(set(out)) == len(TRICKY)
     root = os.path.realpath(tmp_path)
     for key, path in zip(TRICKY, out):
@@ -79,21 +83,21 @@ def test_safe_key_distinct_and_inside(tmp_path):
 
 
 def test_safe_key_values():
-    assert sinks.safe_key("cats/001.jpg") == "cats/001.jpg"  # safe keys are kept as they are
-    assert sinks.safe_key("a/b.jpg") == "a/b.jpg"
-    escaped = sinks.safe_key("../x y")
+    assert layout.safe_key("cats/001.jpg") == "cats/001.jpg"  # safe keys are kept as they are
+    assert layout.safe_key("a/b.jpg") == "a/b.jpg"
+    escaped = layout.safe_key("../x y")
     assert escaped.startswith("%2E%2E/x%20y~") and len(escaped.split("~")[1]) == 16
-    assert sinks.safe_key("a%2Fb.jpg").startswith("a%252Fb.jpg~")
-    assert sinks.safe_key("é").startswith("%C3%A9~")
+    assert layout.safe_key("a%2Fb.jpg").startswith("a%252Fb.jpg~")
+    assert layout.safe_key("é").startswith("%C3%A9~")
     with pytest.raises(TypeError, match="str"):
-        sinks.safe_key(b"bytes")
+        layout.safe_key(b"bytes")
 
 
 def test_artifact_path_suffix_for_further_targets():
-    assert sinks.artifact_path(make_record("k"), "vanilla", "grid") == (
+    assert layout.artifact_path(make_record("k"), "vanilla", "grid") == (
         "artifacts/k/vanilla_grid.png"
     )
-    assert sinks.artifact_path(make_record("k", rank=1, seed=4), "guided", "heatmap") == (
+    assert layout.artifact_path(make_record("k", rank=1, seed=4), "guided", "heatmap") == (
         "artifacts/k/guided_heatmap_t5.png"
     )
 
@@ -209,7 +213,7 @@ def test_pipeline_writes_everything(tmp_path):
         for method, views in row["artifacts"].items():
             assert set(views) == set(sinks.ARTIFACT_VIEWS)
             for view, rel in views.items():
-                assert rel == sinks.artifact_path(item, method, view)
+                assert rel == layout.artifact_path(item, method, view)
                 path = os.path.realpath(os.path.join(out_dir, rel))
                 assert path.startswith(os.path.realpath(out_dir) + os.sep)
                 pixels = _png(path)

@@ -17,9 +17,10 @@ from apache_beam.io.filesystem import FileMetadata, FileSystem
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import decode as D
-from pipeline import listing as L
-from pipeline import sources as S
+from pipeline.beam import prepare as P
+from pipeline.beam import sources as S
+from pipeline.store import decode as D
+from pipeline.store import listing as L
 
 # Not the default DirectRunner: in Beam 2.77 it first tries Prism, which downloads a binary.
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -45,9 +46,9 @@ def test_transforms_validate_arguments():
     with pytest.raises(ValueError, match="limit=0"):
         S.ReadImages(kind="files", pattern="x", limit=0)
     with pytest.raises(ValueError, match="policy"):
-        S.DecodeImages(input_size=(8, 8), channels=3, resize_policy="crop", max_pixels=BIG)
+        P.DecodeImages(input_size=(8, 8), channels=3, resize_policy="crop", max_pixels=BIG)
     with pytest.raises(ValueError, match="size"):
-        S.DecodeImages(input_size=(8,), channels=3, resize_policy="resize", max_pixels=BIG)
+        P.DecodeImages(input_size=(8,), channels=3, resize_policy="resize", max_pixels=BIG)
 
 
 # ----------------------------------------------------------------------- Beam
@@ -98,7 +99,7 @@ def test_files_pipeline_items_and_failures(image_tree, photos):
     ]}  # fmt: skip
     with _pipeline() as p:
         read = p | "ReadAll" >> S.ReadImages(kind="files", pattern=f"{root}/**/*")
-        decoded = read.images | "DecodeAll" >> S.DecodeImages(
+        decoded = read.images | "DecodeAll" >> P.DecodeImages(
             input_size=(8, 8), channels=3, resize_policy="center_crop", max_pixels=BIG
         )
         assert_that(
@@ -136,7 +137,7 @@ def test_decoded_item_pixels_match_the_pure_functions(image_tree, photos):
     expected = D.resize(decode(photos["chelsea.png"]), (6, 10), "resize")
     with _pipeline() as p:
         read = p | S.ReadImages(kind="files", pattern=f"{image_tree}/top.png")
-        decoded = read.images | S.DecodeImages(
+        decoded = read.images | P.DecodeImages(
             input_size=(6, 10), channels=3, resize_policy="resize", max_pixels=BIG
         )
         assert_that(
@@ -321,7 +322,7 @@ def test_tfrecord_pipeline(tmp_path, photos):
         read = p | S.ReadImages(
             kind="tfrecord", pattern=f"{tmp_path}/*.tfrecord*", key_key="image/key"
         )
-        decoded = read.images | S.DecodeImages(
+        decoded = read.images | P.DecodeImages(
             input_size=(4, 4), channels=1, resize_policy="resize", max_pixels=BIG
         )
         assert_that(
@@ -404,7 +405,7 @@ def test_tfds_pipeline(tfds_dir):
         read = p | "ReadTrain" >> S.ReadImages(
             kind="tfds", tfds_name="tiny_images", tfds_data_dir=tfds_dir
         )
-        decoded = read.images | "Decode" >> S.DecodeImages(
+        decoded = read.images | "Decode" >> P.DecodeImages(
             input_size=(4, 4), channels=3, resize_policy="center_crop", max_pixels=BIG
         )
         assert_that(
@@ -456,9 +457,9 @@ def test_tfds_full_run_with_label_targets(tfds_dir, tmp_path):
     """A whole run() over the TFDS split: every example explained for its label."""
     import keras
 
-    from pipeline import records
+    from pipeline.beam.run import run
     from pipeline.config import load_config
-    from pipeline.run import run
+    from pipeline.store import records
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((4, 4, 3))

@@ -11,7 +11,7 @@ The loaded model always outputs float32 LOGITS: a softmax head is stripped
 SavedModel directories are wrapped with ``keras.layers.TFSMLayer`` (endpoint
 "serving_default"). Their graph is opaque to Keras: they must already output logits, and
 the guided methods (``guided``, ``guided_smoothgrad``) raise a clear error for them
-(see ``pipeline.guided``); re-export such a model as ``.keras`` to get guided maps.
+(see ``pipeline.engine.guided``); re-export such a model as ``.keras`` to get guided maps.
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import hashlib
-import inspect
-import json
 import os
 import shutil
 import tempfile
@@ -32,150 +29,17 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from keras.src.ops.nn import Softmax as _SoftmaxOp
 
-from pipeline.guided import model_inputs, plain_clone
+from pipeline.choices import PREPROCESSING_MODES
+from pipeline.engine.applications import Application, applications
+from pipeline.engine.fingerprint import directory_digest, fingerprint
+from pipeline.engine.heads import float32_output, strip_softmax
+from pipeline.engine.preprocessing import preprocess
 
-__all__ = [
-    "PREPROCESSING_MODES",
-    "Application",
-    "LoadedModel",
-    "ModelSpec",
-    "applications",
-    "fingerprint",
-    "load_model",
-    "preprocess",
-    "strip_softmax",
-]
-
-PREPROCESSING_MODES = ("none", "unit", "symmetric", "caffe", "torch", "auto")
-#  none: x (0..255 float)   unit: x/255   symmetric: x/127.5-1
-#  caffe: RGB->BGR, minus ImageNet BGR mean   torch: x/255, minus mean, / std
-#  auto: the keras.applications family's own preprocess_input (named models only)
-
-_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
+__all__ = ["LoadedModel", "ModelSpec", "load_model"]
 
 _MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 _WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")  # .weights.h5 ends in .h5
-
-# keras.applications family (module name) -> what its preprocess_input does, as a mode.
-# EfficientNet(V2), ConvNeXt and MobileNetV3 rescale inside the model: identity outside.
-_FAMILY_PREPROCESSING = {
-    "convnext": "none",
-    "densenet": "torch",
-    "efficientnet": "none",
-    "efficientnet_v2": "none",
-    "inception_resnet_v2": "symmetric",
-    "inception_v3": "symmetric",
-    "mobilenet": "symmetric",
-    "mobilenet_v2": "symmetric",
-    "mobilenet_v3": "none",
-    "nasnet": "symmetric",
-    "resnet": "caffe",
-    "resnet_v2": "symmetric",
-    "vgg16": "caffe",
-    "vgg19": "caffe",
-    "xception": "symmetric",
-}
-
-# Default (ImageNet) input sizes that are not 224.
-_DEFAULT_SIZES = {
-    "InceptionV3": 299,
-    "InceptionResNetV2": 299,
-    "Xception": 299,
-    "NASNetLarge": 331,
-    "EfficientNetB1": 240,
-    "EfficientNetB2": 260,
-    "EfficientNetB3": 300,
-    "EfficientNetB4": 380,
-    "EfficientNetB5": 456,
-    "EfficientNetB6": 528,
-    "EfficientNetB7": 600,
-    "EfficientNetV2B1": 240,
-    "EfficientNetV2B2": 260,
-    "EfficientNetV2B3": 300,
-    "EfficientNetV2S": 384,
-    "EfficientNetV2M": 480,
-    "EfficientNetV2L": 480,
-}
-
-
-# --------------------------------------------------------------------------- preprocessing
-
-
-def preprocess(pixels: Any, mode: str) -> tf.Tensor:
-    """Map float pixels 0..255 ``[..., H, W, C]`` (RGB) into a model's input space."""
-    if mode not in PREPROCESSING_MODES or mode == "auto":
-        raise ValueError(
-            f"preprocessing={mode!r} cannot be applied; allowed: "
-            f"{[m for m in PREPROCESSING_MODES if m != 'auto']} ('auto' must be resolved first)."
-        )
-    x = tf.cast(pixels, tf.float32)
-    if mode == "none":
-        return x
-    if mode == "unit":
-        return x / 255.0
-    if mode == "symmetric":
-        return x / 127.5 - 1.0
-    if mode == "caffe":
-        return tf.reverse(x, axis=[-1]) - tf.constant(_CAFFE_BGR_MEAN, tf.float32)
-    x = x / 255.0  # torch
-    return (x - tf.constant(_TORCH_MEAN, tf.float32)) / tf.constant(_TORCH_STD, tf.float32)
-
-
-# --------------------------------------------------------------------------- registry
-
-
-@dataclasses.dataclass(frozen=True)
-class Application:
-    """A ``keras.applications`` architecture and what it expects."""
-
-    name: str
-    builder: Callable[..., keras.Model]
-    family: str  # module name: "resnet", "mobilenet_v2", ...
-    preprocess_input: Callable[..., Any]  # the family's own function
-    preprocessing: str  # the same thing as a mode of PREPROCESSING_MODES
-    input_size: int  # default (ImageNet) square input size
-    classifier_activation: bool  # whether the builder takes classifier_activation
-
-
-def _probe_mode(preprocess_input: Callable[..., Any]) -> str:
-    """Which mode a family's preprocess_input implements, found by trying them all."""
-    probe = np.random.default_rng(0).uniform(0, 255, size=(1, 2, 2, 3)).astype(np.float32)
-    expected = np.asarray(preprocess_input(probe.copy()))
-    for mode in PREPROCESSING_MODES[:-1]:
-        if np.allclose(preprocess(probe, mode).numpy(), expected, atol=1e-4):
-            return mode
-    raise ValueError(f"unrecognised preprocess_input {preprocess_input!r}")
-
-
-@functools.cache
-def applications() -> dict[str, Application]:
-    """Every architecture in ``keras.applications``, enumerated from the module."""
-    registry = {}
-    for name in sorted(dir(keras.applications)):
-        builder = getattr(keras.applications, name)
-        if not (name[:1].isupper() and callable(builder)):
-            continue
-        family = builder.__module__.rsplit(".", 1)[-1]
-        module = getattr(keras.applications, family, None)
-        preprocess_input = getattr(module, "preprocess_input", None)
-        if preprocess_input is None:
-            continue
-        mode = _FAMILY_PREPROCESSING.get(family) or _probe_mode(preprocess_input)
-        params = inspect.signature(builder).parameters
-        registry[name] = Application(
-            name=name,
-            builder=builder,
-            family=family,
-            preprocess_input=preprocess_input,
-            preprocessing=mode,
-            input_size=_DEFAULT_SIZES.get(name, 224),
-            classifier_activation="classifier_activation" in params,
-        )
-    return registry
 
 
 def _looks_like_path(name: str) -> bool:
@@ -313,7 +177,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     else:
         model, digest = _load_file(spec)
         mode = spec.preprocessing
-    model = _float32_output(strip_softmax(model))
+    model = float32_output(strip_softmax(model))
     input_size, channels = _input_geometry(model, spec)
     if mode in ("caffe", "torch") and channels != 3:
         raise ValueError(
@@ -388,7 +252,7 @@ def _load_file(spec: ModelSpec) -> tuple[keras.Model, str | None]:
     local, cleanup = _localize(spec.name, "model.name")
     if os.path.isdir(local):
         # The local copy is kept: the SavedModel's assets stay referenced by TFSMLayer.
-        return _load_savedmodel(local, spec), _directory_digest(local)
+        return _load_savedmodel(local, spec), directory_digest(local)
     try:
         model = _load_keras_file(local, spec)
     finally:
@@ -503,117 +367,3 @@ def _input_geometry(model: keras.Model, spec: ModelSpec) -> tuple[tuple[int, int
             f"{spec.name!r}, {[height, width]}; remove model.input_size or match it."
         )
     return (height, width), channels
-
-
-# --------------------------------------------------------------------------- softmax
-
-
-def _output_node(model: keras.Model) -> tuple[Any, Any]:
-    outputs = model.outputs
-    if len(outputs) != 1:
-        raise ValueError(
-            f"model {model.name!r} has {len(outputs)} outputs; a classifier needs exactly one."
-        )
-    history = outputs[0]._keras_history
-    node = history.operation._inbound_nodes[history.node_index]
-    return history.operation, node
-
-
-def _is_softmax(fn: Any) -> bool:
-    return fn is keras.activations.softmax or fn is keras.ops.softmax
-
-
-def strip_softmax(model: keras.Model) -> keras.Model:
-    """The same model (shared weights) outputting the pre-softmax logits.
-
-    Handles a final ``Dense(activation="softmax")`` (or any layer whose ``activation`` is
-    softmax: the layer is cloned with a linear activation and the same weights), an
-    ``Activation("softmax")`` or ``Softmax`` layer or ``keras.ops.softmax`` op (the model
-    is cut at its input), and a nested model ending in one of these. Other models are
-    returned unchanged.
-    """
-    op, node = _output_node(model)
-    inputs = model_inputs(model)
-    head_input = node.input_tensors[0] if node.input_tensors else None
-    if isinstance(op, keras.layers.Softmax) or (
-        isinstance(op, keras.layers.Activation) and _is_softmax(op.activation)
-    ):
-        return keras.Model(inputs, head_input, name=model.name)
-    if isinstance(op, _SoftmaxOp):
-        return keras.Model(inputs, head_input, name=model.name)  # keras.ops.softmax(x)
-    if isinstance(op, keras.Model):
-        inner = strip_softmax(op)
-        if inner is op:
-            return model
-        return keras.Model(inputs, inner(head_input), name=model.name)
-    if isinstance(op, keras.layers.Layer) and _is_softmax(getattr(op, "activation", None)):
-        linear = plain_clone(op, activation="linear")
-        logits = linear(head_input)
-        linear.set_weights(op.get_weights())
-        return keras.Model(inputs, logits, name=model.name)
-    return model
-
-
-def _float32_output(model: keras.Model) -> keras.Model:
-    if keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32":
-        return model
-    cast = keras.layers.Activation("linear", dtype="float32", name="float32_logits")
-    return keras.Model(model_inputs(model), cast(model.outputs[0]), name=model.name)
-
-
-# --------------------------------------------------------------------------- fingerprint
-
-
-def _canonical_config(model: keras.Model) -> str:
-    """The model's JSON config with layer names replaced by their order of appearance.
-
-    Auto-generated names ("re_lu_7") depend on what was built earlier in the process, so
-    they are renamed; everything else (classes, options, wiring) is kept.
-    """
-    config = keras.saving.serialize_keras_object(model)
-    names: dict[str, str] = {}
-
-    def collect(node: Any) -> None:
-        if isinstance(node, dict):
-            name = node.get("name")
-            if isinstance(name, str) and name not in names:
-                names[name] = f"#{len(names)}"
-            for value in node.values():
-                collect(value)
-        elif isinstance(node, list | tuple):
-            for value in node:
-                collect(value)
-
-    def rename(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {key: rename(value) for key, value in node.items()}
-        if isinstance(node, list | tuple):
-            return [rename(value) for value in node]
-        if isinstance(node, str):
-            return names.get(node, node)
-        return node
-
-    collect(config)
-    return json.dumps(rename(config), sort_keys=True, default=str)
-
-
-def fingerprint(model: keras.Model) -> str:
-    """sha256 hex over the model's (name-canonical) JSON config and all weight bytes."""
-    digest = hashlib.sha256(_canonical_config(model).encode())
-    for variable in model.weights:
-        value = np.ascontiguousarray(keras.ops.convert_to_numpy(variable))
-        digest.update(f"{value.dtype.str}{value.shape}".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
-
-def _directory_digest(path: str) -> str:
-    """sha256 over a SavedModel directory (relative paths and file bytes, sorted)."""
-    digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(root)).encode() + b"\0")
-        with file.open("rb") as handle:
-            for block in iter(functools.partial(handle.read, 1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -45,10 +45,10 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from pipeline import maps, render
+from pipeline.choices import DEFAULT_PERCENTILE, RECORD_VIEWS
 from pipeline.elements import SaliencyRecord
-
-RECORD_VIEWS = ("abs", "positive", "negative")
+from pipeline.maps import render
+from pipeline.maps import views as maps
 
 FEATURES = {
     "image/key": tf.io.FixedLenFeature([], tf.string),
@@ -177,7 +177,7 @@ def _check_gradient(record: SaliencyRecord, method: str, gradient: np.ndarray) -
 
 
 def encode(
-    record: SaliencyRecord, *, include_image: bool = True, percentile: float = 99.0
+    record: SaliencyRecord, *, include_image: bool = True, percentile: float = DEFAULT_PERCENTILE
 ) -> bytes:
     """Serialise one SaliencyRecord as a ``tf.train.Example`` (deterministic bytes)."""
     if not isinstance(record, SaliencyRecord):
@@ -214,7 +214,9 @@ def encode(
         g = _check_gradient(record, method, record.gradients[method])
         keys = method_keys(method)
         feature[keys["gradient"]] = _bytes(serialize_array(g))
-        views = maps.compute_views(g, percentile=percentile, views=RECORD_VIEWS)
+        views = record.views.get(method) or maps.compute_views(
+            g, percentile=percentile, views=RECORD_VIEWS
+        )
         for view in RECORD_VIEWS:
             feature[keys[view]] = _bytes(serialize_array(views[view]))
     example = tf.train.Example(features=tf.train.Features(feature=feature))

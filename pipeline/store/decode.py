@@ -1,6 +1,6 @@
 """Pure image decoding and resizing: bytes or pixels -> uint8 [H, W, C] at the model size.
 
-No Beam here (:mod:`pipeline.sources` wraps these functions in DoFns). Decoding
+No Beam here (:mod:`pipeline.beam.prepare` wraps these functions in DoFns). Decoding
 (:func:`decode_image`) runs on the CPU and never on an accelerator:
 
 * the header is read first with Pillow (lazy, no pixel data) to know the format, the size
@@ -28,7 +28,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from pipeline.config import RESIZE_POLICIES
+from pipeline.choices import RESIZE_POLICIES
 from pipeline.elements import EncodedImage, ImageItem
 
 __all__ = [

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline import maps, png
+from pipeline.choices import DEFAULT_PERCENTILE, RECORD_VIEWS
+from pipeline.maps import png
+from pipeline.maps import views as maps
 
 # Anchor colours at 11 evenly spaced points (0.0, 0.1, ..., 1.0) of matplotlib's
 # perceptually uniform maps; the 256-entry tables interpolate linearly between them.
@@ -76,7 +78,7 @@ def colormap(m: np.ndarray, name: str = "inferno") -> np.ndarray:
 def encode_png(pixels: np.ndarray) -> bytes:
     """Encode uint8 [H, W], [H, W, 1] or [H, W, 3] pixels as PNG (deterministic bytes).
 
-    :func:`pipeline.png.encode`: numpy row filters and ISA-L deflate at level 1, since PNG
+    :func:`pipeline.maps.png.encode`: numpy row filters and ISA-L deflate at level 1, since PNG
     encoding is most of the pipeline's own per-image work.
     """
     return png.encode(pixels)
@@ -113,11 +115,15 @@ def overlay_png(
     return encode_png(upscale(_blend(image, m, alpha, cmap), scale))
 
 
-GRID_VIEWS = ("abs", "positive", "negative")  # the maps.compute_views the grid needs
+GRID_VIEWS = RECORD_VIEWS  # the maps.compute_views the grid needs
 
 
 def grid_panels(
-    image: np.ndarray, gradient: np.ndarray, *, percentile: float = 99.0, cmap: str = "inferno"
+    image: np.ndarray,
+    gradient: np.ndarray,
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    cmap: str = "inferno",
 ) -> list[np.ndarray]:
     """The five uint8 [H, W, 3] panels of the grid, in :data:`GRID_PANELS` order."""
     g = np.asarray(gradient)
@@ -154,7 +160,7 @@ def grid_png(
     *,
     title: str | None = None,
     labels: bool = False,
-    percentile: float = 99.0,
+    percentile: float = DEFAULT_PERCENTILE,
     cmap: str = "inferno",
     gap: int = GRID_GAP,
     scale: int = 1,

@@ -2,7 +2,7 @@
 
 RunInference loads the handler's model once per worker process (its threads share it) and
 feeds it batches from BatchElements. The handler turns a batch of ImageItem into one
-SaliencyRecord per (image, target); the gradient maths stays in pipeline.saliency.
+SaliencyRecord per (image, target); the gradient maths stays in pipeline.engine.
 
 A batch that raises is retried image by image, so one bad image becomes one Failure and
 its batch neighbours still get their maps; a batch that runs out of accelerator memory is
@@ -22,10 +22,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.config import Config, ModelConfig
+from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import Failure, ImageItem, SaliencyRecord
+from pipeline.engine.explainer import Explainer
+from pipeline.engine.models import LoadedModel, ModelSpec, load_model
+from pipeline.engine.precision import configure_gpus
+from pipeline.engine.targets import resolve_targets
 
 _LOG = logging.getLogger(__name__)
 
@@ -34,19 +39,18 @@ _LOG = logging.getLogger(__name__)
 class Engine:
     """What a worker process holds: the loaded model and its explainer(s)."""
 
-    loaded: Any  # models.LoadedModel
-    explainer: Any  # saliency.Explainer
-    config: Config
+    loaded: LoadedModel
+    explainer: Explainer
+    saliency: SaliencyConfig
+    progress_every: int
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     done: int = 0
     started: float = dataclasses.field(default_factory=time.monotonic)
     last_report: float = 0.0
 
 
-def model_spec(m: ModelConfig):
+def model_spec(m: ModelConfig) -> ModelSpec:
     """The engine's ModelSpec for the model section of a config."""
-    from pipeline.models import ModelSpec
-
     return ModelSpec(
         name=m.name,
         weights=m.weights,
@@ -56,11 +60,8 @@ def model_spec(m: ModelConfig):
     )
 
 
-def make_explainer(loaded: Any, config: Config, *, pad_to: int, sample_batch_size: int):
-    """An Explainer for a loaded model with the config's saliency settings."""
-    from pipeline.saliency import Explainer
-
-    s = config.saliency
+def make_explainer(loaded: LoadedModel, s: SaliencyConfig, *, pad_to: int) -> Explainer:
+    """An Explainer for a loaded model with the saliency section's settings."""
     baseline: Any = loaded.black_image() if s.ig_baseline == "black" else s.ig_baseline
     return Explainer(
         loaded.model,
@@ -68,7 +69,7 @@ def make_explainer(loaded: Any, config: Config, *, pad_to: int, sample_batch_siz
         noise=s.noise,
         seed=s.seed,
         precision=s.precision,
-        batch_size=sample_batch_size,
+        batch_size=s.sample_batch_size,
         ig_steps=s.ig_steps,
         ig_baseline=baseline,
         pad_to=pad_to,
@@ -91,12 +92,9 @@ class ModelGeometry:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_once(m: ModelConfig):
+def _load_once(m: ModelConfig) -> LoadedModel:
     """One load per process and model config: the launcher's check and an in-process
     worker (DirectRunner) share it instead of loading the model twice."""
-    from pipeline.models import load_model
-    from pipeline.precision import configure_gpus
-
     configure_gpus()  # memory growth before any TF op touches the GPU
     return load_model(model_spec(m))
 
@@ -116,18 +114,17 @@ def model_geometry(m: ModelConfig) -> ModelGeometry:
     )
 
 
-def load_engine(config: Config) -> Engine:
+def load_engine(
+    model: ModelConfig, saliency: SaliencyConfig, batch: BatchConfig, *, progress_every: int = 0
+) -> Engine:
     """Load the model and build the explainer (what each worker process does once)."""
-    loaded = _load_once(config.model)
-    explainer = make_explainer(
-        loaded,
-        config,
-        pad_to=config.batch.max_batch_size,
-        sample_batch_size=config.saliency.sample_batch_size,
-    )
-    if any("guided" in m for m in config.saliency.methods):
+    loaded = _load_once(model)
+    explainer = make_explainer(loaded, saliency, pad_to=batch.max_batch_size)
+    if any("guided" in m for m in saliency.methods):
         explainer.guided_report()  # build the guided clone now: fail fast, once per process
-    return Engine(loaded=loaded, explainer=explainer, config=config)
+    return Engine(
+        loaded=loaded, explainer=explainer, saliency=saliency, progress_every=progress_every
+    )
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -139,18 +136,27 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
     """RunInference handler: ImageItem batches in, SaliencyRecord / Failure out."""
 
-    def __init__(self, config: Config, *, run_id: str) -> None:
-        b = config.batch
+    def __init__(
+        self,
+        *,
+        model: ModelConfig,
+        saliency: SaliencyConfig,
+        batch: BatchConfig,
+        run_id: str,
+        progress_every: int = 0,
+    ) -> None:
         super().__init__(
-            min_batch_size=b.min_batch_size,
-            max_batch_size=b.max_batch_size,
-            max_batch_duration_secs=int(b.max_batch_duration_secs) or None,
+            min_batch_size=batch.min_batch_size,
+            max_batch_size=batch.max_batch_size,
+            # 0 means "no wait"; any positive number of seconds (0.5 too) is honoured.
+            max_batch_duration_secs=batch.max_batch_duration_secs or None,
         )
-        self._config = config
+        self._sections = (model, saliency, batch)
         self._run_id = run_id
+        self._progress_every = progress_every
 
     def load_model(self) -> Engine:
-        return load_engine(self._config)
+        return load_engine(*self._sections, progress_every=self._progress_every)
 
     def get_metrics_namespace(self) -> str:
         return "saliency"
@@ -189,7 +195,7 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
 
 
 def _report_progress(engine: Engine, n: int) -> None:
-    every = engine.config.run.progress_every
+    every = engine.progress_every
     with engine.lock:
         engine.done += n
         done = engine.done
@@ -202,8 +208,6 @@ def _report_progress(engine: Engine, n: int) -> None:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    import tensorflow as tf
-
     return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)) or "OOM" in str(exc)
 
 
@@ -256,10 +260,7 @@ def _numerics_failure(item: ImageItem, what: set[str]) -> Failure:
 
 
 def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[SaliencyRecord | Failure]:
-    from pipeline.saliency import resolve_targets
-
-    config = engine.config
-    s = config.saliency
+    s = engine.saliency
     loaded = engine.loaded
     pixels = np.stack([item.pixels for item in items]).astype(np.float32)
     x = np.asarray(loaded.preprocess(pixels), dtype=np.float32)

@@ -2,84 +2,39 @@
 numerics guard before them.
 
 No gradient maths here: records.encode and render do the work, these transforms only
-place the bytes, through :mod:`pipeline.outputs` (atomic files; the directory layout and
-the crash-safe publishing of a run's staged outputs live there too). The transforms write
+place the bytes, through :mod:`pipeline.store` (atomic files in store.files, every path
+in store.layout, the crash-safe publish of a run's staged outputs in store.publish). They write
 into the directory they are given: ``run`` gives WriteRecords, WriteManifest and
 WriteFailures the attempt's staging directory and WriteArtifacts the output directory.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
-import string
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
 
-from pipeline import maps, records, render
-from pipeline.config import ARTIFACT_VIEWS
+from pipeline.beam.tags import FAILURES
+from pipeline.choices import ARTIFACT_VIEWS, DEFAULT_PERCENTILE
 from pipeline.elements import Failure, SaliencyRecord
-from pipeline.outputs import (
+from pipeline.maps import render
+from pipeline.maps import views as maps
+from pipeline.store import records
+from pipeline.store.files import write_atomic, write_sorted_jsonl
+from pipeline.store.layout import (
     FAILURES_NAME,
     MANIFEST_NAME,
     RECORDS_PREFIX,
     RECORDS_SUFFIX,
+    artifact_path,
     join_path,
-    manifest_sort_key,
-    write_atomic,
-    write_sorted_jsonl,
 )
+from pipeline.store.publish import manifest_sort_key
 
-_SAFE_CHARS = frozenset(string.ascii_letters + string.digits + "._-")
-_SPECIAL_SEGMENTS = {"": "_", ".": "%2E", "..": "%2E%2E"}
-_MAX_SEGMENT = 150  # characters; file systems refuse names over 255 bytes
-_HASH_CHARS = 16
 _METHOD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-# --------------------------------------------------------------------------- paths
-
-
-def safe_key(key: str) -> str:
-    """A relative path for ``key`` that stays inside its parent and is unique per key.
-
-    Each '/'-separated segment keeps [A-Za-z0-9._-] and percent-encodes every other
-    character (UTF-8 bytes, '%' and '\\\\' and NUL included); '.', '..' and empty segments
-    are replaced and over-long segments cut. If any of this changed the key, '~' and the
-    first 16 hex digits of the key's sha256 are appended: an unchanged key never contains
-    '%' or '~', and changed keys differ by their hash, so two keys never share a path.
-    """
-    if not isinstance(key, str):
-        raise TypeError(f"key must be a str, got {type(key).__name__}: {key!r}.")
-    segments = []
-    changed = False
-    for segment in key.split("/"):
-        if segment in _SPECIAL_SEGMENTS:
-            encoded = _SPECIAL_SEGMENTS[segment]
-        else:
-            encoded = "".join(
-                ch
-                if ch in _SAFE_CHARS
-                else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
-                for ch in segment
-            )
-        encoded = encoded[:_MAX_SEGMENT]
-        changed = changed or encoded != segment
-        segments.append(encoded)
-    path = "/".join(segments)
-    if changed:
-        digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-        path = f"{path}~{digest[:_HASH_CHARS]}"
-    return path
-
-
-def artifact_path(record: SaliencyRecord, method: str, view: str) -> str:
-    """Artifact path relative to output_dir: artifacts/<safe_key>/<method>_<view>[_t<c>].png."""
-    suffix = f"_t{record.target_class}" if record.target_rank > 0 else ""
-    return f"artifacts/{safe_key(record.key)}/{method}_{view}{suffix}.png"
 
 
 # --------------------------------------------------------------------------- records
@@ -104,7 +59,7 @@ class WriteRecords(beam.PTransform):
         *,
         num_shards: int = 0,
         include_image: bool = True,
-        percentile: float = 99.0,
+        percentile: float = DEFAULT_PERCENTILE,
     ) -> None:
         super().__init__()
         if int(num_shards) < 0:
@@ -171,10 +126,12 @@ def render_artifacts(
     unknown = [v for v in views if v not in ARTIFACT_VIEWS]
     if unknown:
         raise ValueError(f"artifact views {unknown!r} are unknown: allowed are {ARTIFACT_VIEWS}.")
-    gradient = np.asarray(record.gradients[method])
     pixels = np.asarray(record.pixels)
-    wanted = render.GRID_VIEWS if "grid" in views else ("abs",)
-    two_d = maps.compute_views(gradient, percentile=percentile, views=wanted)
+    two_d = record.views.get(method)
+    if two_d is None:  # a record from outside ExplainImages: compute what is drawn
+        wanted = render.GRID_VIEWS if "grid" in views else ("abs",)
+        gradient = np.asarray(record.gradients[method])
+        two_d = maps.compute_views(gradient, percentile=percentile, views=wanted)
     out = {}
     for view in views:
         if view == "grid":
@@ -247,7 +204,7 @@ class WriteArtifacts(beam.PTransform):
         *,
         methods: Sequence[str],
         views: Sequence[str] = ARTIFACT_VIEWS,
-        percentile: float = 99.0,
+        percentile: float = DEFAULT_PERCENTILE,
         alpha: float = 0.5,
         cmap: str = "inferno",
         tmp_dir: str | None = None,
@@ -376,7 +333,7 @@ class _GuardFiniteFn(beam.DoFn):
             return
         error = f"non-finite values (NaN/Inf) in {bad}; record not written"
         yield beam.pvalue.TaggedOutput(
-            "failures", Failure(key=record.key, source=record.source, stage="numerics", error=error)
+            FAILURES, Failure(key=record.key, source=record.source, stage="numerics", error=error)
         )
 
 
@@ -387,6 +344,6 @@ class GuardFinite(beam.PTransform):
 
     def expand(self, pcoll) -> Guarded:
         out = pcoll | "CheckFinite" >> beam.ParDo(_GuardFiniteFn()).with_outputs(
-            "failures", main="records"
+            FAILURES, main="records"
         )
-        return Guarded(records=out.records, failures=out.failures)
+        return Guarded(records=out.records, failures=out[FAILURES])

@@ -10,7 +10,7 @@ ReadImages -> [SkipDone] -> DecodeImages -> RunInference -> SplitResults -> Guar
 counts (inputs, skipped, written, failed, records, recomputed) -> counts.json -> summary.json
 ```
 
-``run`` wraps the pipeline in the crash-safe protocol of :mod:`pipeline.outputs`: lock the
+``run`` wraps the pipeline in the crash-safe protocol of :mod:`pipeline.store.publish`: lock the
 output dir, recover_output (remove what a killed run left), write the attempt's records,
 manifest, failures and counts under ``.staging/<shard set>/``, and publish them once the
 pipeline succeeded. Artifacts are written in place (atomically, idempotent paths).
@@ -27,31 +27,35 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import PredictionResult, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineState
 
+from pipeline.beam import sinks
+from pipeline.beam.handler import model_geometry
+from pipeline.beam.prepare import SkipDone
+from pipeline.beam.sources import ReadImages
+from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config, ConfigError
 from pipeline.elements import Failure, SaliencyRecord
+from pipeline.store.files import done_token, read_json, write_done_index, write_json
+from pipeline.store.layout import SUMMARY_NAME, counts_path, done_index_path, join_path, tmp_dir
+from pipeline.store.layout import staging_dir as staging_path
+from pipeline.store.publish import (
+    new_shard_set,
+    output_lock,
+    publish,
+    read_manifest,
+    recover_output,
+)
 
 _LOG = logging.getLogger(__name__)
-
-COUNTS_NAME = "counts.json"
 
 
 class Outputs(NamedTuple):
     records: beam.PCollection
     failures: beam.PCollection
     counts: beam.PCollection
-
-
-def _split_results(result: PredictionResult):
-    """PredictionResult(item, [SaliencyRecord | Failure, ...]) -> tagged outputs."""
-    for out in result.inference:
-        if isinstance(out, Failure):
-            yield beam.pvalue.TaggedOutput("failures", out)
-        else:
-            yield out
 
 
 def _image_key(record: SaliencyRecord) -> str:
@@ -110,19 +114,15 @@ class Attempt:
 
     @property
     def staging(self) -> str:
-        from pipeline.outputs import staging_dir
-
-        return staging_dir(self.output_dir, self.shard_set)
+        return staging_path(self.output_dir, self.shard_set)
 
     @property
     def done_index(self) -> str:
-        return f"{self.staging}/done.txt"
+        return done_index_path(self.staging)
 
 
 def new_attempt(config: Config) -> Attempt:
     """A fresh attempt for ``config`` (a new shard set id)."""
-    from pipeline.outputs import new_shard_set
-
     return Attempt(
         output_dir=config.output.dir.rstrip("/"),
         shard_set=new_shard_set(),
@@ -145,18 +145,12 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
     Records, manifest rows, failures and counts go to ``attempt.staging`` (default: a new
     attempt); run() publishes them. Artifacts go to their final paths.
     """
-    from pipeline import sinks, sources
-    from pipeline.handler import SaliencyModelHandler, model_geometry
-
     src = config.source
     out_dir = config.output.dir.rstrip("/")
     attempt = attempt or new_attempt(config)
     staging = attempt.staging
     run_id = config.run_id
-    geometry = model_geometry(config.model)
-    height, width = geometry.input_size
-
-    read = p | "ReadImages" >> sources.ReadImages(
+    read = p | "ReadImages" >> ReadImages(
         kind=src.kind,
         pattern=src.pattern,
         image_key=src.image_key,
@@ -172,28 +166,20 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
     images = read.images
     counted: list[Any] = []
     if attempt.incremental:
-        todo = images | "SkipDone" >> sources.SkipDone(attempt.done_index)
+        todo = images | "SkipDone" >> SkipDone(attempt.done_index)
         images = todo.images
         counted.append(todo.skipped | "CountSkipped" >> CountInto("skipped"))
-    decoded = images | "DecodeImages" >> sources.DecodeImages(
-        input_size=(height, width),
-        channels=geometry.channels,
-        resize_policy=src.resize,
+    explained = images | "ExplainImages" >> ExplainImages(
+        model=config.model,
+        saliency=config.saliency,
+        batch=config.batch,
+        resize=src.resize,
         max_pixels=src.max_pixels,
+        run_id=run_id,
+        progress_every=config.run.progress_every,
     )
-    explained = (
-        decoded.items
-        | "Explain" >> RunInference(SaliencyModelHandler(config, run_id=run_id))
-        | "SplitResults" >> beam.FlatMap(_split_results).with_outputs("failures", main="records")
-    )
-    guarded = explained.records | "GuardFinite" >> sinks.GuardFinite()
-    records = guarded.records
-    failures = (
-        read.failures,
-        decoded.failures,
-        explained.failures,
-        guarded.failures,
-    ) | "AllFailures" >> beam.Flatten()
+    records = explained.records
+    failures = (read.failures, explained.failures) | "AllFailures" >> beam.Flatten()
 
     if config.output.records:
         _ = records | "WriteRecords" >> sinks.WriteRecords(
@@ -208,7 +194,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
             out_dir,
             methods=config.saliency.methods,
             views=config.output.views if config.output.artifacts else (),
-            tmp_dir=f"{staging}/tmp",
+            tmp_dir=tmp_dir(staging),
             min_artifact_size=config.output.min_artifact_size,
         )
         | "StampRows" >> beam.Map(_stamp_row, attempt.shard_set, attempt.settings)
@@ -238,13 +224,11 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
         | "AllCounts" >> beam.Flatten()
         | "CountsDict" >> beam.combiners.ToDict()
     )
-    _ = counts | "WriteCounts" >> beam.Map(_write_counts, f"{staging}/{COUNTS_NAME}")
+    _ = counts | "WriteCounts" >> beam.Map(_write_counts, counts_path(staging))
     return Outputs(records=records, failures=failures, counts=counts)
 
 
 def _write_counts(counts: dict[str, int], path: str) -> None:
-    from pipeline.outputs import write_json
-
     counts = dict(counts)
     # Unreadable inputs never reached ReadImages' main output; they are inputs all the same.
     counts["inputs"] = counts.get("inputs", 0) + counts.pop("unreadable", 0)
@@ -260,7 +244,7 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     --direct_running_mode.
     """
     options = PipelineOptions(list(beam_args))
-    options.view_as(beam.options.pipeline_options.SetupOptions).save_main_session = False
+    options.view_as(SetupOptions).save_main_session = False
     return options
 
 
@@ -268,8 +252,6 @@ def make_runner(options: PipelineOptions):
     """The runner object for the options (FnApiRunner for DirectRunner)."""
     name = options.view_as(StandardOptions).runner
     if name in (None, "DirectRunner", "direct", "FnApiRunner"):
-        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-
         return FnApiRunner()
     return name  # Dataflow, Flink, Portable, ... resolved by Beam
 
@@ -304,8 +286,6 @@ class Summary:
 
 def _carried_rows(output_dir: str, model_fingerprint: str, settings: str) -> list[dict]:
     """Committed manifest rows an incremental run keeps: same model and settings."""
-    from pipeline.outputs import read_manifest
-
     return [
         row
         for row in read_manifest(output_dir)
@@ -318,21 +298,10 @@ def _carried_rows(output_dir: str, model_fingerprint: str, settings: str) -> lis
 def run(config: Config, beam_args: Sequence[str] = ()) -> Summary:
     """Run the job to completion and publish its outputs; writes summary.json.
 
-    Raises handler.ModelLoadError before anything is read or written when the model does
+    Raises beam.handler.ModelLoadError before anything is read or written when the model does
     not load, ConfigError when the source cannot be listed (e.g. a pattern matching no
-    image), outputs.OutputBusyError when another run holds the output dir.
+    image), store.publish.OutputBusyError when another run holds the output dir.
     """
-    from pipeline.handler import model_geometry
-    from pipeline.outputs import (
-        SUMMARY_NAME,
-        output_lock,
-        publish,
-        read_json,
-        recover_output,
-        write_json,
-    )
-    from pipeline.sources import done_token, write_done_index
-
     # Fail fast on a model that cannot load, before any data is read or any file touched.
     geometry = model_geometry(config.model)
     options = pipeline_options(beam_args)
@@ -358,10 +327,10 @@ def run(config: Config, beam_args: Sequence[str] = ()) -> Summary:
         state = p.run().wait_until_finish()
         if state not in (None, PipelineState.DONE):
             raise RuntimeError(f"the pipeline ended in state {state}; nothing was published")
-        counts = read_json(f"{attempt.staging}/{COUNTS_NAME}")
+        counts = read_json(counts_path(attempt.staging))
         published = publish(out_dir, shard_set=attempt.shard_set, carried=carried)
         summary = _summary(config, attempt, counts, published.records_total, start)
-        write_json(f"{out_dir}/{SUMMARY_NAME}", dataclasses.asdict(summary))
+        write_json(join_path(out_dir, SUMMARY_NAME), dataclasses.asdict(summary))
     _LOG.info("summary: %s", json.dumps(dataclasses.asdict(summary)))
     return summary
 

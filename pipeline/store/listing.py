@@ -5,7 +5,7 @@ directory, ``**`` recurses (``a/**/*.jpg`` includes ``a/x.jpg``), a trailing ``/
 everything below. Local trees are walked here (Beam's listing silently drops dangling
 symlinks, which must surface as read failures); elsewhere one Beam listing of the root.
 Keys are paths relative to the patterns' common root, made printable. No PTransforms here
-(:class:`pipeline.sources.ReadImages` uses these functions).
+(:class:`pipeline.beam.sources.ReadImages` uses these functions).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.decode import IMAGE_EXTENSIONS, short_error
+from pipeline.store.decode import IMAGE_EXTENSIONS, short_error
 
 __all__ = [
     "IMAGE_EXTENSIONS",

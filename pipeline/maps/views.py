@@ -33,7 +33,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-VIEWS = ("abs", "positive", "negative", "max", "image_x_abs")
+from pipeline.choices import DEFAULT_PERCENTILE, MAP_VIEWS
+
+VIEWS = MAP_VIEWS
 
 
 def _check_percentile(percentile: float) -> float:
@@ -46,7 +48,7 @@ def _check_percentile(percentile: float) -> float:
     return value
 
 
-def normalise(m: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+def normalise(m: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
     """Clip a non-negative map at its ``percentile``-th percentile and scale it to [0, 1].
 
     Non-finite entries count as 0 and negative entries are clipped to 0. If the percentile
@@ -92,7 +94,7 @@ def _check_image(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def image_times_abs(
-    gradient: np.ndarray, image: np.ndarray, *, percentile: float = 99.0
+    gradient: np.ndarray, image: np.ndarray, *, percentile: float = DEFAULT_PERCENTILE
 ) -> np.ndarray:
     """The image (0..255) weighted by the normalised ``abs`` map: float32 [H, W, C] in [0, 1]."""
     g = _check_gradient(gradient)
@@ -120,7 +122,7 @@ def compute_views(
     gradient: np.ndarray,
     image: np.ndarray | None = None,
     *,
-    percentile: float = 99.0,
+    percentile: float = DEFAULT_PERCENTILE,
     views: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """The 2-D views of one gradient [H, W, C], each float32 [H, W] in [0, 1].

@@ -40,78 +40,21 @@ from typing import Any
 
 import keras
 import tensorflow as tf
-from keras.src.activations import activations as _activations_impl
-from keras.src.models.functional import Functional
-from keras.src.ops import nn as _ops_nn
-from keras.src.saving.serialization_lib import SafeModeScope
+
+from pipeline.engine.graph import SAVEDMODEL_MESSAGE, all_layers, clone_rewritten, plain_clone
+from pipeline.engine.rectifiers import FORWARD, KEY_BY_ID, OPERATIONS
 
 __all__ = [
     "GuidedFunction",
     "GuidedOperation",
     "GuidedPReLU",
     "GuidedReport",
-    "all_layers",
-    "check_cloneable",
-    "clone_rewritten",
-    "copy_state",
     "guided_apply",
     "guided_model",
-    "model_inputs",
-    "plain_clone",
     "rectifier_key",
 ]
 
 _PACKAGE = "pipeline.guided"
-
-# Forward functions that get the guided gradient, by a stable key (used in configs).
-_FORWARD: dict[str, Callable[..., Any]] = {
-    "relu": keras.activations.relu,
-    "relu6": keras.activations.relu6,
-    "leaky_relu": keras.activations.leaky_relu,
-    "elu": keras.activations.elu,
-    "selu": keras.activations.selu,
-    "celu": keras.activations.celu,
-    "silu": keras.activations.silu,
-    "hard_silu": keras.activations.hard_silu,
-    "gelu": keras.activations.gelu,
-    "mish": keras.activations.mish,
-    "ops.relu": keras.ops.relu,
-    "ops.relu6": keras.ops.relu6,
-    "ops.leaky_relu": keras.ops.leaky_relu,
-    "ops.elu": keras.ops.elu,
-    "ops.selu": keras.ops.selu,
-    "ops.celu": keras.ops.celu,
-    "ops.silu": keras.ops.silu,
-    "ops.hard_silu": keras.ops.hard_silu,
-    "ops.gelu": keras.ops.gelu,
-    "tf.nn.relu": tf.nn.relu,
-    "tf.nn.relu6": tf.nn.relu6,
-    "tf.nn.leaky_relu": tf.nn.leaky_relu,
-    "tf.nn.elu": tf.nn.elu,
-    "tf.nn.selu": tf.nn.selu,
-    "tf.nn.silu": tf.nn.silu,
-    "tf.nn.gelu": tf.nn.gelu,
-}
-# Aliases (swish is silu, hard_swish is hard_silu) are the same objects, so identity covers them.
-_KEY_BY_ID: dict[int, str] = {id(fn): key for key, fn in _FORWARD.items()}
-
-# Symbolic keras operations (ops.nn classes) -> (forward key, attributes that are options).
-_OPERATIONS: tuple[tuple[type, str, tuple[str, ...]], ...] = tuple(
-    (cls, key, attrs)
-    for cls, key, attrs in (
-        (_activations_impl.ReLU, "relu", ("negative_slope", "max_value", "threshold")),
-        (getattr(_ops_nn, "Relu", None), "ops.relu", ()),
-        (getattr(_ops_nn, "Relu6", None), "ops.relu6", ()),
-        (getattr(_ops_nn, "LeakyRelu", None), "ops.leaky_relu", ("negative_slope",)),
-        (getattr(_ops_nn, "Elu", None), "ops.elu", ("alpha",)),
-        (getattr(_ops_nn, "Selu", None), "ops.selu", ()),
-        (getattr(_ops_nn, "Celu", None), "ops.celu", ("alpha",)),
-        (getattr(_ops_nn, "Silu", None), "ops.silu", ()),
-        (getattr(_ops_nn, "HardSilu", None), "ops.hard_silu", ()),
-        (getattr(_ops_nn, "Gelu", None), "ops.gelu", ("approximate",)),
-    )
-    if cls is not None
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +71,10 @@ class GuidedReport:
 
 
 def rectifier_key(fn: Any) -> str | None:
-    """The ``_FORWARD`` key of a rectifier-like activation function, or None."""
+    """The ``FORWARD`` key of a rectifier-like activation function, or None."""
     if isinstance(fn, GuidedFunction):
         return fn.function
-    return _KEY_BY_ID.get(id(fn))
+    return KEY_BY_ID.get(id(fn))
 
 
 def guided_apply(forward: Callable[[tf.Tensor], tf.Tensor], x: Any) -> tf.Tensor:
@@ -213,21 +156,21 @@ def _guided_rectifier(forward: Callable[[tf.Tensor], tf.Tensor], x: Any, cap: An
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class GuidedFunction:
-    """A serializable activation callable: forward ``_FORWARD[function](x, **options)``,
+    """A serializable activation callable: forward ``FORWARD[function](x, **options)``,
     backward the guided rule. Used in ``activation`` attributes and Activation layers."""
 
     def __init__(self, function: str, **options: Any) -> None:
-        if function not in _FORWARD:
+        if function not in FORWARD:
             raise ValueError(
                 f"GuidedFunction: function={function!r} is not a supported rectifier; "
-                f"allowed: {sorted(_FORWARD)}."
+                f"allowed: {sorted(FORWARD)}."
             )
         self.function = function
         self.options = dict(options)
         self.__name__ = f"guided_{function.replace('.', '_')}"
 
     def __call__(self, x: Any) -> tf.Tensor:
-        forward = functools.partial(_FORWARD[self.function], **self.options)
+        forward = functools.partial(FORWARD[self.function], **self.options)
         cap = _rectifier_cap(self.function, self.options)
         if cap is False:
             return guided_apply(forward, x)
@@ -309,7 +252,7 @@ class _Rewriter:
         if not isinstance(op, keras.layers.Layer):
             return self._operation(op)
         if isinstance(op, keras.layers.TFSMLayer):
-            raise ValueError(_SAVEDMODEL_MESSAGE)
+            raise ValueError(SAVEDMODEL_MESSAGE)
         if isinstance(op, keras.Model):
             # Functional / Sequential sub-models are cloned recursively by clone_model;
             # anything reaching here is a subclassed model we cannot look into.
@@ -322,7 +265,7 @@ class _Rewriter:
         return replacement if replacement is not None else plain_clone(op)
 
     def _operation(self, op: Any) -> Any:
-        for cls, key, attrs in _OPERATIONS:
+        for cls, key, attrs in OPERATIONS:
             if type(op) is cls:
                 options = {attr: getattr(op, attr) for attr in attrs}
                 self.patched.append(op.name)
@@ -380,81 +323,11 @@ def _is_builtin(fn: Any) -> bool:
     return module.startswith(("keras.", "tensorflow."))
 
 
-def plain_clone(layer: keras.layers.Layer, **overrides: Any) -> keras.layers.Layer:
-    """``layer`` rebuilt from its config with ``overrides``; a new layer, fresh weights.
-
-    The activation object is handed over as is, so an unregistered custom function does
-    not have to survive serialization.
-    """
-    config = layer.get_config()
-    activation = getattr(layer, "activation", None)
-    if "activation" in config and callable(activation):
-        config["activation"] = activation
-    config.update(overrides)
-    return layer.__class__.from_config(config)
-
-
 def _clone_with_activation(layer: keras.layers.Layer, activation: Any) -> keras.layers.Layer:
     if "activation" in layer.get_config():
         return plain_clone(layer, activation=activation)
     clone = plain_clone(layer)
     clone.activation = activation  # a custom layer that keeps .activation out of its config
-    return clone
-
-
-_SAVEDMODEL_MESSAGE = (
-    "guided_model: the model wraps a TensorFlow SavedModel (keras.layers.TFSMLayer), whose "
-    "graph cannot be rewritten for guided backprop. Use the methods 'vanilla', 'smoothgrad' "
-    "or 'integrated_gradients', or re-export the model as a .keras file."
-)
-
-
-def check_cloneable(model: keras.Model) -> None:
-    """Raise a clear ValueError when ``model`` cannot be rewritten layer by layer."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
-    if isinstance(model, keras.layers.TFSMLayer) or any(
-        isinstance(layer, keras.layers.TFSMLayer) for layer in all_layers(model)
-    ):
-        raise ValueError(_SAVEDMODEL_MESSAGE)
-    if not isinstance(model, Functional | keras.Sequential):
-        raise ValueError(
-            f"model {model.name!r} is a subclassed {type(model).__name__}; only Functional "
-            "and Sequential models can be cloned and rewritten."
-        )
-
-
-def model_inputs(model: keras.Model) -> Any:
-    """The model's symbolic input(s): one tensor when single (``Sequential.input`` raises)."""
-    inputs = model.inputs
-    return inputs[0] if len(inputs) == 1 else inputs
-
-
-def all_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """Every layer of ``model``, nested models' layers included (the model itself not)."""
-    return list(model._flatten_layers(include_self=False, recursive=True))
-
-
-def copy_state(source: keras.Model, target: keras.Model) -> None:
-    """Copy weights from ``source`` to its clone ``target`` and refresh derived state.
-
-    ``set_weights`` does not recompute a Normalization layer's mean/variance tensors;
-    ``finalize_state`` does.
-    """
-    target.set_weights(source.get_weights())
-    for layer in all_layers(target):
-        if hasattr(layer, "finalize_state"):
-            layer.finalize_state()
-
-
-def clone_rewritten(model: keras.Model, clone_function: Callable[[Any], Any]) -> keras.Model:
-    """clone_model (recursive) + weight copy + finalize_state."""
-    check_cloneable(model)
-    # The model is already in memory (and was vetted when it was loaded), so rebuilding its
-    # Lambda layers from their configs is no new risk: lift safe mode for the clone only.
-    with SafeModeScope(False):
-        clone = keras.models.clone_model(model, clone_function=clone_function, recursive=True)
-    copy_state(model, clone)
     return clone
 
 
@@ -500,7 +373,7 @@ def guided_model(model: keras.Model) -> tuple[keras.Model, GuidedReport]:
     if not report.patched:
         raise ValueError(
             f"guided_model: model {model.name!r} has no rectifier activation to patch "
-            f"(looked for {sorted(k for k in _FORWARD if '.' not in k)} as activations, "
+            f"(looked for {sorted(k for k in FORWARD if '.' not in k)} as activations, "
             "ReLU / LeakyReLU / ELU / PReLU layers and keras ops). Guided backprop needs "
             "at least one; use the 'vanilla' or 'smoothgrad' method for this model."
         )

@@ -17,7 +17,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from pipeline.guided import (
+from pipeline.choices import PRECISIONS
+from pipeline.engine.graph import (
     all_layers,
     check_cloneable,
     clone_rewritten,
@@ -26,8 +27,6 @@ from pipeline.guided import (
 )
 
 __all__ = ["PRECISIONS", "cast_model", "configure_gpus", "cpu_supports_bf16", "resolve_precision"]
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 _OUTPUT_CAST_NAME = "float32_output"

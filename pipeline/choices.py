@@ -1,0 +1,32 @@
+"""Every choice tuple and engine default, declared once (no imports, so config, engine and
+Beam code all read the same values without pulling in TensorFlow or Beam)."""
+
+METHODS = ("vanilla", "guided", "smoothgrad", "guided_smoothgrad", "integrated_gradients")
+GUIDED_METHODS = ("guided", "guided_smoothgrad")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
+#  none: x (0..255 float)   unit: x/255   symmetric: x/127.5-1
+#  caffe: RGB->BGR, minus ImageNet BGR mean   torch: x/255, minus mean, / std
+#  auto: the keras.applications family's own preprocess_input (named models only)
+PREPROCESSING_MODES = ("none", "unit", "symmetric", "caffe", "torch", "auto")
+TARGET_MODES = ("predicted", "label", "class", "top_k")
+IG_BASELINES = ("zeros", "black")
+SOURCE_KINDS = ("files", "tfrecord", "tfds")
+RESIZE_POLICIES = ("resize", "center_crop")
+ARTIFACT_VIEWS = ("heatmap", "overlay", "grid")
+# 2-D views of a gradient (maps.views.compute_views) and the ones stored in each record.
+MAP_VIEWS = ("abs", "positive", "negative", "max", "image_x_abs")
+RECORD_VIEWS = ("abs", "positive", "negative")
+
+# Engine defaults: Explainer, explain(), ExplainImages and the config's saliency section.
+# float32 is exact; "auto" (reduced precision where the device has it) is opt-in, as the
+# bundled configs do.
+DEFAULT_SAMPLES = 50  # SmoothGrad N (the seed notebook's REPETITIONS)
+DEFAULT_NOISE = 0.2  # SmoothGrad sigma as a fraction of (max - min) of each input
+DEFAULT_SEED = 0
+DEFAULT_PRECISION = "float32"
+DEFAULT_SAMPLE_BATCH_SIZE = 64  # model inputs per SmoothGrad / IG chunk (memory bound)
+DEFAULT_IG_STEPS = 32
+DEFAULT_IG_BASELINE = "zeros"
+DEFAULT_PERCENTILE = 99.0  # maps are clipped at this percentile, then scaled to [0, 1]
+DEFAULT_RESIZE = "resize"
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit: larger inputs are refused

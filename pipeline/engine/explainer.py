@@ -1,0 +1,374 @@
+"""The Explainer: one classifier, its model variants and compiled functions, kept.
+
+Every map is the gradient of the target class's pre-softmax logit with respect to the model
+input, in model space (after preprocessing), as in Simonyan et al. (2013). A softmax head
+is stripped once, at construction (engine.heads), and reported.
+
+- Variants: (guided or not) x precision, each built on first use and kept. The float32
+  variants are BatchNorm-folded when the fold keeps the input gradients (engine.folding,
+  decided per variant on first use; ``fold_report``).
+- One ``tf.function`` per (method kind, guided or not, precision, input shape), each built
+  with a fully specified ``input_signature``, so it traces exactly once; ``pad_to`` pads a
+  short batch (repeating its last image) so the last batch of a run reuses the trace.
+  Built without AutoGraph: the bodies use explicit tf.while_loop, and AutoGraph never
+  converts Keras layers' call (Keras is on its do-not-convert list), so converting only
+  cost time (about 0.7 s of a run's first batch on MobileNetV2).
+- Reduced precision: the model is cast with ``precision.cast_model`` (float32 outputs). In
+  float16 the target score is multiplied by ``FLOAT16_LOSS_SCALE`` before the gradient and
+  the gradient divided by it afterwards, so small gradients do not underflow. A map (or
+  score) that is not finite is recomputed with a lazily built float32 path and counted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.choices import (
+    DEFAULT_IG_BASELINE,
+    DEFAULT_IG_STEPS,
+    DEFAULT_NOISE,
+    DEFAULT_PRECISION,
+    DEFAULT_SAMPLE_BATCH_SIZE,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    GUIDED_METHODS,
+    PRECISIONS,
+)
+from pipeline.engine.checks import (
+    check_baseline,
+    check_images,
+    check_index_vector,
+    check_int,
+    check_method,
+    check_noise,
+)
+from pipeline.engine.folding import FoldReport, fold_checked
+from pipeline.engine.graph import model_inputs
+from pipeline.engine.guided import GuidedReport, guided_model
+from pipeline.engine.heads import float32_output, logits_model
+from pipeline.engine.methods.gradient import gradient
+from pipeline.engine.methods.integrated_gradients import integrated_gradients
+from pipeline.engine.methods.loop import chunked_logits
+from pipeline.engine.methods.noise import image_seeds
+from pipeline.engine.methods.smoothgrad import smoothgrad
+from pipeline.engine.precision import cast_model, resolve_precision
+
+_LOG = logging.getLogger(__name__)
+
+# 2**12 lifts gradients of ~1e-8 into float16's normal range while leaving headroom below its
+# maximum (65504) for gradients up to ~16; larger ones overflow and are redone in float32.
+FLOAT16_LOSS_SCALE = 2.0**12
+
+_KIND = {
+    "vanilla": "gradient",
+    "guided": "gradient",
+    "smoothgrad": "smoothgrad",
+    "guided_smoothgrad": "smoothgrad",
+    "integrated_gradients": "integrated_gradients",
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Explanation:
+    """Saliency for a batch: one gradient map, target and score per image."""
+
+    gradients: np.ndarray  # float32 [B, H, W, C], d target logit / d model input
+    targets: np.ndarray  # int64 [B]
+    scores: np.ndarray  # float32 [B], the target logits
+    method: str
+    recomputed: int = 0  # maps that were non-finite in reduced precision, redone in fp32
+    recomputed_rows: np.ndarray | None = None  # bool [B]: which rows were redone in fp32
+    precision: str = "float32"  # the precision the maps were computed in (auto resolved)
+    softmax_stripped: str | None = None  # the softmax head differentiated past, if any
+
+
+def _logits_base(model: Any) -> tuple[keras.Model, str | None]:
+    """A float32 logits model sharing ``model``'s layers (never ``model`` itself, so an
+    Explainer does not keep the caller's model object alive), and the stripped head."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"model: got {type(model).__name__}; a keras.Model classifier is required "
+            "(use explain() for a ModelSpec or a model name)."
+        )
+    try:
+        outputs = list(model.outputs)
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"model {model.name!r}: it has no defined outputs (a subclassed model that was "
+            "never built on a keras.Input). Fix: build it functionally on keras.Input(shape)."
+        ) from error
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        raise ValueError(
+            f"model {model.name!r}: expected one classifier output of shape [B, classes]; got "
+            f"{[tuple(o.shape) for o in outputs]}. Fix: pass a single-output classifier."
+        )
+    logits, stripped = logits_model(model)
+    if logits is model:
+        logits = keras.Model(model_inputs(model), model.outputs[0], name=model.name)
+    return float32_output(logits), stripped
+
+
+class Explainer:
+    """Holds a classifier at its logits, its variants and one compiled function per
+    (method, batch shape). Inputs are in model space (preprocessed)."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        *,
+        samples: int = DEFAULT_SAMPLES,
+        noise: float = DEFAULT_NOISE,
+        seed: int = DEFAULT_SEED,
+        precision: str = DEFAULT_PRECISION,
+        batch_size: int = DEFAULT_SAMPLE_BATCH_SIZE,
+        ig_steps: int = DEFAULT_IG_STEPS,
+        ig_baseline: str | float | np.ndarray = DEFAULT_IG_BASELINE,
+        pad_to: int | None = None,
+        xla: bool = False,
+    ) -> None:
+        base, self.softmax_stripped = _logits_base(model)
+        self.samples = check_int("samples", samples, 1)
+        self.noise = check_noise(noise)
+        self.seed = check_int("seed", seed, 0)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.ig_steps = check_int("ig_steps", ig_steps, 1)
+        self.ig_baseline = check_baseline(ig_baseline)
+        self.pad_to = None if pad_to is None else check_int("pad_to", pad_to, 1)
+        if not isinstance(xla, bool):
+            raise TypeError(f"xla: got {xla!r}; True or False is required.")
+        self.xla = xla
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"precision: got {precision!r}; allowed values are {list(PRECISIONS)}. "
+                "Fix: use 'float32' (exact) or 'auto' (reduced precision where the device "
+                "has it)."
+            )
+        self.precision = resolve_precision(precision, base)
+        self.num_classes = int(base.outputs[0].shape[-1])
+        if self.softmax_stripped:
+            _LOG.info(
+                "model %r: softmax head stripped (%s); maps and scores are taken at the logits",
+                model.name,
+                self.softmax_stripped,
+            )
+        self._base = base
+        self._models: dict[tuple[bool, str], keras.Model] = {}
+        self._folds: dict[bool, FoldReport] = {}
+        self._functions: dict[tuple, Callable] = {}
+        self._traces = 0
+        self._guided_report: GuidedReport | None = None
+        if self.precision != "float32":
+            self._variant(guided=False, precision=self.precision)  # cast now: fail early
+
+    # ---- models
+
+    def _variant(self, *, guided: bool, precision: str) -> keras.Model:
+        """The (guided?, precision) model, built on first use and kept."""
+        key = (guided, precision)
+        if key not in self._models:
+            if precision == "float32":
+                unfolded = self._base
+                if guided:
+                    unfolded, self._guided_report = guided_model(self._base)
+                self._models[key], self._folds[guided] = fold_checked(unfolded)
+                _LOG.debug("%s: %s", "guided" if guided else "plain", self._folds[guided])
+            else:
+                base = self._variant(guided=guided, precision="float32")
+                self._models[key] = cast_model(base, precision)
+        return self._models[key]
+
+    def guided_report(self) -> GuidedReport:
+        """Build the guided clone now (once) and return its guided.GuidedReport."""
+        self._variant(guided=True, precision="float32")
+        return self._guided_report
+
+    def fold_report(self, *, guided: bool = False) -> FoldReport:
+        """Whether the (guided) float32 model is BatchNorm-folded, and why (builds it)."""
+        self._variant(guided=guided, precision="float32")
+        return self._folds[guided]
+
+    # ---- compiled functions
+
+    def _function(self, kind: str, guided: bool, precision: str, shape: tuple) -> Callable:
+        """The compiled function of one (kind, variant, precision, shape), built once."""
+        key = (kind, guided, precision, shape)
+        if key not in self._functions:
+            model = self._variant(guided=guided, precision=precision)
+            loss_scale = FLOAT16_LOSS_SCALE if precision == "mixed_float16" else 1.0
+            signature = [
+                tf.TensorSpec(shape, tf.float32),  # x
+                tf.TensorSpec(shape[:1], tf.int32),  # targets
+                tf.TensorSpec(shape[:1], tf.int64),  # seeds (uint64 bits)
+                tf.TensorSpec(shape[1:], tf.float32),  # IG baseline
+            ]
+            self._functions[key] = tf.function(
+                self._body(kind, model, loss_scale),
+                input_signature=signature,
+                jit_compile=self.xla or None,
+                reduce_retracing=False,
+                autograph=False,
+            )
+        return self._functions[key]
+
+    def _body(self, kind: str, model: keras.Model, loss_scale: float) -> Callable:
+        chunk = self.batch_size
+
+        def run(x: tf.Tensor, targets: tf.Tensor, seeds: tf.Tensor, baseline: tf.Tensor):
+            self._traces += 1  # runs only while tracing
+            if kind == "logits":
+                logits = chunked_logits(model, x, chunk)
+                return logits, tf.zeros([x.shape[0]], tf.float32)
+            if kind == "gradient":
+                return gradient(model, x, targets, chunk_limit=chunk, loss_scale=loss_scale)
+            if kind == "smoothgrad":
+                return smoothgrad(
+                    model,
+                    x,
+                    targets,
+                    seeds,
+                    samples=self.samples,
+                    noise=self.noise,
+                    chunk_limit=chunk,
+                    loss_scale=loss_scale,
+                )
+            return integrated_gradients(
+                model,
+                x,
+                targets,
+                baseline,
+                steps=self.ig_steps,
+                chunk_limit=chunk,
+                loss_scale=loss_scale,
+            )
+
+        return run
+
+    def _call(self, kind: str, guided: bool, precision: str, x, targets, seeds, baseline):
+        fn = self._function(kind, guided, precision, tuple(x.shape))
+        grads, scores = fn(x, targets, seeds, baseline)
+        return grads.numpy(), scores.numpy()
+
+    # ---- batching
+
+    def _pieces(self, batch: int) -> list[tuple[int, int]]:
+        step = self.pad_to or batch
+        return [(start, min(start + step, batch)) for start in range(0, batch, step)]
+
+    def _padded(self, array: np.ndarray, size: int) -> np.ndarray:
+        if self.pad_to is None or size >= self.pad_to:
+            return array
+        fill = np.repeat(array[-1:], self.pad_to - size, axis=0)
+        return np.concatenate([array, fill], axis=0)
+
+    def _baseline(self, image_shape: tuple) -> np.ndarray:
+        if isinstance(self.ig_baseline, str):  # "zeros"
+            return np.zeros(image_shape, np.float32)
+        try:
+            return np.ascontiguousarray(np.broadcast_to(self.ig_baseline, image_shape))
+        except ValueError as error:
+            raise ValueError(
+                f"ig_baseline: shape {self.ig_baseline.shape} does not broadcast to the "
+                f"image shape {image_shape}."
+            ) from error
+
+    # ---- public
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Logits [B, classes] float32 (reduced precision, float32 where non-finite)."""
+        images = check_images(x)
+        out = []
+        for start, stop in self._pieces(images.shape[0]):
+            piece = self._padded(images[start:stop], stop - start)
+            n = piece.shape[0]
+            args = (piece, np.zeros([n], np.int32), np.zeros([n], np.int64))
+            args += (np.zeros(piece.shape[1:], np.float32),)
+            logits, _ = self._call("logits", False, self.precision, *args)
+            if self.precision != "float32" and not np.all(np.isfinite(logits)):
+                exact, _ = self._call("logits", False, "float32", *args)
+                bad = ~np.all(np.isfinite(logits), axis=1)
+                logits[bad] = exact[bad]
+            out.append(logits[: stop - start])
+        if not out:
+            return np.zeros([0, self.num_classes], np.float32)
+        return np.concatenate(out, axis=0)
+
+    def explain(
+        self, x: np.ndarray, method: str, *, targets: Any, seeds: Any = None
+    ) -> Explanation:
+        """Saliency of ``targets`` (int [B]) for images x [B, H, W, C] in model space.
+
+        ``seeds`` (uint64 [B]) seed the SmoothGrad noise per image; by default they are
+        derived from the image content and the Explainer's seed (see ``image_seeds``).
+        """
+        method = check_method(method)
+        images = check_images(x)
+        batch = images.shape[0]
+        target_array = check_index_vector("targets", targets, batch)
+        if target_array.size and (target_array.min() < 0 or target_array.max() >= self.num_classes):
+            raise ValueError(
+                f"targets: got values in [{target_array.min()}, {target_array.max()}]; they "
+                f"must be class indices in [0, {self.num_classes})."
+            )
+        kind, guided = _KIND[method], method in GUIDED_METHODS
+        seed_bits = self._seed_bits(images, kind, seeds)
+        baseline = self._baseline(images.shape[1:])
+        grads, scores, redone = [], [], []
+        for start, stop in self._pieces(batch):
+            size = stop - start
+            args = (
+                self._padded(images[start:stop], size),
+                self._padded(target_array[start:stop].astype(np.int32), size),
+                self._padded(seed_bits[start:stop], size),
+                baseline,
+            )
+            g, s = self._call(kind, guided, self.precision, *args)
+            if self.precision != "float32":
+                bad = ~(np.all(np.isfinite(g), axis=(1, 2, 3)) & np.isfinite(s))
+                bad[size:] = False  # padding rows repeat a real one
+                if bad.any():
+                    exact_g, exact_s = self._call(kind, guided, "float32", *args)
+                    g[bad], s[bad] = exact_g[bad], exact_s[bad]
+                redone.append(bad[:size])
+            grads.append(g[:size])
+            scores.append(s[:size])
+        return Explanation(
+            gradients=_joined(grads, images.shape),
+            targets=target_array,
+            scores=_joined(scores, (0,)),
+            method=method,
+            recomputed=int(sum(int(r.sum()) for r in redone)),
+            recomputed_rows=np.concatenate(redone) if redone else np.zeros([batch], bool),
+            precision=self.precision,
+            softmax_stripped=self.softmax_stripped,
+        )
+
+    def _seed_bits(self, images: np.ndarray, kind: str, seeds: Any) -> np.ndarray:
+        batch = images.shape[0]
+        if seeds is not None:
+            seed_array = np.asarray(seeds)
+        elif kind == "smoothgrad":
+            seed_array = image_seeds(images, self.seed)
+        else:  # no noise is drawn: skip hashing the images (~4% of a vanilla call on CPU)
+            seed_array = np.zeros([batch], np.uint64)
+        if seed_array.shape != (batch,) or not np.issubdtype(seed_array.dtype, np.integer):
+            raise ValueError(f"seeds: got {seed_array.shape} {seed_array.dtype}; uint64 [B].")
+        return seed_array.astype(np.uint64).view(np.int64)
+
+    def trace_count(self) -> int:
+        """How many times any of this Explainer's tf.functions traced."""
+        return self._traces
+
+
+def _joined(pieces: list[np.ndarray], empty_shape: tuple) -> np.ndarray:
+    """Concatenate float32 pieces; a single piece is returned as it is (no copy)."""
+    if not pieces:
+        return np.zeros(empty_shape, np.float32)
+    joined = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    return joined.astype(np.float32, copy=False)

@@ -1,0 +1,77 @@
+"""Classifier heads: strip a softmax so saliency is taken at the logits.
+
+A softmax head comes as ``Dense/Conv(activation="softmax")`` (any layer whose
+``activation`` is softmax), an ``Activation("softmax")`` or ``Softmax`` layer, a
+``keras.ops.softmax`` op, or a nested model ending in one of these. Sigmoid heads
+(multi-label models) are kept: their per-class probability is a monotonic function of its
+own logit only, so the map is the logit gradient times p(1 - p) (same sign and shape,
+scaled per image).
+"""
+
+from typing import Any
+
+import keras
+from keras.src.ops.nn import Softmax as _SoftmaxOp
+
+from pipeline.engine.graph import model_inputs, plain_clone
+
+
+def _output_node(model: keras.Model) -> tuple[Any, Any]:
+    outputs = model.outputs
+    if len(outputs) != 1:
+        raise ValueError(
+            f"model {model.name!r} has {len(outputs)} outputs; a classifier needs exactly one."
+        )
+    history = outputs[0]._keras_history
+    node = history.operation._inbound_nodes[history.node_index]
+    return history.operation, node
+
+
+def _is_softmax(fn: Any) -> bool:
+    return fn is keras.activations.softmax or fn is keras.ops.softmax
+
+
+def strip_softmax(model: keras.Model) -> keras.Model:
+    """The same model (shared weights) outputting the pre-softmax logits.
+
+    Handles a final ``Dense(activation="softmax")`` (or any layer whose ``activation`` is
+    softmax: the layer is cloned with a linear activation and the same weights), an
+    ``Activation("softmax")`` or ``Softmax`` layer or ``keras.ops.softmax`` op (the model
+    is cut at its input), and a nested model ending in one of these. Other models are
+    returned unchanged.
+    """
+    return logits_model(model)[0]
+
+
+def logits_model(model: keras.Model) -> tuple[keras.Model, str | None]:
+    """``(model at its logits, what was stripped)``; the description is None (and the
+    model returned as it is) when the head is not a softmax."""
+    op, node = _output_node(model)
+    inputs = model_inputs(model)
+    head_input = node.input_tensors[0] if node.input_tensors else None
+    kind = type(op).__name__
+    if isinstance(op, keras.layers.Softmax) or (
+        isinstance(op, keras.layers.Activation) and _is_softmax(op.activation)
+    ):
+        return keras.Model(inputs, head_input, name=model.name), f"{kind} layer {op.name!r}"
+    if isinstance(op, _SoftmaxOp):
+        return keras.Model(inputs, head_input, name=model.name), f"keras.ops.softmax {op.name!r}"
+    if isinstance(op, keras.Model):
+        inner, what = logits_model(op)
+        if what is None:
+            return model, None
+        return keras.Model(inputs, inner(head_input), name=model.name), f"{what} in {op.name!r}"
+    if isinstance(op, keras.layers.Layer) and _is_softmax(getattr(op, "activation", None)):
+        linear = plain_clone(op, activation="linear")
+        logits = linear(head_input)
+        linear.set_weights(op.get_weights())
+        return keras.Model(inputs, logits, name=model.name), f"{kind} {op.name!r} activation"
+    return model, None
+
+
+def float32_output(model: keras.Model) -> keras.Model:
+    """``model`` with float32 outputs (a linear float32 Activation appended if needed)."""
+    if keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32":
+        return model
+    cast = keras.layers.Activation("linear", dtype="float32", name="float32_logits")
+    return keras.Model(model_inputs(model), cast(model.outputs[0]), name=model.name)

@@ -1,0 +1,1 @@
+"""2-D views of gradients and their pictures: numpy + Pillow only (views, render, png)."""

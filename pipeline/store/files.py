@@ -1,0 +1,169 @@
+"""Files on any Beam filesystem: atomic writes, JSON / JSON lines, listing, delete, rename.
+
+Every file goes through ``apache_beam.io.filesystems.FileSystems`` (or ``os`` for local
+paths), so local paths and object stores (gs://, s3://) behave the same. Single files are
+written whole (:func:`write_atomic`): locally to a temporary name (hidden, in the same
+directory or in a staging directory) and renamed; on object stores directly (an object
+becomes visible only when its upload completes). A reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+
+def is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) is None
+
+
+def write_atomic(
+    path: str,
+    data: bytes | Iterable[bytes],
+    *,
+    mime_type: str = "",
+    tmp_dir: str | None = None,
+) -> str:
+    """Write ``data`` (bytes, or an iterable of byte chunks) to ``path`` atomically.
+
+    Local paths: a hidden temporary file (in ``tmp_dir``, default the target's directory,
+    same file system) renamed over ``path``. Object stores: one direct write, after the
+    data is complete in memory (an object is visible only once its upload finishes).
+    Returns ``path``.
+    """
+    payload = bytes(data) if isinstance(data, (bytes, bytearray, memoryview)) else b"".join(data)
+    if not is_local(path):
+        with FileSystems.create(
+            path,
+            mime_type=mime_type or "application/octet-stream",
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        ) as handle:
+            handle.write(payload)
+        return path
+    directory, name = os.path.split(path)
+    os.makedirs(directory or ".", exist_ok=True)
+    try:
+        _replace_from_temp(path, payload, tmp_dir or directory or ".")
+    except OSError as exc:
+        if exc.errno != errno.EXDEV or not tmp_dir:
+            raise
+        _replace_from_temp(path, payload, directory or ".")  # tmp_dir on another device
+    return path
+
+
+def _replace_from_temp(path: str, payload: bytes, tmp_dir: str) -> None:
+    os.makedirs(tmp_dir, exist_ok=True)
+    tmp = os.path.join(tmp_dir, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str, obj: object) -> str:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically (run summaries)."""
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return write_atomic(path, text.encode("utf-8"), mime_type="application/json")
+
+
+def read_json(path: str) -> dict:
+    """A JSON file written by write_json (any Beam filesystem)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a JSON-lines file (manifest.jsonl, failures.jsonl), in file order."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        text = handle.read().decode("utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _json_line(row: dict) -> bytes:
+    return (json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_sorted_jsonl(
+    path: str, rows: Iterable[dict], *, sort_key: Callable[[dict], tuple]
+) -> str:
+    """Sort ``rows`` by ``sort_key`` (ties by their JSON text) and write them atomically."""
+    lines = sorted((sort_key(r), _json_line(r)) for r in rows)
+    return write_atomic(path, (line for _, line in lines), mime_type="application/x-ndjson")
+
+
+def list_files(directory: str) -> list[str]:
+    """Every file below ``directory`` (recursive; [] when it does not exist)."""
+    if is_local(directory):
+        found = []
+        for dirpath, _, files in os.walk(directory):
+            found += [os.path.join(dirpath, name) for name in files]
+        return sorted(found)
+    try:
+        matched = FileSystems.match([directory.rstrip("/") + "/**"])[0].metadata_list
+    except Exception:  # noqa: BLE001 - nothing there
+        return []
+    return sorted(m.path for m in matched if not m.path.endswith("/"))
+
+
+def delete_files(paths: Iterable[str]) -> int:
+    n = 0
+    for path in paths:
+        try:
+            if is_local(path):
+                os.remove(path)
+            else:
+                FileSystems.delete([path])
+            n += 1
+        except Exception:  # noqa: BLE001 - already gone is fine; anything else is raised
+            if FileSystems.exists(path):
+                raise
+    return n
+
+
+def delete_tree(directory: str) -> int:
+    files = list_files(directory)
+    if is_local(directory):
+        shutil.rmtree(directory, ignore_errors=True)
+        return len(files)
+    return delete_files(files)
+
+
+def rename(source: str, destination: str) -> None:
+    if is_local(source):
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        os.replace(source, destination)
+    else:
+        FileSystems.rename([source], [destination])
+
+
+def done_token(key: str, sha256: str) -> str:
+    """Identity of a done input in the incremental index: its key and content hash."""
+    text = f"{key}\0{sha256}".encode("utf-8", "surrogatepass")
+    return hashlib.sha256(text).hexdigest()[:32]
+
+
+def write_done_index(path: str, tokens: Iterable[str]) -> int:
+    """Write the incremental index (one :func:`done_token` per line); returns its size."""
+    lines = sorted(set(tokens))
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write("".join(f"{t}\n" for t in lines).encode("ascii"))
+    return len(lines)
+
+
+def read_done_index(path: str) -> frozenset[str]:
+    """The tokens written by :func:`write_done_index`."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return frozenset(f.read().decode("ascii").split())

@@ -1,0 +1,49 @@
+"""Config checks: each raises ConfigError naming the key, the value, what is allowed and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import typing
+from collections.abc import Sequence
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key, the value and the fix."""
+
+
+def fail(key: str, value: Any, allowed: str, fix: str = "") -> typing.NoReturn:
+    message = f"config key '{key}': got {value!r}; {allowed}."
+    if fix:
+        message += f" Fix: {fix}" + ("" if fix.endswith(("?", ".")) else ".")
+    raise ConfigError(message)
+
+
+def check_choice(key: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"use one of {', '.join(choices)}"
+        fail(key, value, f"allowed values are {list(choices)}", hint)
+
+
+def check_int(key: str, value: Any, *, minimum: int, maximum: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        fail(key, value, "an integer is required", f"set {key} to a whole number")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        fail(key, value, f"it must be {bound}", f"set {key} within that range")
+
+
+def check_number(key: str, value: Any, *, minimum: float, maximum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        fail(key, value, "a number is required", f"set {key} to a number")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        fail(key, value, f"it must be {bound}", f"set {key} within that range")
+
+
+def check_str(key: str, value: Any, *, empty_ok: bool = False) -> None:
+    if not isinstance(value, str):
+        fail(key, value, "a string is required", f"quote the value of {key}")
+    if not empty_ok and not value.strip():
+        fail(key, value, "it must not be empty", f"set {key}")

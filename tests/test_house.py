@@ -1,0 +1,95 @@
+"""The house rules: five rooms, imports that run one way, small modules, no late imports."""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
+SHARED = {"choices", "elements", "config", "validation"}  # bottom modules any room may import
+# room -> the package modules / rooms it may import (besides itself and SHARED)
+ALLOWED = {
+    "engine": set(),
+    "maps": set(),
+    "store": {"maps"},
+    "audit": {"engine", "maps", "store"},
+    "beam": {"engine", "maps", "store", "audit"},
+}
+MAX_LINES = 420  # "no module over ~400 lines"
+
+
+def _modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        yield path, ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+
+
+def _room(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 else parts[-1]
+
+
+def _imports(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            yield node, [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            yield node, [a.name for a in node.names]
+
+
+def test_the_tree_shows_the_five_rooms():
+    rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
+    assert rooms == {"engine", "maps", "store", "beam", "audit"}
+    assert (PACKAGE / "engine" / "methods" / "gradient.py").exists()
+
+
+def test_imports_run_one_way_and_engine_maps_never_import_beam():
+    broken = []
+    for path, module in _modules():
+        room = _room(module)
+        tree = ast.parse(path.read_text())
+        for node, names in _imports(tree):
+            for name in names[:1]:
+                if name.startswith("apache_beam") and room in ("engine", "maps"):
+                    broken.append(f"{module}:{node.lineno} imports {name}")
+                if (
+                    room == "audit"
+                    and name.startswith("apache_beam")
+                    and module != ("pipeline.audit.pipeline")
+                ):
+                    broken.append(f"{module}:{node.lineno} imports {name}")
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "pipeline" or len(parts) < 2:
+                    continue
+                target = parts[1]
+                if target in SHARED or target == room or room not in ALLOWED:
+                    continue
+                if target in ALLOWED and target not in ALLOWED[room]:
+                    broken.append(f"{module}:{node.lineno} ({room}) imports {name}")
+    assert broken == []
+
+
+def test_no_module_is_over_about_400_lines():
+    long = {m: n for p, m in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+def test_package_imports_sit_at_the_top_of_modules():
+    # cli.main is the one exception: TF_CPP_MIN_LOG_LEVEL must be set before TF loads.
+    late = []
+    for path, module in _modules():
+        tree = ast.parse(path.read_text())
+        top = {id(node) for node in tree.body}
+        for node, names in _imports(tree):
+            if id(node) not in top and names[0].startswith("pipeline") and module != "pipeline.cli":
+                late.append(f"{module}:{node.lineno}")
+    assert late == []
+
+
+def test_every_output_dir_name_is_declared_in_the_layout_module():
+    names = ('"manifest.jsonl"', '"failures.jsonl"', '"summary.json"', '"counts.json"',
+             '"done.txt"', '".staging"', '".lock"')  # fmt: skip
+    spelled = {
+        module: [n for n in names if n in path.read_text()]
+        for path, module in _modules()
+        if module != "pipeline.store.layout"
+    }
+    assert {m: n for m, n in spelled.items() if n} == {}
