@@ -24,7 +24,7 @@ COPY pipeline pipeline
 COPY configs configs
 COPY examples examples
 RUN pip install --no-deps . \
- && python -c "import pipeline.saliency, pipeline.run"
+ && python -c "import pipeline.engine.api, pipeline.beam.run"
 
 # Beam's boot program starts the SDK harness (Dataflow, Flink --environment_type=DOCKER,
 # or `--worker_pool` for an EXTERNAL worker pool).

@@ -9,7 +9,7 @@
   resized in memory (untimed), then, timed from the model load: load the .keras file, build
   the handler's Explainer, and per batch what the handler does (preprocess, logits,
   Explainer.explain). Its first batch traces; "steady" is the rate of the later batches.
-- end-to-end: ``pipeline.run.run(config)`` with the DirectRunner in a fresh process with
+- end-to-end: ``pipeline.beam.run.run(config)`` with the DirectRunner in a fresh process with
   TensorFlow and Beam imported, timed around that call (files read -> every output
   written: records, PNG artifacts, manifest, summary). Ratio = pipeline images/s /
   model-only images/s: both load the model, fold it and trace once, so the difference is
@@ -124,12 +124,7 @@ def _child_model_only(config_path: str, result_path: str) -> None:
     cpu_started = _cpu_s()
     started = time.perf_counter()
     loaded = load_model(model_spec(config.model))
-    explainer = make_explainer(
-        loaded,
-        config,
-        pad_to=config.batch.max_batch_size,
-        sample_batch_size=config.saliency.sample_batch_size,
-    )
+    explainer = make_explainer(loaded, config.saliency, pad_to=config.batch.max_batch_size)
     load_s = time.perf_counter() - started
     pixels = []
     decode_started, decode_cpu_started = time.perf_counter(), _cpu_s()
@@ -206,9 +201,8 @@ def _child_run(config_path: str, result_path: str) -> None:
     """In a fresh process: run the pipeline, time the run() call (TensorFlow and Beam are
     imported before the clock starts, as they are for the model-only loop)."""
     started = time.perf_counter()
-    import pipeline.models  # noqa: F401  (TensorFlow, Keras)
-    import pipeline.saliency  # noqa: F401
-
+    import pipeline.engine.explainer  # noqa: F401
+    import pipeline.engine.models  # noqa: F401  (TensorFlow, Keras)
     from pipeline.beam.run import run
     from pipeline.config import load_config
 

@@ -6,7 +6,7 @@ every call.
 - The Explainer, with its folded / guided / cast variants and compiled functions, is kept
   per (model object, settings) in a cache that holds the model only weakly: dropping the
   model frees its entry. Each call checks a checksum of the model's weights (one compiled
-  reduction, ~1% of a MobileNetV2 call on CPU), so a model trained or re-weighted between
+  reduction, ~2% of a MobileNetV2 224 batch-8 call on CPU), so a model trained or re-weighted between
   calls gets a fresh Explainer, never stale folded or guided copies of old weights.
 - A ModelSpec or name is loaded once per spec (a small LRU of loaded models).
 """
@@ -58,19 +58,19 @@ class _Entry:
 
 
 class _Checksum:
-    """Per-variable float64 sums of w and of w * (i mod 13 + 1), in one compiled call: a
-    trained or re-assigned weight changes them. Holds the variables, not the model."""
+    """Per-variable sums of w and of w**2, in one compiled call (2 ms for MobileNetV2's
+    3.5M weights on 2 CPU cores; 4.7 ms for a float64 weighted sum): a training step or
+    set_weights changes them. Holds the variables, not the model."""
 
     def __init__(self, model: keras.Model) -> None:
         variables = [v.value if hasattr(v, "value") else v for v in model.weights]
 
         def sums() -> tf.Tensor:
-            out = []
-            for variable in variables:
-                flat = tf.reshape(tf.cast(variable, tf.float64), [-1])
-                ramp = tf.cast(tf.range(tf.size(flat)) % 13 + 1, tf.float64)
-                out.append(tf.stack([tf.reduce_sum(flat), tf.reduce_sum(flat * ramp)]))
-            return tf.concat(out, axis=0) if out else tf.zeros([0], tf.float64)
+            if not variables:
+                return tf.zeros([0], tf.float32)
+            first = [tf.reduce_sum(tf.cast(v, tf.float32)) for v in variables]
+            second = [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
+            return tf.stack(first + second)
 
         self._sums = tf.function(sums, autograph=False)
 
