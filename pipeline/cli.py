@@ -1,15 +1,11 @@
-"""Command line: argument parsing only.
+"""Command line: argument parsing, the environment checks, the exit codes.
 
     python -m pipeline run --config configs/local.yaml [--set section.key=value ...] [beam flags]
-    python -m pipeline validate --config configs/local.yaml [--set ...]
+    python -m pipeline run --dry-run ...        # check everything, list inputs, run nothing
+    python -m pipeline validate --config configs/local.yaml [--check] [--set ...]
 
-Unknown flags (``--runner``, ``--direct_num_workers``, Dataflow and Flink flags) pass through
-to Beam untouched.
-
-Exit codes: 0 ok; 1 the run failed (nothing of it was published; rerun with the same config);
-2 invalid config (nothing ran); 3 more than run.max_failure_fraction of the inputs failed
-(everything else was published); 4 the model could not be loaded (nothing was read); 5 the
-output dir is in use by another run.
+Other flags (``--runner``, ``--direct_num_workers``, Dataflow and Flink flags) pass through to
+Beam; an unknown or misspelled one is refused (exit 2) with a did-you-mean.
 """
 
 from __future__ import annotations
@@ -17,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 import yaml
+
+from pipeline import __version__
+from pipeline.console import LEVELS, native_stderr_silenced, setup_logging
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -30,6 +28,21 @@ EXIT_TOO_MANY_FAILURES = 3
 EXIT_MODEL = 4
 EXIT_BUSY = 5
 
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}  ok
+  {EXIT_FAILED}  the run failed: nothing of it was published, earlier outputs are intact; rerun
+  {EXIT_CONFIG}  bad config or environment (flag, runner, output.dir, filesystem extra, model
+     file, inputs): nothing ran, nothing was written
+  {EXIT_TOO_MANY_FAILURES}  more than run.max_failure_fraction of the inputs failed (the rest is
+     published)
+  {EXIT_MODEL}  the model could not be loaded: nothing was read
+  {EXIT_BUSY}  another run holds output.dir
+
+Every other flag passes through to Apache Beam (e.g. --runner=DataflowRunner
+--project=... --region=..., --direct_num_workers=2); unknown flags are refused."""
+
+DRY_RUN_INPUTS = 10  # inputs listed by --dry-run / validate --check
+
 _LOG = logging.getLogger("pipeline")
 
 
@@ -37,13 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipeline",
         description="Saliency maps for Keras image classifiers over whole datasets (Beam).",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
+    parser.add_argument("--version", action="version", version=f"saliency-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (
-        ("run", "run the job (extra flags go to Beam, e.g. --runner=DataflowRunner)"),
-        ("validate", "check a config and print it resolved, without running anything"),
+        ("run", "run the job (other flags go to Beam, e.g. --runner=DataflowRunner)"),
+        ("validate", "check a config and print it resolved (--check: the environment too)"),
     ):
-        cmd = sub.add_parser(name, help=help_text)
+        cmd = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXIT_CODES,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            allow_abbrev=False,
+        )
         cmd.add_argument("--config", "-c", help="YAML config file (default: built-in defaults)")
         cmd.add_argument(
             "--set",
@@ -53,55 +77,95 @@ def _parser() -> argparse.ArgumentParser:
             metavar="SECTION.KEY=VALUE",
             help="override a config value (YAML syntax), e.g. saliency.methods=[guided]",
         )
-        cmd.add_argument("--quiet", "-q", action="store_true", help="less logging")
+        verbosity = cmd.add_mutually_exclusive_group()
+        verbosity.add_argument("--quiet", "-q", action="store_true", help="errors only")
+        verbosity.add_argument(
+            "--verbose", "-v", action="store_true", help="the libraries' INFO lines too"
+        )
+        verbosity.add_argument("--log-level", choices=LEVELS, help="set the level exactly")
+        if name == "run":
+            cmd.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="check the config, the environment and the model, list the inputs, "
+                "say what a run would do; run nothing, write nothing",
+            )
+            cmd.add_argument("--json", action="store_true", help="print the summary as JSON")
+        else:
+            cmd.add_argument(
+                "--check",
+                action="store_true",
+                help="also check the environment, load the model and list the inputs",
+            )
     return parser
+
+
+def _our_flags(parser: argparse.ArgumentParser) -> list[str]:
+    flags = {s for a in parser._actions for s in a.option_strings}
+    for action in parser._actions:
+        for sub in getattr(action, "choices", None) or {}:
+            if isinstance(action.choices, dict):
+                flags |= {s for a in action.choices[sub]._actions for s in a.option_strings}
+    return sorted(f for f in flags if f.startswith("--"))
+
+
+def _errors(lines: Sequence[str]) -> int:
+    for line in lines:
+        print(f"error: {line}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `python -m pipeline` and the `saliency-pipeline` script."""
-    args, beam_args = _parser().parse_known_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # The package is imported only now: TF_CPP_MIN_LOG_LEVEL must be set before TensorFlow
-    # loads, and `validate` never needs TensorFlow or Beam.
-    from pipeline.config import ConfigError, load_config
+    parser = _parser()
+    args, beam_args = parser.parse_known_args(argv)
+    setup_logging(quiet=args.quiet, verbose=args.verbose, level=args.log_level)
+    # The package's heavy parts load only now, after the logging and TF settings, with
+    # TensorFlow's native banners kept off the terminal.
+    from pipeline.config_files import load_config
+    from pipeline.validation import ConfigError
 
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    if args.command == "validate":
+        return _errors(exc.errors)
+    check = getattr(args, "check", False) or getattr(args, "dry_run", False)
+    if args.command == "validate" and not check:
+        if beam_args:
+            return _errors([f"unknown flag {beam_args[0]} for validate. See validate --help."])
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return EXIT_OK
-
-    from pipeline.beam.handler import ModelLoadError
-    from pipeline.beam.run import run
-    from pipeline.store.publish import OutputBusyError
-
+    with native_stderr_silenced(not args.verbose):
+        from pipeline.beam.handler import ModelLoadError, model_geometry
+        from pipeline.beam.preflight import preflight
+        from pipeline.beam.run import input_total, run
+        from pipeline.store.publish import OutputBusyError
+    problems = preflight(config, beam_args, _our_flags(parser))
+    if problems:
+        return _errors(problems)
+    if check:
+        return _dry_run(config, beam_args, model_geometry, input_total, ModelLoadError)
     try:
-        summary = run(config, beam_args)
+        summary = run(config, beam_args, progress_bar=None if not args.quiet else False)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _errors(exc.errors)
     except ModelLoadError as exc:
         print(f"error: the model could not be loaded, nothing was read: {exc}", file=sys.stderr)
         return EXIT_MODEL
     except OutputBusyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BUSY
-    except Exception as exc:  # noqa: BLE001 - one clear line after the logged traceback
-        _LOG.exception("the run failed")
+    except Exception as exc:  # noqa: BLE001 - one clear line; the traceback with -v
+        _LOG.debug("the run failed", exc_info=True)
         print(
-            f"error: the run failed ({type(exc).__name__}: {exc}); nothing of it was "
-            "published and earlier outputs are intact: rerun with the same config",
+            f"error: the run failed ({type(exc).__name__}: {_first_line(exc)}); nothing of "
+            "it was published and earlier outputs are intact: rerun with the same config "
+            "(-v shows the traceback)",
             file=sys.stderr,
         )
         return EXIT_FAILED
-    print(json.dumps(summary.__dict__, indent=2, default=list))
+    if args.json:
+        print(json.dumps(summary.__dict__, indent=2, default=list))
     skipped = f", {summary.images_skipped} already done" if summary.incremental else ""
     print(
         f"{summary.images_written} of {summary.inputs} images explained, "
@@ -118,6 +182,59 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_TOO_MANY_FAILURES
     return EXIT_OK
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else "")[:300]
+
+
+def _dry_run(config, beam_args, model_geometry, input_total, model_error) -> int:
+    """Load the model, list the first inputs, say what a run would do; write nothing."""
+    from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
+
+    try:
+        geometry = model_geometry(config.model)
+    except model_error as exc:
+        print(f"error: the model could not be loaded: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    src, s = config.source, config.saliency
+    total = input_total(config)
+    print(f"model: {geometry.name} (input {geometry.input_size[0]}x{geometry.input_size[1]}x"
+          f"{geometry.channels}, fingerprint {geometry.fingerprint[:12]})")  # fmt: skip
+    print(f"inputs: {src.kind} {src.pattern or src.tfds_name}: "
+          f"{'?' if total is None else total} images")  # fmt: skip
+    if src.kind == "files":
+        shown = 0
+        for pattern in split_patterns(src.pattern):
+            for _, key in list_pattern(normalise_pattern(pattern)):
+                if shown == DRY_RUN_INPUTS:
+                    break
+                print(f"  {key}")
+                shown += 1
+        if total is not None and total > shown:
+            print(f"  ... and {total - shown} more")
+    print(
+        f"would compute: {', '.join(s.methods)} for the {s.target} class (SmoothGrad N="
+        f"{s.samples}, noise {s.noise}; precision {s.precision}), batches of "
+        f"{config.batch.max_batch_size}"
+    )
+    views = ", ".join(config.output.views) if config.output.artifacts else "no artifacts"
+    print(
+        f"would write: {config.output.dir} (records: {config.output.records}; {views}; "
+        f"incremental: {config.run.incremental}); runner: "
+        f"{_runner(beam_args)}. Nothing was run or written."
+    )
+    return EXIT_OK
+
+
+def _runner(beam_args: Sequence[str]) -> str:
+    for i, arg in enumerate(beam_args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and i + 1 < len(beam_args):
+            return beam_args[i + 1]
+    return "DirectRunner (in-process)"
 
 
 if __name__ == "__main__":

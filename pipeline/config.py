@@ -9,16 +9,9 @@ message naming the key, the value given, what is allowed and how to fix it.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
-import os
-import types
-import typing
-from collections.abc import Mapping, Sequence
 from typing import Any
-
-import yaml
 
 from pipeline.choices import (
     ARTIFACT_VIEWS,
@@ -40,7 +33,6 @@ from pipeline.choices import (
     TARGET_MODES,
 )
 from pipeline.validation import (
-    ConfigError,
     check_choice,
     check_int,
     check_number,
@@ -63,6 +55,8 @@ class ModelConfig:
     input_size: tuple[int, int] | None = None
     # Keras safe mode for model files: arbitrary Lambda code only when set to false.
     safe_mode: bool = True
+    # Import paths "module:attr" of the custom layers / functions a model file needs.
+    custom_objects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_str("model.name", self.name)
@@ -85,6 +79,21 @@ class ModelConfig:
             object.__setattr__(self, "input_size", tuple(size))
         if not isinstance(self.safe_mode, bool):
             fail("model.safe_mode", self.safe_mode, "true or false is required")
+        objects = (
+            (self.custom_objects,)
+            if isinstance(self.custom_objects, str)
+            else (self.custom_objects)
+        )
+        if not isinstance(objects, (list, tuple)) or not all(
+            isinstance(o, str) and all(o.partition(":")[::2]) for o in objects
+        ):
+            fail(
+                "model.custom_objects",
+                self.custom_objects,
+                "a list of import paths 'module:attr' is required",
+                "write e.g. custom_objects: ['my_project.layers:MyLayer']",
+            )
+        object.__setattr__(self, "custom_objects", tuple(objects))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -293,7 +302,7 @@ class Config:
         return self.run.id or f"cfg-{self.fingerprint()}"
 
 
-_SECTIONS: dict[str, type] = {
+SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "source": SourceConfig,
     "saliency": SaliencyConfig,
@@ -301,104 +310,3 @@ _SECTIONS: dict[str, type] = {
     "output": OutputConfig,
     "run": RunConfig,
 }
-
-
-def _unknown_key(key: str, known: Sequence[str]) -> typing.NoReturn:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
-    raise ConfigError(f"unknown config key '{key}'. Fix: {hint}")
-
-
-def _coerce(value: Any, annotation: Any) -> Any:
-    """Light type coercion of YAML values onto field types (lists -> tuples)."""
-    origin = typing.get_origin(annotation)
-    if origin is tuple and isinstance(value, list):
-        return tuple(value)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if value is None:
-            return None
-        if len(args) == 1:
-            return _coerce(value, args[0])
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _section(name: str, values: Any) -> Any:
-    cls = _SECTIONS[name]
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        fail(name, values, "a mapping of keys is required", f"write '{name}:' then indented keys")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            _unknown_key(f"{name}.{key}", [f"{name}.{k}" for k in hints])
-        kwargs[key] = _coerce(value, hints[key])
-    return cls(**kwargs)
-
-
-def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Build and validate a Config from a nested mapping (as loaded from YAML)."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"a config must be a mapping of sections; got {type(data).__name__}")
-    for name in data:
-        if name not in _SECTIONS:
-            _unknown_key(str(name), list(_SECTIONS))
-    return Config(**{name: _section(name, data.get(name)) for name in _SECTIONS})
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (value parsed as YAML) to a nested mapping."""
-    result = {k: dict(v or {}) for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(
-                f"override {item!r} is not of the form section.key=value. "
-                "Fix: write e.g. --set saliency.methods=[guided,smoothgrad]"
-            )
-        path, raw = item.split("=", 1)
-        parts = path.strip().split(".")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(
-                f"override key {path!r} must be section.key (e.g. saliency.samples). "
-                f"Sections: {', '.join(_SECTIONS)}"
-            )
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
-        result.setdefault(parts[0], {})[parts[1]] = value
-    return result
-
-
-def _read_text(path: str) -> str:
-    if "://" in path:  # gs://, s3://, ...: Beam's filesystems (imported only when needed)
-        from apache_beam.io.filesystems import FileSystems
-
-        if not FileSystems.exists(path):
-            raise FileNotFoundError(path)
-        with FileSystems.open(path) as handle:
-            return handle.read().decode("utf-8")
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
-
-
-def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML config file (or the defaults when path is None) plus overrides."""
-    data: Mapping[str, Any] = {}
-    if path is not None:
-        try:
-            text = _read_text(str(path))
-        except FileNotFoundError as exc:
-            raise ConfigError(
-                f"config file {str(path)!r} does not exist. Fix: pass --config with a path "
-                "such as configs/local.yaml"
-            ) from exc
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from exc
-    return config_from_dict(apply_overrides(data, overrides))

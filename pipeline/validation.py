@@ -9,7 +9,15 @@ from typing import Any
 
 
 class ConfigError(ValueError):
-    """A config value is invalid; the message names the key, the value and the fix."""
+    """Invalid config values; each message names the key, the value and the fix.
+
+    ``errors``: every problem found (a config file is checked whole, not up to its first
+    mistake); ``str()`` joins them one per line.
+    """
+
+    def __init__(self, *errors: str) -> None:
+        self.errors = [str(e) for e in errors] or ["invalid config"]
+        super().__init__("\n".join(self.errors))
 
 
 def fail(key: str, value: Any, allowed: str, fix: str = "") -> typing.NoReturn:

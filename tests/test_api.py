@@ -244,3 +244,21 @@ def test_a_fold_that_changes_gradients_is_refused(monkeypatch):
     used, report = folding.fold_checked(model)
     assert used is model and not report.folded
     assert report.gradient_error > 1e-4 and "relative L2" in report.reason
+
+
+def test_a_change_to_a_copied_weight_is_seen_and_shared_weights_stay_live():
+    api.clear_cache()
+    model, logits = _head("activation")  # no weights copied for the plain path
+    x = _images(2, (8, 8, 3), seed=11)
+    explain(model, x, "vanilla", targets=[0, 1])
+    entry = next(iter(api._cache[model].values()))
+    assert entry.explainer.copied_weights() == []  # shares the model's live variables
+    explain(model, x, "guided", targets=[0, 1])  # the guided clone copies every weight
+    assert len(entry.explainer.copied_weights()) == len(model.weights)
+    conv = model.layers[1]
+    kernel, bias = conv.get_weights()
+    conv.set_weights([kernel * -1.0, bias])  # only the first layer, as a fine-tune might
+    after = explain(model, x, "guided", targets=[0, 1])
+    want, _ = _tape_gradient(guided_model(logits_model(model)[0])[0], x, np.array([0, 1]))
+    assert _relative_l2(after.gradients, want) <= 1e-6
+    assert next(iter(api._cache[model].values())) is not entry  # rebuilt

@@ -85,16 +85,25 @@ def test_invalid_config_exits_2_naming_key_and_fix():
 
 
 def test_unloadable_model_exits_4_before_reading(tmp_path):
+    # A well-formed .keras archive (the file checks pass: exit 2 is for missing / corrupt
+    # files) whose config Keras cannot build.
+    import zipfile
+
+    bad = tmp_path / "unbuildable.keras"
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("config.json", '{"module": "keras.layers", "class_name": "Nope"}')
+        archive.writestr("metadata.json", '{"keras_version": "3.15.1"}')
     out = tmp_path / "out"
     proc = _cli(
         "run",
         "--config",
         "configs/local.yaml",
         "--set",
-        f"model.name={tmp_path / 'missing.keras'}",
+        f"model.name={bad}",
         "--set",
         f"output.dir={out}",
     )
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "could not be loaded" in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1  # one line, not Keras's whole config
     assert not out.exists()

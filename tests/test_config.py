@@ -8,7 +8,9 @@ import os
 import pytest
 
 from pipeline import config as C
-from pipeline.config import Config, ConfigError, config_from_dict, load_config
+from pipeline.config import Config
+from pipeline.config_files import config_from_dict, load_config
+from pipeline.validation import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

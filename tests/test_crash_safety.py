@@ -26,7 +26,7 @@ from _reliability import (
 from PIL import Image
 
 from pipeline.beam.run import run
-from pipeline.config import load_config
+from pipeline.config_files import load_config
 from pipeline.store import files as outputs
 from pipeline.store import publish
 

@@ -4,7 +4,13 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-SHARED = {"choices", "elements", "config", "validation"}  # bottom modules any room may import
+SHARED = {
+    "choices",
+    "elements",
+    "config",
+    "config_files",
+    "validation",
+}  # bottom modules any room may import
 # room -> the package modules / rooms it may import (besides itself and SHARED)
 ALLOWED = {
     "engine": set(),

@@ -35,8 +35,9 @@ from PIL import Image
 from pipeline import cli
 from pipeline.beam import handler, sinks
 from pipeline.beam.run import run
-from pipeline.config import ConfigError, load_config
+from pipeline.config_files import load_config
 from pipeline.elements import ImageItem, SaliencyRecord
+from pipeline.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 100_000
@@ -433,8 +434,12 @@ def test_a_model_that_cannot_load_fails_fast_before_any_data_is_read(
     monkeypatch.setattr(sources.ReadImages, "expand", no_reading)
     out = tmp_path / "out"
     code, stderr = _cli(*_sets(base_overrides(path, str(ROOT / "examples/images/*"), str(out))))
-    assert code == cli.EXIT_MODEL == 4, stderr
-    assert "the model could not be loaded, nothing was read" in stderr
+    if problem == "lambda":  # found while loading: exit 4
+        assert code == cli.EXIT_MODEL == 4, stderr
+        assert "the model could not be loaded, nothing was read" in stderr
+    else:  # found by the file checks before loading: one line, exit 2
+        assert code == cli.EXIT_CONFIG == 2, stderr
+        assert ("no such file" if problem == "missing" else "not a valid .keras") in stderr
     assert not out.exists()
     if problem == "lambda":  # refused by safe mode, and the message says how to allow it
         assert "safe_mode" in stderr and "Lambda" in stderr
@@ -467,7 +472,7 @@ def test_the_package_has_no_pickle_loading_shell_or_eval():
                 hits.append(f"{path.name}:{number}: {line.strip()}")
     assert hits == []
     assert UNSAFE.search("data = pickle.loads(blob)")  # the check itself works
-    assert "yaml.safe_load" in (ROOT / "pipeline" / "config.py").read_text()
+    assert "yaml.safe_load" in (ROOT / "pipeline" / "config_files.py").read_text()
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,9 @@ finite after the engine's float32 recompute becomes a Failure at stage "numerics
 NaN or Inf is ever handed to a sink.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import functools
 import logging
-import threading
-import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from pipeline.beam.progress import REPORTER, Counters, report
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import Failure, ImageItem, SaliencyRecord
 from pipeline.engine.explainer import Explainer
@@ -42,11 +39,7 @@ class Engine:
     loaded: LoadedModel
     explainer: Explainer
     saliency: SaliencyConfig
-    progress_every: int
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    done: int = 0
-    started: float = dataclasses.field(default_factory=time.monotonic)
-    last_report: float = 0.0
+    counters: Counters = dataclasses.field(default_factory=Counters)
 
 
 def model_spec(m: ModelConfig) -> ModelSpec:
@@ -57,6 +50,7 @@ def model_spec(m: ModelConfig) -> ModelSpec:
         preprocessing=m.preprocessing,
         input_size=m.input_size,
         safe_mode=m.safe_mode,
+        custom_objects=m.custom_objects,
     )
 
 
@@ -105,7 +99,9 @@ def model_geometry(m: ModelConfig) -> ModelGeometry:
     try:
         loaded = _load_once(m)
     except Exception as exc:
-        raise ModelLoadError(f"model {m.name!r}: {type(exc).__name__}: {exc}") from exc
+        lines = str(exc).strip().splitlines() or [""]
+        first = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
+        raise ModelLoadError(f"model {m.name!r}: {type(exc).__name__}: {first}") from exc
     return ModelGeometry(
         name=loaded.name,
         input_size=tuple(loaded.input_size),
@@ -122,9 +118,9 @@ def load_engine(
     explainer = make_explainer(loaded, saliency, pad_to=batch.max_batch_size)
     if any("guided" in m for m in saliency.methods):
         explainer.guided_report()  # build the guided clone now: fail fast, once per process
-    return Engine(
-        loaded=loaded, explainer=explainer, saliency=saliency, progress_every=progress_every
-    )
+    if not REPORTER.configured:  # a worker process of its own: log lines every N images
+        REPORTER.reset(total=None, bar=False, every=progress_every)
+    return Engine(loaded=loaded, explainer=explainer, saliency=saliency)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -187,24 +183,15 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
                             error=f"{type(exc).__name__}: {exc}",
                         )
                     )
-        _report_progress(model, len(items))
+        explained = {out.key for out in outputs if isinstance(out, SaliencyRecord)}
+        recomputed = sum(out.recomputed for out in outputs if isinstance(out, SaliencyRecord))
+        if recomputed:
+            model.counters.recomputed.inc(recomputed)
+        report(model.counters, done=len(explained))  # failures are counted where they land
         by_key: dict[str, list[Any]] = {}
         for out in outputs:
             by_key.setdefault(out.key, []).append(out)
         return [PredictionResult(item, by_key.get(item.key, [])) for item in items]
-
-
-def _report_progress(engine: Engine, n: int) -> None:
-    every = engine.progress_every
-    with engine.lock:
-        engine.done += n
-        done = engine.done
-        now = time.monotonic()
-        if not every or (done // every == (done - n) // every and now - engine.last_report < 30):
-            return
-        engine.last_report = now
-    rate = done / max(now - engine.started, 1e-9)
-    _LOG.warning("progress: %d images explained in this worker (%.1f images/s)", done, rate)
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -1,8 +1,6 @@
 """Before the model: DecodeImages (bytes -> model-size pixels) and SkipDone (incremental
 runs drop inputs already done, by content hash, before any decode)."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -78,7 +76,7 @@ class DecodeImages(beam.PTransform):
             max_pixels=max_pixels,
         )
 
-    def expand(self, pcoll: beam.PCollection) -> Decoded:
+    def expand(self, pcoll):
         out = pcoll | "Decode" >> beam.ParDo(self._fn).with_outputs(FAILURES, main="items")
         return Decoded(items=out.items, failures=out[FAILURES])
 
@@ -124,6 +122,6 @@ class SkipDone(beam.PTransform):
             raise ValueError(f"index_path={index_path!r} must name the done-index file")
         self._fn = _SkipDoneFn(index_path)
 
-    def expand(self, pcoll: beam.PCollection) -> Skipped:
+    def expand(self, pcoll):
         out = pcoll | "SkipDone" >> beam.ParDo(self._fn).with_outputs(SKIPPED, main="images")
         return Skipped(images=out.images, skipped=out[SKIPPED])

@@ -16,40 +16,52 @@ manifest, failures and counts under ``.staging/<shard set>/``, and publish them 
 pipeline succeeded. Artifacts are written in place (atomically, idempotent paths).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import hashlib
 import json
 import logging
+import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineState
 
 from pipeline.beam import sinks
 from pipeline.beam.handler import model_geometry
 from pipeline.beam.prepare import SkipDone
+from pipeline.beam.progress import REPORTER, ReportProgress
 from pipeline.beam.sources import ReadImages
+from pipeline.beam.summary import Summary, summarise
 from pipeline.beam.transforms import ExplainImages
-from pipeline.config import Config, ConfigError
+from pipeline.config import Config
 from pipeline.elements import Failure, SaliencyRecord
-from pipeline.store.files import done_token, read_json, write_done_index, write_json
+from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
 from pipeline.store.layout import SUMMARY_NAME, counts_path, done_index_path, join_path, tmp_dir
 from pipeline.store.layout import staging_dir as staging_path
+from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
 from pipeline.store.publish import (
     new_shard_set,
     output_lock,
     publish,
     read_manifest,
     recover_output,
+    remove_empty_output,
 )
+from pipeline.validation import ConfigError
 
 _LOG = logging.getLogger(__name__)
+# Runner names that run in this process through the FnApiRunner (never Prism's download).
+_LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
 
 
 class Outputs(NamedTuple):
@@ -169,6 +181,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
         todo = images | "SkipDone" >> SkipDone(attempt.done_index)
         images = todo.images
         counted.append(todo.skipped | "CountSkipped" >> CountInto("skipped"))
+        _ = todo.skipped | "ProgressSkipped" >> ReportProgress("skipped")
     explained = images | "ExplainImages" >> ExplainImages(
         model=config.model,
         saliency=config.saliency,
@@ -180,6 +193,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
     )
     records = explained.records
     failures = (read.failures, explained.failures) | "AllFailures" >> beam.Flatten()
+    _ = failures | "ProgressFailed" >> ReportProgress("failed")
 
     if config.output.records:
         _ = records | "WriteRecords" >> sinks.WriteRecords(
@@ -251,37 +265,9 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
 def make_runner(options: PipelineOptions):
     """The runner object for the options (FnApiRunner for DirectRunner)."""
     name = options.view_as(StandardOptions).runner
-    if name in (None, "DirectRunner", "direct", "FnApiRunner"):
+    if name in _LOCAL_RUNNERS:
         return FnApiRunner()
     return name  # Dataflow, Flink, Portable, ... resolved by Beam
-
-
-@dataclasses.dataclass(frozen=True)
-class Summary:
-    """The run summary printed at the end and saved as summary.json."""
-
-    run_id: str
-    output_dir: str
-    inputs: int
-    images_written: int
-    images_failed: int
-    images_skipped: int  # incremental runs: already done for the same content and settings
-    records: int  # written by this run
-    records_total: int  # in the output dir after publishing (earlier incremental runs too)
-    maps_recomputed: int  # maps redone in float32 after a non-finite reduced-precision one
-    elapsed_s: float
-    images_per_s: float
-    failure_fraction: float
-    max_failure_fraction: float
-    methods: tuple[str, ...]
-    model: str
-    incremental: bool
-    shard_set: str
-    reconciled: bool  # inputs == written + failed + skipped
-
-    @property
-    def too_many_failures(self) -> bool:
-        return self.failure_fraction > self.max_failure_fraction
 
 
 def _carried_rows(output_dir: str, model_fingerprint: str, settings: str) -> list[dict]:
@@ -295,73 +281,104 @@ def _carried_rows(output_dir: str, model_fingerprint: str, settings: str) -> lis
     ]
 
 
-def run(config: Config, beam_args: Sequence[str] = ()) -> Summary:
+def run(
+    config: Config, beam_args: Sequence[str] = (), *, progress_bar: bool | None = None
+) -> Summary:
     """Run the job to completion and publish its outputs; writes summary.json.
 
     Raises beam.handler.ModelLoadError before anything is read or written when the model does
     not load, ConfigError when the source cannot be listed (e.g. a pattern matching no
     image), store.publish.OutputBusyError when another run holds the output dir.
+    ``progress_bar``: a bar on stderr for an in-process run (None: when stderr is a
+    terminal); otherwise progress lines every ``run.progress_every`` images.
     """
     # Fail fast on a model that cannot load, before any data is read or any file touched.
     geometry = model_geometry(config.model)
     options = pipeline_options(beam_args)
     out_dir = config.output.dir.rstrip("/")
-    with output_lock(out_dir):
-        removed = recover_output(out_dir)
-        if removed:
-            _LOG.warning("removed %d files left by an interrupted run in %s", removed, out_dir)
-        attempt = new_attempt(config)
-        start = time.monotonic()
-        p = beam.Pipeline(runner=make_runner(options), options=options)
-        try:
-            build_pipeline(p, config, attempt=attempt)
-        except ValueError as exc:  # what the config names cannot be read: nothing ran
-            raise ConfigError(str(exc)) from exc
-        carried: list[dict] = []
-        if attempt.incremental:
-            carried = _carried_rows(out_dir, geometry.fingerprint, attempt.settings)
-            n = write_done_index(
-                attempt.done_index, (done_token(r["key"], r["sha256"]) for r in carried)
-            )
-            _LOG.info("incremental: %d images already done with these settings", n)
-        state = p.run().wait_until_finish()
-        if state not in (None, PipelineState.DONE):
-            raise RuntimeError(f"the pipeline ended in state {state}; nothing was published")
-        counts = read_json(counts_path(attempt.staging))
-        published = publish(out_dir, shard_set=attempt.shard_set, carried=carried)
-        summary = _summary(config, attempt, counts, published.records_total, start)
-        write_json(join_path(out_dir, SUMMARY_NAME), dataclasses.asdict(summary))
-    _LOG.info("summary: %s", json.dumps(dataclasses.asdict(summary)))
+    created = is_local(out_dir) and not os.path.exists(out_dir)
+    try:
+        with output_lock(out_dir):
+            summary = _locked_run(config, options, geometry, out_dir, progress_bar)
+    except ConfigError:
+        if created:  # a run that did not start leaves no directory and no lock behind
+            remove_empty_output(out_dir)
+        raise
+    finally:
+        REPORTER.close()
+    _LOG.debug("summary: %s", json.dumps(dataclasses.asdict(summary)))
     return summary
 
 
-def _summary(
-    config: Config, attempt: Attempt, counts: dict, records_total: int, start: float
+def _locked_run(
+    config: Config,
+    options: PipelineOptions,
+    geometry: Any,
+    out_dir: str,
+    progress_bar: bool | None,
 ) -> Summary:
-    elapsed = time.monotonic() - start
-    inputs = int(counts.get("inputs", 0))
-    written = int(counts.get("images_written", 0))
-    failed = int(counts.get("images_failed", 0))
-    skipped = int(counts.get("skipped", 0))
-    return Summary(
-        run_id=config.run_id,
-        output_dir=attempt.output_dir,
-        inputs=inputs,
-        images_written=written,
-        images_failed=failed,
-        images_skipped=skipped,
-        records=int(counts.get("records", 0)),
-        records_total=records_total,
-        maps_recomputed=int(counts.get("maps_recomputed", 0)),
-        elapsed_s=round(elapsed, 3),
-        images_per_s=round(written / elapsed, 3) if elapsed > 0 else 0.0,
-        # Of all inputs, skipped included: earlier failures are retried every run, so a
-        # fraction of only the new work would trip on a bucket's few permanent bad files.
-        failure_fraction=round(failed / inputs, 6) if inputs else 0.0,
-        max_failure_fraction=config.run.max_failure_fraction,
-        methods=config.saliency.methods,
-        model=config.model.name,
-        incremental=attempt.incremental,
-        shard_set=attempt.shard_set,
-        reconciled=inputs == written + failed + skipped,
+    removed = recover_output(out_dir)
+    if removed:
+        _LOG.warning("removed %d files left by an interrupted run in %s", removed, out_dir)
+    attempt = new_attempt(config)
+    start = time.monotonic()
+    p = beam.Pipeline(runner=make_runner(options), options=options)
+    try:
+        build_pipeline(p, config, attempt=attempt)
+    except ValueError as exc:  # what the config names cannot be read: nothing ran
+        raise ConfigError(str(exc)) from exc
+    carried: list[dict] = []
+    if attempt.incremental:
+        carried = _carried_rows(out_dir, geometry.fingerprint, attempt.settings)
+        n = write_done_index(
+            attempt.done_index, (done_token(r["key"], r["sha256"]) for r in carried)
+        )
+        _LOG.info("incremental: %d images already done with these settings", n)
+    in_process = _in_process(options)
+    if progress_bar is None:
+        progress_bar = sys.stderr.isatty()
+    REPORTER.reset(
+        total=input_total(config) if in_process else None,
+        bar=bool(progress_bar) and in_process,
+        every=config.run.progress_every,
+        stream=sys.stderr,
     )
+    state = p.run().wait_until_finish()
+    if state not in (None, PipelineState.DONE):
+        raise RuntimeError(f"the pipeline ended in state {state}; nothing was published")
+    counts = read_json(counts_path(attempt.staging))
+    published = publish(out_dir, shard_set=attempt.shard_set, carried=carried)
+    summary = summarise(
+        config,
+        counts,
+        output_dir=attempt.output_dir,
+        shard_set=attempt.shard_set,
+        records_total=published.records_total,
+        start=start,
+    )
+    write_json(join_path(out_dir, SUMMARY_NAME), dataclasses.asdict(summary))
+    return summary
+
+
+def _in_process(options: PipelineOptions) -> bool:
+    """Whether the workers run in this process (DirectRunner in memory): they can drive
+    this process's progress bar."""
+    runner = options.view_as(StandardOptions).runner
+    mode = options.view_as(DirectOptions).direct_running_mode
+    return runner in _LOCAL_RUNNERS and mode in (None, "in_memory")
+
+
+def input_total(config: Config) -> int | None:
+    """How many inputs a run will read, when that is cheap to know (local file patterns;
+    None otherwise: the bar then counts without a total)."""
+    src = config.source
+    if src.kind != "files":
+        return None
+    patterns = [normalise_pattern(p) for p in split_patterns(src.pattern)]
+    if not all(is_local(p) for p in patterns):
+        return None
+    try:
+        paths = {path for pattern in patterns for path, _ in list_pattern(pattern)}
+    except (ValueError, OSError):
+        return None
+    return len(paths) if src.limit is None else min(len(paths), src.limit)

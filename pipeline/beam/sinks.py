@@ -8,8 +8,6 @@ into the directory they are given: ``run`` gives WriteRecords, WriteManifest and
 WriteFailures the attempt's staging directory and WriteArtifacts the output directory.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -342,7 +340,7 @@ class GuardFinite(beam.PTransform):
     so no NaN or Inf is ever written (the model handler already turns such images into
     failures; this guard catches whatever reaches the sinks another way)."""
 
-    def expand(self, pcoll) -> Guarded:
+    def expand(self, pcoll):
         out = pcoll | "CheckFinite" >> beam.ParDo(_GuardFiniteFn()).with_outputs(
             FAILURES, main="records"
         )

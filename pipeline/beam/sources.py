@@ -9,8 +9,6 @@ The work is done by pure functions in :mod:`pipeline.store.listing` (which files
 pattern names, their keys) and :mod:`pipeline.store.decode` (bytes -> pixels).
 """
 
-from __future__ import annotations
-
 import os
 from typing import NamedTuple
 
@@ -243,7 +241,7 @@ class ReadImages(beam.PTransform):
         self._limit = limit
         self._extensions = tuple(extensions) if extensions is not None else None
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> Read:
+    def expand(self, pbegin):
         if self._kind == "files":
             return self._expand_files(pbegin)
         if self._kind == "tfrecord":

@@ -3,8 +3,6 @@
 Nothing is downloaded at run time: the dataset must already be prepared in its data_dir.
 """
 
-from __future__ import annotations
-
 import os
 
 import apache_beam as beam

@@ -5,9 +5,11 @@ every call.
   the logits; ``Explanation.softmax_stripped`` says what was stripped.
 - The Explainer, with its folded / guided / cast variants and compiled functions, is kept
   per (model object, settings) in a cache that holds the model only weakly: dropping the
-  model frees its entry. Each call checks a checksum of the model's weights (one compiled
-  reduction, ~2% of a MobileNetV2 224 batch-8 call on CPU), so a model trained or re-weighted between
-  calls gets a fresh Explainer, never stale folded or guided copies of old weights.
+  model frees its entry. Variants that share the model's variables are always current;
+  for the weights an Explainer copied (a stripped softmax layer, a kept BatchNorm fold, the
+  guided and cast clones) each call compares a checksum (one compiled reduction: 2 ms for
+  all of MobileNetV2, nothing when nothing was copied), so a model trained or re-weighted
+  between calls gets a fresh Explainer, never stale copies of old weights.
 - A ModelSpec or name is loaded once per spec (a small LRU of loaded models).
 """
 
@@ -49,25 +51,37 @@ _cache: weakref.WeakKeyDictionary[keras.Model, dict[tuple, _Entry]] = weakref.We
 
 
 class _Entry:
-    """A cached Explainer and the weight checksum it was built for."""
+    """A cached Explainer, and a checksum of the weights it copied (as they were)."""
 
-    def __init__(self, explainer: Explainer, checksum: _Checksum, value: np.ndarray) -> None:
+    def __init__(self, explainer: Explainer) -> None:
         self.explainer = explainer
-        self.checksum = checksum
-        self.value = value
+        self.watched: tuple[int, ...] = ()
+        self.checksum: _Checksum | None = None
+        self.value = np.zeros([0], np.float32)
+
+    def stale(self) -> bool:
+        """Whether a weight the Explainer copied has changed since it was copied."""
+        return self.checksum is not None and not np.array_equal(self.checksum(), self.value)
+
+    def watch(self) -> None:
+        """After a call: checksum the copied weights (when the set of copies changed)."""
+        copied = self.explainer.copied_weights()
+        ids = tuple(id(v) for v in copied)
+        if ids != self.watched:
+            self.watched = ids
+            self.checksum = _Checksum(copied) if copied else None
+            self.value = self.checksum() if copied else np.zeros([0], np.float32)
 
 
 class _Checksum:
-    """Per-variable sums of w and of w**2, in one compiled call (2 ms for MobileNetV2's
-    3.5M weights on 2 CPU cores; 4.7 ms for a float64 weighted sum): a training step or
-    set_weights changes them. Holds the variables, not the model."""
+    """Per-variable sums of w and of w**2 in one compiled call (2 ms for all 3.5M weights of
+    MobileNetV2 on 2 CPU cores; a float64 weighted sum took 4.7 ms): a training step or
+    set_weights changes them. Holds variables, never the model."""
 
-    def __init__(self, model: keras.Model) -> None:
-        variables = [v.value if hasattr(v, "value") else v for v in model.weights]
+    def __init__(self, weights: list) -> None:
+        variables = [v.value if hasattr(v, "value") else v for v in weights]
 
         def sums() -> tf.Tensor:
-            if not variables:
-                return tf.zeros([0], tf.float32)
             first = [tf.reduce_sum(tf.cast(v, tf.float32)) for v in variables]
             second = [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables]
             return tf.stack(first + second)
@@ -87,20 +101,18 @@ def _settings_key(**settings: Any) -> tuple:
     return tuple(key)
 
 
-def _cached_explainer(model: keras.Model, **settings: Any) -> Explainer:
+def _cached_entry(model: keras.Model, **settings: Any) -> _Entry:
     key = _settings_key(**settings)
     with _lock:
-        entries = _cache.setdefault(model, {})
-        entry = entries.get(key)
+        entry = _cache.setdefault(model, {}).get(key)
+    if entry is not None and not entry.stale():
+        return entry
     if entry is not None:
-        if np.array_equal(entry.checksum(), entry.value):
-            return entry.explainer
         _LOG.info("model %r: its weights changed since the last call; rebuilding", model.name)
-    checksum = entry.checksum if entry is not None else _Checksum(model)
-    explainer = Explainer(model, **settings)
+    entry = _Entry(Explainer(model, **settings))
     with _lock:
-        _cache.setdefault(model, {})[key] = _Entry(explainer, checksum, checksum())
-    return explainer
+        _cache.setdefault(model, {})[key] = entry
+    return entry
 
 
 def clear_cache() -> None:
@@ -159,7 +171,7 @@ def explain(
         keras_model = model
     else:
         keras_model, x, ig_baseline = _load_and_preprocess(model, images, ig_baseline)
-    explainer = _cached_explainer(
+    entry = _cached_entry(
         keras_model,
         samples=samples,
         noise=noise,
@@ -169,9 +181,12 @@ def explain(
         ig_steps=ig_steps,
         ig_baseline=ig_baseline,
     )
+    explainer = entry.explainer
     if targets is None:
         _, targets = resolve_targets(explainer.logits(x), "predicted")
-    return explainer.explain(x, method, targets=targets)
+    result = explainer.explain(x, method, targets=targets)
+    entry.watch()  # copies made by this call are of the weights as they are now
+    return result
 
 
 def _load_and_preprocess(spec: Any, images: Any, ig_baseline: Any):

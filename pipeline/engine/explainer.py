@@ -159,6 +159,11 @@ class Explainer:
                 self.softmax_stripped,
             )
         self._base = base
+        # The caller's variables that some variant holds a copy of (those can go stale when
+        # the caller's model is trained; the rest are shared, always current).
+        self._source_weights = list(model.weights)
+        shared = {id(v) for v in base.weights}
+        self._copied = [v for v in self._source_weights if id(v) not in shared]
         self._models: dict[tuple[bool, str], keras.Model] = {}
         self._folds: dict[bool, FoldReport] = {}
         self._functions: dict[tuple, Callable] = {}
@@ -182,7 +187,14 @@ class Explainer:
             else:
                 base = self._variant(guided=guided, precision="float32")
                 self._models[key] = cast_model(base, precision)
+            if self._models[key] is not self._base:  # a clone: copied weights
+                self._copied = list(self._source_weights)
         return self._models[key]
+
+    def copied_weights(self) -> list:
+        """The caller's variables that a built variant holds copies of ([] while every
+        variant in use shares the caller's own variables)."""
+        return list(self._copied)
 
     def guided_report(self) -> GuidedReport:
         """Build the guided clone now (once) and return its guided.GuidedReport."""

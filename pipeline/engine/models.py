@@ -34,22 +34,16 @@ from pipeline.choices import PREPROCESSING_MODES
 from pipeline.engine.applications import Application, applications
 from pipeline.engine.fingerprint import directory_digest, fingerprint
 from pipeline.engine.heads import float32_output, strip_softmax
+from pipeline.engine.model_files import (
+    MODEL_FILE_SUFFIXES,
+    looks_like_path,
+    resolve_custom_objects,
+)
 from pipeline.engine.preprocessing import preprocess
 
 __all__ = ["LoadedModel", "ModelSpec", "load_model"]
 
-_MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 _WEIGHTS_SUFFIXES = (".h5", ".hdf5", ".keras")  # .weights.h5 ends in .h5
-
-
-def _looks_like_path(name: str) -> bool:
-    return (
-        "/" in name
-        or os.sep in name
-        or "://" in name
-        or name.lower().endswith(_MODEL_FILE_SUFFIXES)
-        or os.path.exists(name)
-    )
 
 
 # --------------------------------------------------------------------------- spec
@@ -74,6 +68,7 @@ class ModelSpec:
     preprocessing: str = "auto"
     input_size: tuple[int, int] | None = None
     safe_mode: bool = True
+    custom_objects: tuple[str, ...] = ()  # "module:attr" import paths, for model files
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -81,7 +76,7 @@ class ModelSpec:
                 f"model.name={self.name!r} must be a keras.applications name such as "
                 "'MobileNetV2' or a path to a .keras / .h5 file or SavedModel directory."
             )
-        if not self.is_application and not _looks_like_path(self.name):
+        if not self.is_application and not looks_like_path(self.name):
             close = difflib.get_close_matches(self.name, list(applications()), n=3, cutoff=0.6) or [
                 n for n in applications() if n.lower() == self.name.lower()
             ]
@@ -263,13 +258,18 @@ def _load_file(spec: ModelSpec) -> tuple[keras.Model, str | None]:
 
 
 def _load_keras_file(local: str, spec: ModelSpec) -> keras.Model:
-    if not local.lower().endswith(_MODEL_FILE_SUFFIXES):
+    if not local.lower().endswith(MODEL_FILE_SUFFIXES):
         raise ValueError(
             f"model.name={spec.name!r}: unsupported model file; expected one of "
-            f"{list(_MODEL_FILE_SUFFIXES)} or a SavedModel directory."
+            f"{list(MODEL_FILE_SUFFIXES)} or a SavedModel directory."
         )
     try:
-        return keras.saving.load_model(local, safe_mode=spec.safe_mode, compile=False)
+        return keras.saving.load_model(
+            local,
+            safe_mode=spec.safe_mode,
+            compile=False,
+            custom_objects=resolve_custom_objects(spec.custom_objects) or None,
+        )
     except ValueError as error:
         if "safe_mode" not in str(error):
             raise

@@ -225,3 +225,14 @@ def publish(output_dir: str, *, shard_set: str, carried: Sequence[dict]) -> Publ
         with contextlib.suppress(OSError):  # only when empty: no other attempt's files
             os.rmdir(join_path(output_dir, STAGING_DIR))
     return Published(records_total=len(rows), shards=moved, superseded=superseded)
+
+
+def remove_empty_output(output_dir: str) -> None:
+    """Remove a local output directory that a run created but never started in: its lock
+    file, then the directory itself if nothing else is there."""
+    with contextlib.suppress(OSError):
+        os.remove(os.path.join(output_dir, LOCK_NAME))
+    with contextlib.suppress(OSError):
+        os.rmdir(join_path(output_dir, STAGING_DIR))
+    with contextlib.suppress(OSError):
+        os.rmdir(output_dir)
