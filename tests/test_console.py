@@ -161,7 +161,8 @@ def test_custom_objects_are_named_then_loaded(tmp_path):
     model = ["--set", f"model.name={tmp_path / 'custom.keras'}", "--set", "source.limit=2"]
     out = ["--set", f"output.dir={tmp_path / 'out'}"]
     refused = _cli("run", "--config", "configs/local.yaml", *model, *out, env=env)
-    assert refused.returncode == 2
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
     assert "needs custom objects that are not registered: Doubler (module 'my_layers')" in (
         refused.stderr
     )
