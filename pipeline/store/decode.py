@@ -30,6 +30,7 @@ from PIL import Image
 
 from pipeline.choices import RESIZE_POLICIES
 from pipeline.elements import EncodedImage, ImageItem
+from pipeline.store.geometry import check_resize_args, resize
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -330,46 +331,6 @@ def decode_image(data: bytes, *, channels: int, max_pixels: int) -> np.ndarray:
     return convert_pixels(_apply_orientation(pixels, orientation), channels=channels)
 
 
-def _check_resize_args(pixels: np.ndarray, size: tuple[int, int], policy: str) -> None:
-    if policy not in RESIZE_POLICIES:
-        raise ValueError(f"resize policy {policy!r} is unknown: use one of {RESIZE_POLICIES}")
-    if (
-        not isinstance(size, (tuple, list))
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-    ):
-        raise ValueError(f"size={size!r} must be (height, width), two positive ints")
-    if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8:
-        raise TypeError("pixels must be a uint8 numpy array [H, W, C]")
-    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 3) or 0 in pixels.shape[:2]:
-        raise ValueError(f"pixels of shape {pixels.shape} must be [H, W, C] with C 1 or 3")
-
-
-def resize(pixels: np.ndarray, size: tuple[int, int], policy: str) -> np.ndarray:
-    """Resize uint8 [H, W, C] pixels to ``size`` = (height, width); returns uint8.
-
-    Policies (Pillow bilinear, antialiased when shrinking, half-pixel centres):
-      "resize":      stretch to ``size``; the aspect ratio is not kept.
-      "center_crop": scale so the image covers ``size`` (for a square target: the shorter
-                     side becomes the target's) and take the centre; resampled in one
-                     step from the matching centre box of the original.
-    """
-    _check_resize_args(pixels, size, policy)
-    height, width = int(pixels.shape[0]), int(pixels.shape[1])
-    out_h, out_w = int(size[0]), int(size[1])
-    gray = pixels.shape[-1] == 1
-    img = Image.fromarray(pixels[..., 0] if gray else pixels, mode="L" if gray else "RGB")
-    if policy == "resize":
-        box = (0.0, 0.0, float(width), float(height))
-    else:
-        scale = max(out_h / height, out_w / width)
-        box_w, box_h = out_w / scale, out_h / scale
-        left, top = (width - box_w) / 2.0, (height - box_h) / 2.0
-        box = (left, top, left + box_w, top + box_h)
-    out = np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box))
-    return np.ascontiguousarray(out[..., None] if gray else out)
-
-
 def to_image_item(
     encoded: EncodedImage,
     *,
@@ -414,4 +375,4 @@ def check_decode_options(
     every input (DecodeImages checks them at pipeline construction, not on a worker)."""
     _check_channels(channels)
     _check_max_pixels(max_pixels)
-    _check_resize_args(np.zeros((1, 1, 3), np.uint8), tuple(input_size), resize_policy)
+    check_resize_args(np.zeros((1, 1, 3), np.uint8), tuple(input_size), resize_policy)
