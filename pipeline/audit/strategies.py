@@ -1,0 +1,170 @@
+"""Strategy discovery per class: SpRAy (Lapuschkin et al. 2019), made robust to where the
+object sits.
+
+Published SpRAy clusters the class's maps, downsampled and normalised, with spectral
+clustering on a kNN graph (eigengap for k). Where the object moves from image to image it
+then groups maps by the object's position, not by the model's strategy. Here each map is
+described by two parts, concatenated (``describe``):
+
+- its shape, translation-invariant: the magnitude of its 2-D Fourier transform (the same
+  for a blob wherever it sits);
+- its *stationary* attention: the map weighted by the class's mean map, normalised to a
+  peak of 1. A spot the model attends at the same place in many images (a watermark, a
+  border, a corner mark) is bright in the mean map and keeps its weight; attention that
+  follows a moving object spreads over the mean map and is damped.
+
+``mode="raw"`` gives published SpRAy (the downsampled map itself), for comparison.
+
+The clustering: a symmetric kNN graph on Euclidean distances (binary weights), the
+symmetric normalised Laplacian L = I - D^-1/2 A D^-1/2, its smallest eigenvalues, k at the
+number of connected components when the graph falls apart into several (each strategy its
+own component, as the aligned descriptor gives for a planted shortcut), else at the largest
+gap among the first ``max_clusters`` (published SpRAy's eigengap), k-means
+(k-means++ seeding, fixed seed) on the row-normalised first k eigenvectors. Prototypes are
+the members' mean maps. numpy only; a class of n maps costs O(n^2) memory for the graph,
+so callers cap n (a per-class reservoir).
+"""
+
+import dataclasses
+
+import numpy as np
+
+from pipeline.audit.metrics.relevance import check_map
+
+MODES = ("aligned", "raw")
+DEFAULT_SIZE = 16  # maps are compared at 16 x 16
+DEFAULT_NEIGHBOURS = 10
+DEFAULT_MAX_CLUSTERS = 8
+COMPONENT_EIGENVALUE = 1e-6  # Laplacian eigenvalues below this count connected components
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategies:
+    """The clusters of one class's maps."""
+
+    labels: np.ndarray  # int [n]: cluster of each map, clusters sorted by size (0 largest)
+    k: int
+    eigenvalues: np.ndarray  # the smallest Laplacian eigenvalues (max_clusters + 1)
+    eigengap: float  # eigenvalues[k] - eigenvalues[k - 1]
+    prototypes: np.ndarray  # [k, size, size]: each cluster's mean (downsampled) map
+    sizes: tuple[int, ...]
+
+
+def downsample(m: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Area-average a map to size x size (any input size), normalised to sum 1."""
+    a = check_map(m)
+    rows = np.linspace(0, a.shape[0], size + 1)
+    cols = np.linspace(0, a.shape[1], size + 1)
+    # Fractional-overlap weights: out = Wr @ a @ Wc^T, each input pixel split between bins.
+    out = _bins(rows, a.shape[0]) @ a @ _bins(cols, a.shape[1]).T
+    total = out.sum()
+    return out / total if total > 0 else out
+
+
+def _bins(edges: np.ndarray, n: int) -> np.ndarray:
+    starts = np.arange(n, dtype=np.float64)
+    lo = np.maximum(edges[:-1, None], starts[None, :])
+    hi = np.minimum(edges[1:, None], starts[None, :] + 1.0)
+    return np.clip(hi - lo, 0.0, None)
+
+
+def describe(maps: np.ndarray, *, mode: str = "aligned") -> np.ndarray:
+    """float64 [n, d] descriptors of downsampled, sum-normalised maps [n, s, s]."""
+    if mode not in MODES:
+        raise ValueError(f"mode: got {mode!r}; one of {list(MODES)} is required.")
+    x = np.asarray(maps, dtype=np.float64)
+    flat = x.reshape(len(x), -1)
+    if mode == "raw":
+        return flat
+    shape = np.abs(np.fft.fft2(x)).reshape(len(x), -1)  # translation-invariant
+    mean = x.mean(axis=0)
+    stationary = (x * (mean / mean.max() if mean.max() > 0 else mean)).reshape(len(x), -1)
+    # Both parts on one scale: each row of each part has unit norm on average.
+    parts = [p / (np.linalg.norm(p, axis=1).mean() or 1.0) for p in (shape, stationary)]
+    return np.concatenate(parts, axis=1)
+
+
+def knn_graph(features: np.ndarray, neighbours: int) -> np.ndarray:
+    """Symmetric binary kNN adjacency [n, n] (no self loops)."""
+    n = len(features)
+    sq = (features**2).sum(axis=1)
+    dist = sq[:, None] + sq[None, :] - 2.0 * features @ features.T
+    np.fill_diagonal(dist, np.inf)
+    k = max(1, min(neighbours, n - 1))
+    nearest = np.argpartition(dist, k - 1, axis=1)[:, :k]
+    graph = np.zeros((n, n))
+    graph[np.repeat(np.arange(n), k), nearest.ravel()] = 1.0
+    return np.maximum(graph, graph.T)
+
+
+def _laplacian_eigen(graph: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    degree = graph.sum(axis=1)
+    inv = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
+    laplacian = np.eye(len(graph)) - inv[:, None] * graph * inv[None, :]
+    values, vectors = np.linalg.eigh(laplacian)
+    return values[:count], vectors[:, :count]
+
+
+def _kmeans(points: np.ndarray, k: int, seed: int, rounds: int = 50) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = [points[rng.integers(len(points))]]
+    for _ in range(1, k):  # k-means++ seeding
+        d = np.min([((points - c) ** 2).sum(axis=1) for c in centres], axis=0)
+        centres.append(points[rng.choice(len(points), p=d / d.sum())] if d.sum() > 0 else
+                       points[rng.integers(len(points))])  # fmt: skip
+    centres = np.array(centres)
+    labels = np.zeros(len(points), np.int64)
+    for _ in range(rounds):
+        d = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
+        new = np.argmin(d, axis=1)
+        if (new == labels).all() and _ > 0:
+            break
+        labels = new
+        for j in range(k):
+            if (labels == j).any():
+                centres[j] = points[labels == j].mean(axis=0)
+    return labels
+
+
+def discover(
+    maps: np.ndarray,
+    *,
+    mode: str = "aligned",
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    max_clusters: int = DEFAULT_MAX_CLUSTERS,
+    seed: int = 0,
+) -> Strategies:
+    """Cluster one class's downsampled maps [n, s, s] (see ``downsample``)."""
+    x = np.asarray(maps, dtype=np.float64)
+    n = len(x)
+    if x.ndim != 3 or n < 2:
+        raise ValueError(f"maps: got shape {x.shape}; at least two [s, s] maps are required.")
+    graph = knn_graph(describe(x, mode=mode), neighbours)
+    count = min(max_clusters + 1, n)
+    values, vectors = _laplacian_eigen(graph, count)
+    gaps = np.diff(values)
+    components = int((values < COMPONENT_EIGENVALUE).sum())
+    if components > 1:  # the graph falls apart: one cluster per connected component
+        k = min(components, max_clusters)
+    else:  # published SpRAy: the largest gap among the first max_clusters eigenvalues
+        k = int(np.argmax(gaps[: max(1, count - 1)]) + 1)
+    embedding = vectors[:, :k]
+    norms = np.linalg.norm(embedding, axis=1, keepdims=True)
+    labels = (
+        _kmeans(embedding / np.where(norms > 0, norms, 1.0), k, seed)
+        if k > 1
+        else (np.zeros(n, np.int64))
+    )
+    order = np.argsort([-(labels == j).sum() for j in range(k)], kind="stable")
+    relabel = np.empty(k, np.int64)
+    relabel[order] = np.arange(k)
+    labels = relabel[labels]
+    prototypes = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
+    return Strategies(
+        labels=labels,
+        k=k,
+        eigenvalues=values,
+        eigengap=float(gaps[k - 1]),
+        prototypes=prototypes,
+        sizes=tuple(int((labels == j).sum()) for j in range(k)),
+    )
