@@ -1,0 +1,124 @@
+"""Per-class aggregates with bounded, mergeable accumulators (plain numpy; Beam wraps them).
+
+One ``ClassAggregate`` per class holds: the count, correct predictions (when labels are
+known), the summed confidence, per metric its sum and a fixed-bin histogram, the summed
+(downsampled) map, and a reservoir of at most ``reservoir`` (key, map) members: the ones
+whose key hashes smallest. That reservoir is a uniform sample, and merging two is exact
+(the smallest hashes of the union): counts, histograms and members do not depend on how a
+runner splits and combines bundles (float sums only up to rounding), and memory is per
+class, not per image.
+"""
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+HISTOGRAM_BINS = 20
+DEFAULT_RESERVOIR = 512
+
+
+def key_priority(key: str) -> int:
+    """A record's place in the reservoir order: the first 8 bytes of sha256(key)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
+
+
+@dataclasses.dataclass
+class ClassAggregate:
+    """The running aggregate of one class (see the module docstring)."""
+
+    reservoir: int = DEFAULT_RESERVOIR
+    count: int = 0
+    labelled: int = 0
+    correct: int = 0
+    confidence: float = 0.0
+    sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    seen: dict[str, int] = dataclasses.field(default_factory=dict)
+    histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    map_sum: np.ndarray | None = None
+    members: list[tuple[int, str, np.ndarray]] = dataclasses.field(default_factory=list)
+
+    def add(
+        self,
+        key: str,
+        *,
+        metrics: Mapping[str, float],
+        small_map: np.ndarray,
+        confidence: float,
+        correct: bool | None,
+    ) -> None:
+        """Add one record: its metrics (fractions in [0, 1] binned on [0, 1]; others
+        clipped into it), its downsampled map, confidence, and whether it was right
+        (None: no label)."""
+        self.count += 1
+        self.confidence += float(confidence)
+        if correct is not None:
+            self.labelled += 1
+            self.correct += int(bool(correct))
+        for name, value in metrics.items():
+            if value is None or not np.isfinite(value):
+                continue
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.seen[name] = self.seen.get(name, 0) + 1
+            bins = self.histograms.setdefault(name, np.zeros(HISTOGRAM_BINS, np.int64))
+            bins[min(int(np.clip(value, 0.0, 1.0) * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+        small = np.asarray(small_map, dtype=np.float64)
+        self.map_sum = small.copy() if self.map_sum is None else self.map_sum + small
+        self.members.append((key_priority(key), key, small))
+        self._trim()
+
+    def merge(self, other: "ClassAggregate") -> "ClassAggregate":
+        """This aggregate with ``other`` added in (order-independent; sums up to rounding)."""
+        self.count += other.count
+        self.labelled += other.labelled
+        self.correct += other.correct
+        self.confidence += other.confidence
+        for name, value in other.sums.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.seen[name] = self.seen.get(name, 0) + other.seen[name]
+            bins = self.histograms.setdefault(name, np.zeros(HISTOGRAM_BINS, np.int64))
+            bins += other.histograms[name]
+        if other.map_sum is not None:
+            self.map_sum = (
+                other.map_sum.copy() if self.map_sum is None else self.map_sum + (other.map_sum)
+            )
+        self.members.extend(other.members)
+        self._trim()
+        return self
+
+    def _trim(self) -> None:
+        if len(self.members) > self.reservoir:
+            self.members.sort(key=_priority_then_key)
+            del self.members[self.reservoir :]
+
+    def summary(self) -> dict:
+        """Plain JSON-ready numbers (the mean map and members stay arrays)."""
+        return {
+            "count": self.count,
+            "accuracy": self.correct / self.labelled if self.labelled else None,
+            "mean_confidence": self.confidence / self.count if self.count else None,
+            "metrics": {n: self.sums[n] / self.seen[n] for n in sorted(self.sums)},
+            "histograms": {n: self.histograms[n].tolist() for n in sorted(self.histograms)},
+        }
+
+    def mean_map(self) -> np.ndarray | None:
+        """The mean of all the class's downsampled maps (not only the reservoir's)."""
+        return None if self.map_sum is None else self.map_sum / self.count
+
+    def sample(self) -> tuple[list[str], np.ndarray]:
+        """The reservoir: member keys and their maps [m, s, s], in priority order."""
+        members = sorted(self.members, key=_priority_then_key)
+        return [k for _, k, _ in members], np.stack([m for _, _, m in members])
+
+
+def _priority_then_key(member: tuple[int, str, np.ndarray]) -> tuple[int, str]:
+    return member[0], member[1]
+
+
+def merge_all(aggregates: Iterable[ClassAggregate], reservoir: int) -> ClassAggregate:
+    """One aggregate from many (a CombineFn's merge_accumulators)."""
+    out = ClassAggregate(reservoir=reservoir)
+    for aggregate in aggregates:
+        out.merge(aggregate)
+    return out

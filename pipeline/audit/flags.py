@@ -1,0 +1,60 @@
+"""Clever-Hans candidates: rules over a class's strategies and mean map, each flag with
+its evidence (what was measured, the value, the threshold, the members).
+
+- "corner": a cluster whose prototype puts at least CORNER_THRESHOLD of its mass in one
+  corner square (a quarter of each side: 1/16 of the mass for a uniform map, so the
+  threshold is 4x that share) - a watermark, a logo, a corner mark;
+- "border": a cluster whose prototype puts at least BORDER_THRESHOLD of its mass in the
+  border frame (a tenth of each side: 0.44 of a uniform 16 x 16 map) - frames, padding;
+- "border_class": the same rule on the mean map of the whole class.
+
+The rules read prototypes and mean maps only, so they cost nothing per image. On the
+synthetic clean controls of tests/test_audit_flags.py (an object anywhere in the middle
+half, 4 seeds) they raise no flag; what they raise on a real clean model is the audit's
+next measurement.
+"""
+
+import numpy as np
+
+from pipeline.audit.metrics.spatial import border_mass, corner_masses
+from pipeline.audit.strategies import Strategies
+
+CORNER_THRESHOLD = 0.25
+BORDER_THRESHOLD = 0.7
+
+
+def _flag(kind: str, method: str, cluster: int | None, members: list[str], evidence: dict):
+    return {"kind": kind, "method": method, "cluster": cluster, "members": members,
+            "evidence": evidence}  # fmt: skip
+
+
+def class_flags(
+    method: str, strategies: Strategies, keys: list[str], mean_map: np.ndarray
+) -> list[dict]:
+    """The flags of one class and method (``keys``: the clustered members, in order)."""
+    flags = []
+    total = len(keys)
+    for cluster, prototype in enumerate(strategies.prototypes):
+        members = [k for k, label in zip(keys, strategies.labels) if label == cluster]
+        corners = corner_masses(prototype)
+        corner, mass = max(corners.items(), key=lambda item: item[1])
+        common = {"cluster_size": len(members), "class_sample": total}
+        if mass >= CORNER_THRESHOLD:
+            evidence = {"measured": f"mass of the cluster prototype in the {corner} corner",
+                        "value": mass, "threshold": CORNER_THRESHOLD, **common}  # fmt: skip
+            flags.append(_flag("corner", method, cluster, members, evidence))
+        frame = border_mass(prototype)
+        if frame >= BORDER_THRESHOLD:
+            evidence = {"measured": "mass of the cluster prototype in the border frame",
+                        "value": frame, "threshold": BORDER_THRESHOLD, **common}  # fmt: skip
+            flags.append(_flag("border", method, cluster, members, evidence))
+    frame = border_mass(mean_map)
+    if frame >= BORDER_THRESHOLD:
+        evidence = {
+            "measured": "mass of the class mean map in the border frame",
+            "value": frame,
+            "threshold": BORDER_THRESHOLD,
+            "class_sample": total,
+        }
+        flags.append(_flag("border_class", method, None, list(keys), evidence))
+    return flags
