@@ -196,6 +196,11 @@ class Explainer:
         variant in use shares the caller's own variables)."""
         return list(self._copied)
 
+    @property
+    def logits_model(self) -> keras.Model:
+        """The float32 logits model the maps are taken on (softmax stripped, unfolded)."""
+        return self._base
+
     def guided_report(self) -> GuidedReport:
         """Build the guided clone now (once) and return its guided.GuidedReport."""
         self._variant(guided=True, precision="float32")
