@@ -137,3 +137,21 @@ def test_deletion_and_insertion_curves_on_a_linear_model():
     np.testing.assert_array_equal(chunked, deletion)
     with pytest.raises(ValueError, match="mode"):
         faithfulness.curves(predict, x, maps, [0, 0], mode="erasure")
+
+
+def test_perturbed_copies_hold_the_image_or_the_baseline_exactly():
+    rng = np.random.default_rng(3)
+    image = rng.uniform(-1, 1, (4, 5, 3)).astype(np.float32)
+    m = rng.uniform(size=(4, 5))
+    order = np.argsort(-m.ravel(), kind="stable")
+    for mode, baseline in (("deletion", 0.0), ("deletion", 0.5), ("insertion", -0.25)):
+        copies = faithfulness.perturbed(image, m, mode=mode, steps=4, baseline=baseline)
+        assert copies.shape == (5, 4, 5, 3)
+        for k, copy in enumerate(copies):
+            n = int(np.floor(k * 20 / 4))
+            flat, img = copy.reshape(20, 3), image.reshape(20, 3)
+            changed = np.zeros(20, bool)
+            changed[order[:n]] = True
+            take_image = ~changed if mode == "deletion" else changed
+            np.testing.assert_array_equal(flat[take_image], img[take_image])
+            np.testing.assert_array_equal(flat[~take_image], np.float32(baseline))

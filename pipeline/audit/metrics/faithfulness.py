@@ -1,11 +1,13 @@
 """Deletion and insertion curves (Petsiuk et al. 2018; xplique's CausalFidelity).
 
 Pixels are ranked by the map (highest first, ties in row-major order). At step k of
-``steps`` the top round(k * n / steps) pixels are, for deletion, set to the baseline in
-every channel of the image; for insertion, copied from the image onto the all-baseline
-image. The curve is the model's target score (its logit by default) at steps 0..steps;
-its AUC is the trapezoid area over x = k / steps in [0, 1]. A faithful map makes the
-deletion AUC low (the score falls fast) and the insertion AUC high.
+``steps`` the top floor(k * n / steps) pixels (xplique's step counts) are, for deletion,
+set to the baseline in every channel of the image; for insertion, copied from the image
+onto the all-baseline image. The curve is the model's target score (its logit by default)
+at steps 0..steps; its AUC is the trapezoid area over x = k / steps in [0, 1]. A faithful
+map makes the deletion AUC low (the score falls fast) and the insertion AUC high. On the
+same model, images and maps the AUCs equal xplique's Deletion / Insertion to 1e-8
+(benchmarks/faithfulness_bench.py).
 
 The model is a callable ``predict(batch [N, H, W, C]) -> scores [N, classes]`` in the
 model's input space; every perturbed image of a batch goes through it in chunks of
@@ -31,32 +33,48 @@ def pixel_order(m: np.ndarray) -> np.ndarray:
     return np.argsort(-check_map(m).ravel(), kind="stable")
 
 
-def perturbed(
-    image: np.ndarray, m: np.ndarray, *, mode: str, steps: int, baseline: float
-) -> np.ndarray:
-    """The steps + 1 perturbed copies of one image [steps + 1, H, W, C] (float32)."""
+def _check(mode: str, steps: int) -> None:
     if mode not in MODES:
         raise ValueError(f"mode: got {mode!r}; one of {list(MODES)} is required.")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: got {steps!r}; an integer >= 1 is required.")
+
+
+def perturbed_batch(
+    images: np.ndarray, maps: np.ndarray, *, mode: str, steps: int, baseline: float
+) -> np.ndarray:
+    """float32 [B * (steps + 1), H, W, C]: every image's perturbed copies, image-major.
+
+    One vectorised pass: rank[b, p] is the place of pixel p in image b's order, and pixel
+    p is changed at step k when rank[b, p] < floor(k * n / steps), all steps and images in
+    one comparison."""
+    _check(mode, steps)
+    images = np.asarray(images, dtype=np.float32)
+    b, h, w, c = images.shape
+    relevance = np.stack([check_map(m, "maps") for m in maps]).reshape(b, h * w)
+    order = np.argsort(-relevance, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(h * w)[None, :], axis=1)
+    counts = np.linspace(0, h * w, steps + 1).astype(np.int64)  # floor, as xplique's
+    changed = rank[:, None, :] < counts[None, :, None]  # [B, steps + 1, H * W]
+    # Which pixels keep the image's value, as a float mask: image * 1 + baseline * 0 (and
+    # image * 0 + baseline * 1) are exact for finite images, and a float multiply is ~3x
+    # faster than np.where here (3.2 vs 10.5 ms for 32 images at 64x64, 10 steps).
+    keep = (~changed if mode == "deletion" else changed).astype(np.float32)[..., None]
+    out = images.reshape(b, 1, h * w, c) * keep
+    if baseline != 0.0:
+        out += np.float32(baseline) * (np.float32(1.0) - keep)
+    return out.reshape(b * (steps + 1), h, w, c)
+
+
+def perturbed(
+    image: np.ndarray, m: np.ndarray, *, mode: str, steps: int, baseline: float
+) -> np.ndarray:
+    """The steps + 1 perturbed copies of one image [steps + 1, H, W, C] (float32)."""
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 3 or image.shape[:2] != np.shape(m):
         raise ValueError(f"image: got shape {image.shape}; [H, W, C] of the map's size.")
-    h, w, c = image.shape
-    order = pixel_order(m)
-    counts = np.rint(np.arange(steps + 1) * (h * w) / steps).astype(np.int64)
-    # rank[p] = the position of pixel p in the order; pixel p is changed at step k when
-    # rank[p] < counts[k], so all steps come from one comparison.
-    rank = np.empty(h * w, np.int64)
-    rank[order] = np.arange(h * w)
-    changed = rank[None, :] < counts[:, None]  # [steps + 1, H * W]
-    flat = image.reshape(1, h * w, c)
-    base = np.full_like(flat, np.float32(baseline))
-    if mode == "deletion":
-        out = np.where(changed[..., None], base, flat)
-    else:
-        out = np.where(changed[..., None], flat, base)
-    return out.reshape(steps + 1, h, w, c)
+    return perturbed_batch(image[None], [m], mode=mode, steps=steps, baseline=baseline)
 
 
 def curves(
@@ -78,9 +96,9 @@ def curves(
             f"images {images.shape}, maps ({len(maps)}) and targets ({len(targets)}) must be "
             "one batch [B, H, W, C] with one map and one target per image."
         )
-    batch = np.concatenate(
-        [perturbed(x, m, mode=mode, steps=steps, baseline=baseline) for x, m in zip(images, maps)]
-    )
+    if np.shape(maps)[1:] != images.shape[1:3]:
+        raise ValueError(f"maps: got shape {np.shape(maps)}; one [H, W] map per image.")
+    batch = perturbed_batch(images, maps, mode=mode, steps=steps, baseline=baseline)
     scores = np.concatenate(
         [np.asarray(predict(batch[i : i + chunk])) for i in range(0, len(batch), chunk)]
     ).astype(np.float64)
