@@ -59,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("run", "run the job (other flags go to Beam, e.g. --runner=DataflowRunner)"),
         ("validate", "check a config and print it resolved (--check: the environment too)"),
+        ("audit", "audit the published records of output.dir: audit/audit.json, rows.jsonl"),
     ):
         cmd = sub.add_parser(
             name,
@@ -83,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
             "--verbose", "-v", action="store_true", help="the libraries' INFO lines too"
         )
         verbosity.add_argument("--log-level", choices=LEVELS, help="set the level exactly")
+        if name == "audit":
+            continue
         if name == "run":
             cmd.add_argument(
                 "--dry-run",
@@ -129,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
         return _errors(exc.errors)
+    if args.command == "audit":
+        if beam_args:
+            return _errors([f"unknown flag {beam_args[0]} for audit. See audit --help."])
+        return _audit(config, to_stdout=True)
     check = getattr(args, "check", False) or getattr(args, "dry_run", False)
     if args.command == "validate" and not check:
         if beam_args:
@@ -173,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{summary.records} records, {summary.elapsed_s:.1f} s, "
         f"{summary.images_per_s:.2f} images/s -> {summary.output_dir}"
     )
+    if config.audit.enabled:
+        code = _audit(config, to_stdout=False)
+        if code != EXIT_OK:
+            return code
     if summary.too_many_failures:
         print(
             f"error: {summary.failure_fraction:.1%} of inputs failed, above "
@@ -181,6 +192,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_TOO_MANY_FAILURES
+    return EXIT_OK
+
+
+def _audit(config, *, to_stdout: bool) -> int:
+    """Audit output.dir's published records; one summary line (a log line after a run,
+    whose own summary is the one line on stdout)."""
+    with native_stderr_silenced():
+        from pipeline.audit.pipeline import run_audit
+    try:
+        audit = run_audit(config)
+    except (OSError, ValueError) as exc:
+        print(f"error: the audit failed: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    flags = sum(len(c["flags"]) for c in audit["classes"].values())
+    line = (
+        f"audit: {audit['records']} records, {len(audit['classes'])} classes, {flags} flags "
+        f"-> {config.output.dir.rstrip('/')}/audit/audit.json"
+    )
+    if to_stdout:
+        print(line)
+    else:
+        _LOG.info("%s", line)
     return EXIT_OK
 
 

@@ -276,6 +276,30 @@ class RunConfig:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """The dataset audit over a run's published records (``python -m pipeline audit``, or
+    after every run when enabled)."""
+
+    enabled: bool = False
+    # JSONL sidecar, one row per image: {"key", "boxes": [[ymin, xmin, ymax, xmax], ...] in
+    # the ORIGINAL image's pixels (max exclusive), optional "label"}. "": no annotations.
+    annotations: str = ""
+    map_size: int = 16  # maps are aggregated and clustered at map_size x map_size
+    reservoir: int = 512  # maps kept per (class, method) for strategy discovery
+    neighbours: int = 10  # kNN graph of the clustering
+    max_clusters: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            fail("audit.enabled", self.enabled, "true or false is required")
+        check_str("audit.annotations", self.annotations, empty_ok=True)
+        check_int("audit.map_size", self.map_size, minimum=4, maximum=256)
+        check_int("audit.reservoir", self.reservoir, minimum=2, maximum=100_000)
+        check_int("audit.neighbours", self.neighbours, minimum=1, maximum=1000)
+        check_int("audit.max_clusters", self.max_clusters, minimum=1, maximum=64)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole job."""
 
@@ -285,6 +309,7 @@ class Config:
     batch: BatchConfig = dataclasses.field(default_factory=BatchConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for YAML/JSON."""
@@ -295,6 +320,7 @@ class Config:
         data = self.to_dict()
         data["output"].pop("dir")
         data["run"].pop("progress_every")
+        data.pop("audit")  # the audit reads records; it does not change them
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -309,4 +335,5 @@ SECTIONS: dict[str, type] = {
     "batch": BatchConfig,
     "output": OutputConfig,
     "run": RunConfig,
+    "audit": AuditConfig,
 }

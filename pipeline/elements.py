@@ -68,6 +68,8 @@ class SaliencyRecord:
     model_name: str
     model_fingerprint: str
     recomputed: int = 0  # maps recomputed in float32 after a non-finite reduced-precision one
+    original_height: int = 0  # the input's size before resizing (0: unknown)
+    original_width: int = 0
     # method -> {abs, positive, negative}: float32 [H, W] in [0, 1], computed once per record
     # (beam.transforms) for both the TFRecord and the artifacts; empty until then.
     views: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)

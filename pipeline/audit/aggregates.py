@@ -99,6 +99,7 @@ class ClassAggregate:
             "accuracy": self.correct / self.labelled if self.labelled else None,
             "mean_confidence": self.confidence / self.count if self.count else None,
             "metrics": {n: self.sums[n] / self.seen[n] for n in sorted(self.sums)},
+            "n": {n: self.seen[n] for n in sorted(self.seen)},
             "histograms": {n: self.histograms[n].tolist() for n in sorted(self.histograms)},
         }
 

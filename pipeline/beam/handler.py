@@ -290,6 +290,8 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
                 model_name=loaded.name,
                 model_fingerprint=loaded.fingerprint,
                 recomputed=int(sum(_recomputed_row(e, j) for e in per_method.values())),
+                original_height=item.original_height,
+                original_width=item.original_width,
             )
         )
     return records

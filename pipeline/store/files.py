@@ -79,6 +79,12 @@ def write_json(path: str, obj: object) -> str:
     return write_atomic(path, text.encode("utf-8"), mime_type="application/json")
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 text file on any Beam filesystem."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read().decode("utf-8")
+
+
 def read_json(path: str) -> dict:
     """A JSON file written by write_json (any Beam filesystem)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:

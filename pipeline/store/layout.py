@@ -37,6 +37,8 @@ DONE_INDEX_NAME = "done.txt"  # in a staging directory: the incremental done ind
 TMP_DIR = "tmp"  # in a staging directory: local temporary files of artifact writes
 AUDIT_DIR = "audit"  # the latest audit (the audit layer)
 AUDITS_DIR = "audits"  # audits/<timestamp>/: the audit history
+AUDIT_JSON = f"{AUDIT_DIR}/audit.json"
+AUDIT_ROWS = f"{AUDIT_DIR}/rows.jsonl"
 
 _SHARD_NAME = re.compile(r"^saliency-(?P<set>[A-Za-z0-9]+)-(?P<n>\d{5}-of-\d{5})\.tfrecord$")
 BEAM_SHARD_NAME = re.compile(r"^saliency-(?P<n>\d{5}-of-\d{5})\.tfrecord$")  # also pre-1.0
@@ -117,3 +119,9 @@ def artifact_path(record: SaliencyRecord, method: str, view: str) -> str:
     """Artifact path relative to output_dir: artifacts/<safe_key>/<method>_<view>[_t<c>].png."""
     suffix = f"_t{record.target_class}" if record.target_rank > 0 else ""
     return f"{ARTIFACTS_DIR}/{safe_key(record.key)}/{method}_{view}{suffix}.png"
+
+
+def audit_map_path(method: str, class_id: int, cluster: int | None = None) -> str:
+    """Relative path of a class's mean map (cluster None) or a cluster prototype PNG."""
+    name = "mean" if cluster is None else f"cluster_{cluster}"
+    return f"{AUDIT_DIR}/maps/{method}/class_{class_id}_{name}.png"

@@ -56,6 +56,8 @@ FEATURES = {
     "image/sha256": tf.io.FixedLenFeature([], tf.string),
     "image/height": tf.io.FixedLenFeature([], tf.int64),
     "image/width": tf.io.FixedLenFeature([], tf.int64),
+    "image/original_height": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "image/original_width": tf.io.FixedLenFeature([], tf.int64, default_value=0),
     "image/encoded": tf.io.FixedLenFeature([], tf.string, default_value=b""),
     "label": tf.io.FixedLenFeature([], tf.int64, default_value=-1),
     "prediction/class": tf.io.FixedLenFeature([], tf.int64),
@@ -86,6 +88,8 @@ class DecodedRecord:
     sha256: str
     height: int
     width: int
+    original_height: int  # before resizing; 0 when the record does not say
+    original_width: int
     label: int
     prediction_class: int
     prediction_probability: float
@@ -194,6 +198,8 @@ def encode(
         "image/sha256": _bytes(record.sha256),
         "image/height": _ints(record.height),
         "image/width": _ints(record.width),
+        "image/original_height": _ints(record.original_height),
+        "image/original_width": _ints(record.original_width),
         "label": _ints(record.label),
         "prediction/class": _ints(record.prediction_class),
         "prediction/probability": _floats(record.prediction_probability),
@@ -278,6 +284,8 @@ def parse(serialized: bytes) -> DecodedRecord:
         sha256=f.text("image/sha256"),
         height=int(f.one("image/height", "int64_list")),
         width=int(f.one("image/width", "int64_list")),
+        original_height=int(f.one("image/original_height", "int64_list", default=0)),
+        original_width=int(f.one("image/original_width", "int64_list", default=0)),
         label=int(f.one("label", "int64_list", default=-1)),
         prediction_class=int(f.one("prediction/class", "int64_list")),
         prediction_probability=float(f.one("prediction/probability", "float_list")),
