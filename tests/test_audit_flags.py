@@ -1,35 +1,11 @@
 """Shortcut flags on synthetic classes: the planted corner mark and a border-driven class
 are flagged with their evidence and members; clean controls raise no flag."""
 
-import numpy as np
 import pytest
+from _audit_data import synthetic_class
 
 from pipeline.audit import strategies as S
 from pipeline.audit.flags import BORDER_THRESHOLD, CORNER_THRESHOLD, class_flags
-
-
-def _blob(size, cy, cx, r):
-    y, x = np.mgrid[:size, :size]
-    return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2.0 * r * r))
-
-
-def _class(seed, *, shortcut=0.0, border=False, n=120, size=64):
-    rng = np.random.default_rng(seed)
-    keys, maps, planted = [], [], []
-    for i in range(n):
-        cy, cx = rng.uniform(16, 48, 2)
-        m = _blob(size, cy, cx, 6) * rng.uniform(0.8, 1.2)
-        cut = rng.random() < shortcut
-        if cut:
-            m = 0.2 * m + _blob(size, 4, 4, 2.5)
-        if border:  # attention on a frame around every image
-            frame = np.zeros((size, size))
-            frame[:4], frame[-4:], frame[:, :4], frame[:, -4:] = 1, 1, 1, 1
-            m = 0.1 * m + frame
-        keys.append(f"c/{i:03d}.png")
-        maps.append(S.downsample(m + rng.uniform(0, 0.02, (size, size))))
-        planted.append(cut)
-    return keys, np.stack(maps), np.array(planted)
 
 
 def _flags(keys, maps):
@@ -39,7 +15,7 @@ def _flags(keys, maps):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_planted_corner_mark_is_flagged_with_its_members_and_evidence(seed):
-    keys, maps, planted = _class(seed, shortcut=0.3)
+    keys, maps, planted = synthetic_class(seed, shortcut=0.3)
     flags = _flags(keys, maps)
     assert [f["kind"] for f in flags] == ["corner"]
     flag = flags[0]
@@ -51,7 +27,7 @@ def test_a_planted_corner_mark_is_flagged_with_its_members_and_evidence(seed):
 
 
 def test_a_class_that_looks_at_the_border_is_flagged():
-    keys, maps, _ = _class(2, border=True)
+    keys, maps, _ = synthetic_class(2, border=True)
     kinds = {f["kind"] for f in _flags(keys, maps)}
     assert "border_class" in kinds
     flag = next(f for f in _flags(keys, maps) if f["kind"] == "border_class")
@@ -60,5 +36,5 @@ def test_a_class_that_looks_at_the_border_is_flagged():
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_clean_controls_raise_no_flag(seed):
-    keys, maps, _ = _class(seed)
+    keys, maps, _ = synthetic_class(seed)
     assert _flags(keys, maps) == []

@@ -3,29 +3,14 @@ image and part of the maps attend a fixed corner mark (a planted shortcut)."""
 
 import numpy as np
 import pytest
+from _audit_data import synthetic_class
 
 from pipeline.audit import strategies as S
 
 
-def _blob(size, cy, cx, r):
-    y, x = np.mgrid[:size, :size]
-    return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2.0 * r * r))
-
-
-def _class_maps(seed, *, n=120, shortcut=0.3, size=64):
-    """Maps of one class: attention on an object at a random place; in a ``shortcut``
-    fraction of them, on a fixed mark in the top-left corner instead (the object faint)."""
-    rng = np.random.default_rng(seed)
-    maps, planted = [], []
-    for _ in range(n):
-        cy, cx = rng.uniform(16, 48, 2)
-        m = _blob(size, cy, cx, 6) * rng.uniform(0.8, 1.2)
-        cut = rng.random() < shortcut
-        if cut:
-            m = 0.2 * m + _blob(size, 4, 4, 2.5)
-        maps.append(m + rng.uniform(0, 0.02, (size, size)))
-        planted.append(cut)
-    return np.stack([S.downsample(m) for m in maps]), np.array(planted)
+def _class_maps(seed, *, shortcut=0.3):
+    _, maps, planted = synthetic_class(seed, shortcut=shortcut)
+    return maps, planted
 
 
 def _rand_index(a, b):
