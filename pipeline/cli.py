@@ -143,15 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return EXIT_OK
     with native_stderr_silenced(not args.verbose):
-        from pipeline.beam.handler import ModelLoadError, model_geometry
+        from pipeline.beam.handler import ModelLoadError
         from pipeline.beam.preflight import preflight
-        from pipeline.beam.run import input_total, run
+        from pipeline.beam.run import run
         from pipeline.store.publish import OutputBusyError
     problems = preflight(config, beam_args, _our_flags(parser))
     if problems:
         return _errors(problems)
     if check:
-        return _dry_run(config, beam_args, model_geometry, input_total, ModelLoadError)
+        return _dry_run(config, beam_args)
     try:
         summary = run(config, beam_args, progress_bar=None if not args.quiet else False)
     except ConfigError as exc:
@@ -222,13 +222,15 @@ def _first_line(exc: BaseException) -> str:
     return (text[0] if text else "")[:300]
 
 
-def _dry_run(config, beam_args, model_geometry, input_total, model_error) -> int:
+def _dry_run(config, beam_args: Sequence[str]) -> int:
     """Load the model, list the first inputs, say what a run would do; write nothing."""
+    from pipeline.beam.handler import ModelLoadError, model_geometry
+    from pipeline.beam.run import input_total
     from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
 
     try:
         geometry = model_geometry(config.model)
-    except model_error as exc:
+    except ModelLoadError as exc:
         print(f"error: the model could not be loaded: {exc}", file=sys.stderr)
         return EXIT_MODEL
     src, s = config.source, config.saliency

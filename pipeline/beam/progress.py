@@ -102,11 +102,10 @@ class Counters:
 
 def report(counters: Counters, *, done: int = 0, failed: int = 0, skipped: int = 0) -> None:
     """Count on Beam's counters and on this process's reporter (bar or log lines)."""
-    for counter, n in ((counters.done, done), (counters.failed, failed)):
+    counts = ((counters.done, done), (counters.failed, failed), (counters.skipped, skipped))
+    for counter, n in counts:
         if n:
             counter.inc(n)
-    if skipped:
-        counters.skipped.inc(skipped)
     REPORTER.advance(done=done, failed=failed, skipped=skipped)
 
 
