@@ -113,8 +113,9 @@ def _child_model_only(config_path: str, result_path: str) -> None:
     work). Then, timed: load the model file, build the Explainer, and per batch what the
     handler does (preprocess, logits, Explainer.explain). The first batch traces.
     """
-    from pipeline.beam.handler import make_explainer, model_spec
+    from pipeline.beam.handler import make_explainer
     from pipeline.config_files import load_config
+    from pipeline.engine.from_config import model_spec
     from pipeline.engine.models import load_model
     from pipeline.engine.targets import resolve_targets
     from pipeline.store.decode import decode_image, resize

@@ -30,3 +30,7 @@ DEFAULT_IG_BASELINE = "zeros"
 DEFAULT_PERCENTILE = 99.0  # maps are clipped at this percentile, then scaled to [0, 1]
 DEFAULT_RESIZE = "resize"
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit: larger inputs are refused
+
+# Ground-truth boxes, as the TF object-detection TFRecords hold them (float lists, fractions
+# of the image): read from TFRecord inputs when present, and written into our records.
+BOX_FEATURES = tuple(f"image/object/bbox/{side}" for side in ("ymin", "xmin", "ymax", "xmax"))

@@ -288,6 +288,11 @@ class AuditConfig:
     reservoir: int = 512  # maps kept per (class, method) for strategy discovery
     neighbours: int = 10  # kNN graph of the clustering
     max_clusters: int = 8
+    # Deletion / insertion curves, computed in the model handler during the run (0: off).
+    faithfulness_steps: int = 10
+    faithfulness_baseline: float = 0.0  # the removed pixels' value, in the model's input space
+    sanity_samples: int = 16  # images in the cascading-randomisation check (0: off)
+    sanity_layers: int = 3  # top layers randomised, one more per step
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -297,6 +302,17 @@ class AuditConfig:
         check_int("audit.reservoir", self.reservoir, minimum=2, maximum=100_000)
         check_int("audit.neighbours", self.neighbours, minimum=1, maximum=1000)
         check_int("audit.max_clusters", self.max_clusters, minimum=1, maximum=64)
+        check_int("audit.faithfulness_steps", self.faithfulness_steps, minimum=0, maximum=1000)
+        check_number(
+            "audit.faithfulness_baseline", self.faithfulness_baseline, minimum=-1e6, maximum=1e6
+        )
+        check_int("audit.sanity_samples", self.sanity_samples, minimum=0, maximum=10_000)
+        check_int("audit.sanity_layers", self.sanity_layers, minimum=1, maximum=1000)
+
+    @property
+    def faithfulness(self) -> int:
+        """Deletion / insertion steps the run computes: 0 when the audit or they are off."""
+        return self.faithfulness_steps if self.enabled else 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -320,7 +336,11 @@ class Config:
         data = self.to_dict()
         data["output"].pop("dir")
         data["run"].pop("progress_every")
-        data.pop("audit")  # the audit reads records; it does not change them
+        # The audit reads records and changes nothing in them but the deletion / insertion
+        # curves the handler adds when it is on.
+        audit = data.pop("audit")
+        if self.audit.faithfulness:
+            data["faithfulness"] = [audit["faithfulness_steps"], audit["faithfulness_baseline"]]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -9,6 +9,11 @@ import dataclasses
 
 import numpy as np
 
+# Ground-truth object boxes as TFDS's ``objects/bbox`` and the TF object-detection
+# features hold them: (ymin, xmin, ymax, xmax), each a fraction of the ORIGINAL image's
+# height or width, in [0, 1].
+Boxes = tuple[tuple[float, float, float, float], ...]
+
 
 @dataclasses.dataclass(frozen=True)
 class EncodedImage:
@@ -19,6 +24,7 @@ class EncodedImage:
     data: bytes | None = None
     pixels: np.ndarray | None = None
     label: int = -1
+    boxes: Boxes = ()  # ground-truth boxes, normalised (see Boxes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +38,7 @@ class ImageItem:
     sha256: str  # of the encoded input (or of the pixels for TFDS inputs)
     original_height: int
     original_width: int
+    boxes: Boxes = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +77,10 @@ class SaliencyRecord:
     recomputed: int = 0  # maps recomputed in float32 after a non-finite reduced-precision one
     original_height: int = 0  # the input's size before resizing (0: unknown)
     original_width: int = 0
+    boxes: Boxes = ()
+    # method -> {"deletion": curve, "insertion": curve}: the target logit at steps 0..S
+    # (audit.faithfulness_steps), computed by the handler when the audit is on.
+    faithfulness: dict[str, dict[str, tuple[float, ...]]] = dataclasses.field(default_factory=dict)
     # method -> {abs, positive, negative}: float32 [H, W] in [0, 1], computed once per record
     # (beam.transforms) for both the TFRecord and the artifacts; empty until then.
     views: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)

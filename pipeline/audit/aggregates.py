@@ -17,6 +17,8 @@ import numpy as np
 
 HISTOGRAM_BINS = 20
 DEFAULT_RESERVOIR = 512
+# Metrics on the model's logit scale: averaged, not binned on [0, 1].
+UNBOUNDED = frozenset({"deletion_auc", "insertion_auc"})
 
 
 def key_priority(key: str) -> int:
@@ -38,6 +40,8 @@ class ClassAggregate:
     histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     map_sum: np.ndarray | None = None
     members: list[tuple[int, str, np.ndarray]] = dataclasses.field(default_factory=list)
+    # "deletion" / "insertion" -> (sum of the curves, how many): the mean curves
+    curves: dict[str, tuple[np.ndarray, int]] = dataclasses.field(default_factory=dict)
 
     def add(
         self,
@@ -47,10 +51,11 @@ class ClassAggregate:
         small_map: np.ndarray,
         confidence: float,
         correct: bool | None,
+        curves: Mapping[str, np.ndarray] | None = None,
     ) -> None:
         """Add one record: its metrics (fractions in [0, 1] binned on [0, 1]; others
         clipped into it), its downsampled map, confidence, and whether it was right
-        (None: no label)."""
+        (None: no label), and its deletion / insertion curves if any."""
         self.count += 1
         self.confidence += float(confidence)
         if correct is not None:
@@ -61,8 +66,12 @@ class ClassAggregate:
                 continue
             self.sums[name] = self.sums.get(name, 0.0) + float(value)
             self.seen[name] = self.seen.get(name, 0) + 1
+            if name in UNBOUNDED:
+                continue
             bins = self.histograms.setdefault(name, np.zeros(HISTOGRAM_BINS, np.int64))
             bins[min(int(np.clip(value, 0.0, 1.0) * HISTOGRAM_BINS), HISTOGRAM_BINS - 1)] += 1
+        for mode, curve in (curves or {}).items():
+            self._add_curve(mode, np.asarray(curve, np.float64), 1)
         small = np.asarray(small_map, dtype=np.float64)
         self.map_sum = small.copy() if self.map_sum is None else self.map_sum + small
         self.members.append((key_priority(key), key, small))
@@ -77,8 +86,11 @@ class ClassAggregate:
         for name, value in other.sums.items():
             self.sums[name] = self.sums.get(name, 0.0) + value
             self.seen[name] = self.seen.get(name, 0) + other.seen[name]
-            bins = self.histograms.setdefault(name, np.zeros(HISTOGRAM_BINS, np.int64))
-            bins += other.histograms[name]
+            if name in other.histograms:
+                bins = self.histograms.setdefault(name, np.zeros(HISTOGRAM_BINS, np.int64))
+                bins += other.histograms[name]
+        for mode, (total, n) in other.curves.items():
+            self._add_curve(mode, total, n)
         if other.map_sum is not None:
             self.map_sum = (
                 other.map_sum.copy() if self.map_sum is None else self.map_sum + (other.map_sum)
@@ -86,6 +98,19 @@ class ClassAggregate:
         self.members.extend(other.members)
         self._trim()
         return self
+
+    def _add_curve(self, mode: str, total: np.ndarray, n: int) -> None:
+        if mode not in self.curves:
+            self.curves[mode] = (total.copy(), n)
+            return
+        held, count = self.curves[mode]
+        if held.shape != total.shape:  # records of another step count: keep the first
+            return
+        self.curves[mode] = (held + total, count + n)
+
+    def mean_curves(self) -> dict[str, dict]:
+        """mode -> {"curve": mean curve, "n": curves averaged}."""
+        return {m: {"curve": (t / n).tolist(), "n": n} for m, (t, n) in sorted(self.curves.items())}
 
     def _trim(self) -> None:
         if len(self.members) > self.reservoir:

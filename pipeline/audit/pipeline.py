@@ -1,10 +1,14 @@
 """The audit as Beam transforms: published records -> rows.jsonl, audit.json, PNG maps.
 
     records -> AuditRows (per record and method) --+-- rows.jsonl (streamed, one file)
-                                                   `-- per (method, class) ClassAggregate
-                                                       (a CombineFn, bounded memory)
-                                                       -> strategies + flags + PNGs
-                                                       -> audit.json (one small list)
+               |                                   `-- per (group, method, id)
+               |                                       ClassAggregate (a CombineFn,
+               |                                       bounded memory; groups: predicted
+               |                                       class, true label, label-prediction
+               |                                       error) -> strategies + flags + PNGs
+               |                                       -> audit.json (one small list)
+               `-- SanitySample (the sanity_samples smallest key hashes) -> the
+                   cascading-randomisation check (loads the model) -> audit.json
 
 The maths is in audit/metrics, strategies, flags, aggregates and report_data; this module
 only wires it. ``run_audit`` reads an output dir's published records (so an incremental
@@ -18,10 +22,11 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from pipeline.audit.aggregates import ClassAggregate, merge_all
-from pipeline.audit.report_data import assemble, class_method_report
+from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
+from pipeline.audit.report_data import assemble, error_id, group_report
 from pipeline.audit.rows import Annotation, load_annotations, record_rows
-from pipeline.config import Config
+from pipeline.audit.sanity import sanity_panel
+from pipeline.config import AuditConfig, Config
 from pipeline.store import records
 from pipeline.store.files import read_json, write_atomic, write_json
 from pipeline.store.layout import (
@@ -36,7 +41,8 @@ _LOG = logging.getLogger(__name__)
 
 
 class _RowsFn(beam.DoFn):
-    """DecodedRecord -> (row JSON line) on "rows" and ((method, class), (key, row, map))."""
+    """DecodedRecord -> (row JSON line) on "rows", and ((group, method, id), (key, row,
+    map, curves)) for its predicted class, its true label and its error (when known)."""
 
     def __init__(self, annotations: dict[str, Annotation], policy: str, size: int) -> None:
         self._annotations = annotations
@@ -45,17 +51,25 @@ class _RowsFn(beam.DoFn):
 
     def process(self, record: Any):
         annotation = self._annotations.get(record.key)
-        for row, small in record_rows(record, annotation=annotation,
-                                      resize_policy=self._policy, map_size=self._size):  # fmt: skip
+        for row, small, curves in record_rows(record, annotation=annotation,
+                                              resize_policy=self._policy,
+                                              map_size=self._size):  # fmt: skip
             yield beam.pvalue.TaggedOutput("rows", json.dumps(row, sort_keys=True))
-            yield (row["method"], row["class"]), (row["key"], row, small)
+            value = (row["key"], row, small, curves)
+            method, predicted, label = row["method"], row["class"], row["label"]
+            yield ("class", method, predicted), value
+            if label >= 0:
+                yield ("label", method, label), value
+                if label != predicted:
+                    yield ("error", method, error_id(label, predicted)), value
 
 
 _NOT_METRICS = ("key", "record_id", "class", "label", "method", "confidence")
 
 
 class _AggregateFn(beam.CombineFn):
-    """(key, row, small map) values -> one ClassAggregate (bounded by the reservoir)."""
+    """(key, row, small map, curves) values -> one ClassAggregate (bounded by the
+    reservoir)."""
 
     def __init__(self, reservoir: int) -> None:
         self._reservoir = reservoir
@@ -64,11 +78,11 @@ class _AggregateFn(beam.CombineFn):
         return ClassAggregate(reservoir=self._reservoir)
 
     def add_input(self, aggregate: ClassAggregate, value: tuple) -> ClassAggregate:
-        key, row, small = value
+        key, row, small, curves = value
         metrics = {k: v for k, v in row.items() if k not in _NOT_METRICS}
         correct = None if row["label"] < 0 else row["label"] == row["class"]
         aggregate.add(key, metrics=metrics, small_map=small, confidence=row["confidence"],
-                      correct=correct)  # fmt: skip
+                      correct=correct, curves=curves)  # fmt: skip
         return aggregate
 
     def merge_accumulators(self, aggregates) -> ClassAggregate:
@@ -79,19 +93,33 @@ class _AggregateFn(beam.CombineFn):
 
 
 def _report(item: tuple, output_dir: str, neighbours: int, max_clusters: int) -> dict:
-    (method, class_id), aggregate = item
-    part, files = class_method_report(method, int(class_id), aggregate, neighbours=neighbours,
-                                      max_clusters=max_clusters)  # fmt: skip
+    (group, method, group_id), aggregate = item
+    part, files = group_report(group, method, group_id, aggregate, neighbours=neighbours,
+                               max_clusters=max_clusters)  # fmt: skip
     for relative, data in files.items():
         write_atomic(join_path(output_dir, relative), data, mime_type="image/png")
     return part
 
 
-def _write_audit(parts: list[dict], output_dir: str, map_size: int) -> dict:
-    total = sum(p["summary"]["count"] for p in parts if p["method"] == parts[0]["method"])
-    audit = assemble(parts, records=total if parts else 0, map_size=map_size)
-    write_json(join_path(output_dir, AUDIT_JSON), audit)
-    return audit
+def _write_audit(parts: list[dict], output_dir: str, audit: AuditConfig, sanity: list) -> dict:
+    classes = [p for p in parts if p["group"] == "class"]
+    total = sum(p["summary"]["count"] for p in classes if p["method"] == classes[0]["method"])
+    out = assemble(parts, records=total if classes else 0, map_size=audit.map_size,
+                   sanity=sanity[0] if sanity else None,
+                   baseline=audit.faithfulness_baseline)  # fmt: skip
+    write_json(join_path(output_dir, AUDIT_JSON), out)
+    return out
+
+
+def _record_priority(record: Any) -> tuple[int, str]:
+    return key_priority(record.record_id), record.record_id
+
+
+def _sanity(sample: list, config: Config) -> dict:
+    a = config.audit
+    _LOG.info("sanity check: cascading randomisation of %d layers on %d images",
+              a.sanity_layers, len(sample))  # fmt: skip
+    return sanity_panel(config.model, config.saliency, sample, layers=a.sanity_layers)
 
 
 def build_audit(records_pcoll: beam.PCollection, config: Config) -> beam.PCollection:
@@ -105,12 +133,24 @@ def build_audit(records_pcoll: beam.PCollection, config: Config) -> beam.PCollec
     _ = rows.rows | "WriteAuditRows" >> beam.io.WriteToText(
         join_path(out_dir, AUDIT_ROWS), num_shards=1, shard_name_template=""
     )
+    sanity = (
+        beam.pvalue.AsList(
+            records_pcoll
+            | "SanitySample"
+            >> beam.combiners.Top.Of(
+                a.sanity_samples, key=_record_priority, reverse=True
+            )  # fmt: skip
+            | "SanityCheck" >> beam.Map(_sanity, config)
+        )
+        if a.sanity_samples
+        else beam.pvalue.AsList(records_pcoll.pipeline | "NoSanity" >> beam.Create([]))
+    )
     return (
         rows.keyed
-        | "AggregatePerClass" >> beam.CombinePerKey(_AggregateFn(a.reservoir))
-        | "ClassReports" >> beam.Map(_report, out_dir, a.neighbours, a.max_clusters)
+        | "AggregatePerGroup" >> beam.CombinePerKey(_AggregateFn(a.reservoir))
+        | "GroupReports" >> beam.Map(_report, out_dir, a.neighbours, a.max_clusters)
         | "CollectReports" >> beam.combiners.ToList()
-        | "WriteAuditJson" >> beam.Map(_write_audit, out_dir, a.map_size)
+        | "WriteAuditJson" >> beam.Map(_write_audit, out_dir, a, sanity)
     )
 
 

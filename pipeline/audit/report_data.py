@@ -1,20 +1,30 @@
-"""From per-class aggregates to the audit's public contract (audit.json), no Beam:
-strategies and flags per (class, method), localisation per method, the PNG maps.
+"""From per-group aggregates to the audit's public contract (audit.json), no Beam:
+strategies and flags per (class, method), localisation and faithfulness per method, the
+sanity check, the PNG maps.
 
 audit.json::
 
-    {"methods": {m: {"localisation": {"pointing", "energy_in_box", "rank_accuracy", "n"},
-                     "faithfulness": null, "sanity": null}},
-     "classes": {"<class id>": {"count", "accuracy", "mean_confidence",
-                                "flags": [{"kind", "method", "cluster", "members",
-                                           "evidence"}],
-                                "clusters": [{"method", "cluster", "size", "members",
-                                              "prototype"}],
-                                "methods": {m: {"metrics", "histograms", "mean_map"}}}},
+    {"methods": {m: {"localisation": {"pointing", "energy_in_box", "rank_accuracy",
+                                      "box_iou", "box_correct", "n"},
+                     "faithfulness": {"deletion_auc", "insertion_auc", "n", "steps",
+                                      "baseline", "score", "deletion_curve",
+                                      "insertion_curve"} | null,
+                     "sanity": {"layers", "correlations", "depends_on_weights",
+                                "threshold", "images", "caveat"} | null}},
+     "classes": {"<predicted class>": {"count", "accuracy", "mean_confidence",
+                                       "flags": [{"kind", "method", "cluster", "members",
+                                                  "evidence"}],
+                                       "clusters": [{"method", "cluster", "size",
+                                                     "members", "prototype"}],
+                                       "methods": {m: {"metrics", "histograms",
+                                                       "mean_map"}}}},
+     "labels": {"<true label>": {"count", "accuracy", "mean_confidence", "methods"}},
+     "errors": {"<label>-<prediction>": {"label", "prediction", "count",
+                                         "mean_confidence", "methods"}},
      "records": n, "map_size": s}
 
-Faithfulness and the sanity check need the model, so they are null here until the audit
-runs inside the job's model handler (see the issue's next steps).
+Faithfulness is null for a method whose records carry no curves (the audit was off when
+they were written); sanity is null when ``audit.sanity_samples`` is 0.
 """
 
 import numpy as np
@@ -25,7 +35,9 @@ from pipeline.audit.strategies import discover
 from pipeline.maps.render import heatmap_png
 from pipeline.store.layout import audit_map_path
 
-LOCALISATION = ("pointing", "energy_in_box", "rank_accuracy")
+GROUPS = ("class", "label", "error")
+LOCALISATION = ("pointing", "energy_in_box", "rank_accuracy", "box_iou", "box_correct")
+FAITHFULNESS = ("deletion_auc", "insertion_auc")
 _PNG_SIZE = 128  # prototypes and mean maps are drawn at least this large
 
 
@@ -35,25 +47,39 @@ def _png(m: np.ndarray) -> bytes:
     return heatmap_png(scaled.astype(np.float32), scale=max(1, _PNG_SIZE // m.shape[0]))
 
 
-def class_method_report(
-    method: str, class_id: int, aggregate: ClassAggregate, *, neighbours: int, max_clusters: int
+def error_id(label: int, prediction: int) -> str:
+    """The key of an error group in audit.json and its PNG names."""
+    return f"{label}-{prediction}"
+
+
+def group_report(
+    group: str,
+    method: str,
+    group_id: int | str,
+    aggregate: ClassAggregate,
+    *,
+    neighbours: int,
+    max_clusters: int,
 ) -> tuple[dict, dict[str, bytes]]:
-    """(the class-and-method part of audit.json, {relative path: PNG bytes})."""
-    files = {audit_map_path(method, class_id): _png(aggregate.mean_map())}
-    summary = aggregate.summary()
+    """(one group-and-method part of audit.json, {relative path: PNG bytes}); strategies
+    and flags for predicted classes only."""
+    mean_path = audit_map_path(method, group_id, group=group)
+    files = {mean_path: _png(aggregate.mean_map())}
     part = {
+        "group": group,
         "method": method,
-        "class": class_id,
-        "summary": summary,
-        "mean_map": audit_map_path(method, class_id),
+        "id": group_id,
+        "summary": aggregate.summary(),
+        "curves": aggregate.mean_curves(),
+        "mean_map": mean_path,
         "clusters": [],
         "flags": [],
     }
     keys, maps = aggregate.sample()
-    if len(keys) >= 3:
+    if group == "class" and len(keys) >= 3:
         found = discover(maps, neighbours=neighbours, max_clusters=max_clusters)
         for cluster, prototype in enumerate(found.prototypes):
-            path = audit_map_path(method, class_id, cluster)
+            path = audit_map_path(method, group_id, cluster)
             files[path] = _png(prototype)
             members = [k for k, label in zip(keys, found.labels) if label == cluster]
             part["clusters"].append({"method": method, "cluster": cluster,
@@ -63,31 +89,84 @@ def class_method_report(
     return part, files
 
 
-def assemble(parts: list[dict], records: int, map_size: int) -> dict:
-    """audit.json from every (class, method) part."""
-    classes: dict[str, dict] = {}
-    methods: dict[str, dict] = {}
-    for part in sorted(parts, key=lambda p: (p["class"], p["method"])):
-        entry = classes.setdefault(str(part["class"]), {"flags": [], "clusters": [],
-                                                        "methods": {}})  # fmt: skip
+def _weighted(parts: list[dict], names: tuple[str, ...]) -> dict:
+    """Means over every record of the parts (each part's mean weighted by its n)."""
+    out = {}
+    for name in names:
+        pairs = [(p["summary"]["metrics"][name], p["summary"]["n"][name])
+                 for p in parts if p["summary"]["n"].get(name)]  # fmt: skip
+        n = sum(k for _, k in pairs)
+        out[name] = sum(v * k for v, k in pairs) / n if n else None
+    out["n"] = max((sum(p["summary"]["n"].get(x, 0) for p in parts) for x in names), default=0)
+    return out
+
+
+def _mean_curve(parts: list[dict], mode: str) -> list[float] | None:
+    found = [p["curves"][mode] for p in parts if mode in p["curves"]]
+    if not found or len({len(c["curve"]) for c in found}) != 1:
+        return None
+    n = sum(c["n"] for c in found)
+    return (sum(np.asarray(c["curve"]) * c["n"] for c in found) / n).tolist()
+
+
+def _faithfulness(parts: list[dict], baseline: float) -> dict | None:
+    out = _weighted(parts, FAITHFULNESS)
+    if not out["n"]:
+        return None
+    deletion = _mean_curve(parts, "deletion")
+    out.update(
+        steps=len(deletion) - 1 if deletion else None,
+        baseline=baseline,
+        score="target logit",
+        x="fraction of pixels removed (deletion) or inserted (insertion), k / steps",
+        deletion_curve=deletion,
+        insertion_curve=_mean_curve(parts, "insertion"),
+    )
+    return out
+
+
+def _entry(part: dict) -> dict:
+    s = part["summary"]
+    return {"count": s["count"], "accuracy": s["accuracy"], "mean_confidence": s["mean_confidence"],
+            "methods": {}}  # fmt: skip
+
+
+def assemble(
+    parts: list[dict],
+    *,
+    records: int,
+    map_size: int,
+    sanity: dict | None = None,
+    baseline: float = 0.0,
+) -> dict:
+    """audit.json from every (group, id, method) part; ``sanity``: method -> its panel."""
+    tables: dict[str, dict[str, dict]] = {group: {} for group in GROUPS}
+    for part in sorted(parts, key=lambda p: (p["group"], str(p["id"]), p["method"])):
+        key = str(part["id"])
+        entry = tables[part["group"]].setdefault(key, _entry(part))
+        if part["group"] == "class":
+            entry.setdefault("flags", [])
+            entry.setdefault("clusters", [])
+            entry["flags"] += part["flags"]
+            entry["clusters"] += part["clusters"]
+        if part["group"] == "error":
+            entry["label"], entry["prediction"] = (int(v) for v in key.split("-"))
         s = part["summary"]
-        entry.update(count=s["count"], accuracy=s["accuracy"],
-                     mean_confidence=s["mean_confidence"])  # fmt: skip
         entry["methods"][part["method"]] = {"metrics": s["metrics"], "histograms": s["histograms"],
                                             "mean_map": part["mean_map"]}  # fmt: skip
-        entry["flags"] += part["flags"]
-        entry["clusters"] += part["clusters"]
-        loc = methods.setdefault(part["method"], {"sums": dict.fromkeys(LOCALISATION, 0.0),
-                                                  "n": 0})  # fmt: skip
-        n = s["n"].get("pointing", 0)
-        if n:
-            for name in LOCALISATION:
-                loc["sums"][name] += s["metrics"][name] * n
-            loc["n"] += n
-    out_methods = {}
-    for method, loc in sorted(methods.items()):
-        n = loc["n"]
-        localisation = {name: (loc["sums"][name] / n if n else None) for name in LOCALISATION}
-        out_methods[method] = {"localisation": {**localisation, "n": n},
-                               "faithfulness": None, "sanity": None}  # fmt: skip
-    return {"methods": out_methods, "classes": classes, "records": records, "map_size": map_size}
+    methods = {}
+    for method in sorted({p["method"] for p in parts}):
+        mine = [p for p in parts if p["method"] == method and p["group"] == "class"]
+        methods[method] = {
+            "localisation": _weighted(mine, LOCALISATION),
+            "faithfulness": _faithfulness(mine, baseline),
+            "sanity": (sanity or {}).get(method),
+        }
+    return {
+        "methods": methods,
+        "classes": tables["class"],
+        "labels": tables["label"],
+        "errors": tables["error"],
+        "records": records,
+        "map_size": map_size,
+    }

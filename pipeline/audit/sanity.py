@@ -22,8 +22,12 @@ import keras
 import numpy as np
 
 from pipeline.audit.metrics.relevance import relevance
+from pipeline.choices import GUIDED_METHODS
+from pipeline.config import ModelConfig, SaliencyConfig
 from pipeline.engine.explainer import Explainer
+from pipeline.engine.from_config import explainer_options, model_spec
 from pipeline.engine.graph import plain_clone
+from pipeline.engine.models import load_model
 
 DEPENDENCE_THRESHOLD = 0.5  # a method depends on the weights when a step falls below this
 # The model's top blocks: on the shipped CNN, vanilla 0.67 / 0.53 / 0.32 and SmoothGrad
@@ -94,11 +98,12 @@ def cascading_randomisation(
     methods: tuple[str, ...],
     *,
     steps: int | None = DEFAULT_STEPS,
-    seed: int = 0,
+    randomisation_seed: int = 0,
     **explainer_options: Any,
 ) -> SanityResult:
     """Run the cascade on images ``x`` (model space) for ``targets``; ``steps`` caps how
-    many layers are randomised (None: all that have trainable weights)."""
+    many layers are randomised (None: all that have trainable weights);
+    ``explainer_options`` go to every Explainer (``seed`` is SmoothGrad's noise seed)."""
     if isinstance(methods, str):
         raise TypeError("methods: got a str; a tuple of method names is required.")
     base = Explainer(model, **explainer_options).logits_model
@@ -106,7 +111,7 @@ def cascading_randomisation(
     original = {m: _maps(base, x, targets, m, explainer_options) for m in methods}
     correlations: dict[str, list[float]] = {m: [] for m in methods}
     for i in range(1, len(order) + 1):
-        changed = randomised(base, set(order[:i]), seed + i)
+        changed = randomised(base, set(order[:i]), randomisation_seed + i)
         for method in methods:
             maps = _maps(changed, x, targets, method, explainer_options)
             correlations[method].append(
@@ -117,3 +122,35 @@ def cascading_randomisation(
         correlations={m: tuple(c) for m, c in correlations.items()},
         depends_on_weights={m: min(c) < DEPENDENCE_THRESHOLD for m, c in correlations.items()},
     )
+
+
+def sanity_panel(
+    model: ModelConfig, saliency: SaliencyConfig, sample: list, *, layers: int, seed: int = 0
+) -> dict[str, dict]:
+    """method -> the audit.json sanity panel, for a sample of DecodedRecords (loads the
+    model as the run does; records written without their image are left out)."""
+    usable = [r for r in sample if r.image is not None]
+    if not usable:
+        return {}
+    loaded = load_model(model_spec(model))
+    x = np.asarray(loaded.preprocess(np.stack([r.image for r in usable])), np.float32)
+    targets = np.array([r.target_class for r in usable], np.int32)
+    methods = tuple(m for m in usable[0].methods if all(m in r.methods for r in usable))
+    result = cascading_randomisation(
+        loaded.model, x, targets, methods, steps=layers, randomisation_seed=seed,
+        **explainer_options(loaded, saliency),
+    )  # fmt: skip
+    return {
+        m: {
+            "layers": list(result.layers),
+            "correlations": list(result.correlations[m]),
+            "depends_on_weights": result.depends_on_weights[m],
+            # Adebayo et al. 2018: gradients, SmoothGrad (and IG) change with the weights;
+            # guided backprop's maps are known not to (it reconstructs the image).
+            "expected": "may not depend" if m in GUIDED_METHODS else "depends",
+            "threshold": result.threshold,
+            "images": len(usable),
+            "caveat": result.caveat,
+        }
+        for m in methods
+    }

@@ -21,15 +21,26 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from pipeline.audit.metrics.faithfulness import deletion_and_insertion
+from pipeline.audit.metrics.relevance import relevance
 from pipeline.beam.progress import REPORTER, Counters, report
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import Failure, ImageItem, SaliencyRecord
 from pipeline.engine.explainer import Explainer
-from pipeline.engine.models import LoadedModel, ModelSpec, load_model
+from pipeline.engine.from_config import explainer_options, model_spec
+from pipeline.engine.models import LoadedModel, load_model
 from pipeline.engine.precision import configure_gpus
 from pipeline.engine.targets import resolve_targets
 
 _LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Faithfulness:
+    """The deletion / insertion curves the handler adds to each record (audit section)."""
+
+    steps: int
+    baseline: float
 
 
 @dataclasses.dataclass
@@ -40,35 +51,12 @@ class Engine:
     explainer: Explainer
     saliency: SaliencyConfig
     counters: Counters = dataclasses.field(default_factory=Counters)
-
-
-def model_spec(m: ModelConfig) -> ModelSpec:
-    """The engine's ModelSpec for the model section of a config."""
-    return ModelSpec(
-        name=m.name,
-        weights=m.weights,
-        preprocessing=m.preprocessing,
-        input_size=m.input_size,
-        safe_mode=m.safe_mode,
-        custom_objects=m.custom_objects,
-    )
+    faithfulness: Faithfulness | None = None
 
 
 def make_explainer(loaded: LoadedModel, s: SaliencyConfig, *, pad_to: int) -> Explainer:
     """An Explainer for a loaded model with the saliency section's settings."""
-    baseline: Any = loaded.black_image() if s.ig_baseline == "black" else s.ig_baseline
-    return Explainer(
-        loaded.model,
-        samples=s.samples,
-        noise=s.noise,
-        seed=s.seed,
-        precision=s.precision,
-        batch_size=s.sample_batch_size,
-        ig_steps=s.ig_steps,
-        ig_baseline=baseline,
-        pad_to=pad_to,
-        xla=s.xla,
-    )
+    return Explainer(loaded.model, pad_to=pad_to, **explainer_options(loaded, s))
 
 
 class ModelLoadError(RuntimeError):
@@ -111,7 +99,12 @@ def model_geometry(m: ModelConfig) -> ModelGeometry:
 
 
 def load_engine(
-    model: ModelConfig, saliency: SaliencyConfig, batch: BatchConfig, *, progress_every: int = 0
+    model: ModelConfig,
+    saliency: SaliencyConfig,
+    batch: BatchConfig,
+    *,
+    progress_every: int = 0,
+    faithfulness: Faithfulness | None = None,
 ) -> Engine:
     """Load the model and build the explainer (what each worker process does once)."""
     loaded = _load_once(model)
@@ -120,7 +113,7 @@ def load_engine(
         explainer.guided_report()  # build the guided clone now: fail fast, once per process
     if not REPORTER.configured:  # a worker process of its own: log lines every N images
         REPORTER.reset(total=None, bar=False, every=progress_every)
-    return Engine(loaded=loaded, explainer=explainer, saliency=saliency)
+    return Engine(loaded=loaded, explainer=explainer, saliency=saliency, faithfulness=faithfulness)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -140,7 +133,13 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
         batch: BatchConfig,
         run_id: str,
         progress_every: int = 0,
+        faithfulness: Faithfulness | None = None,
     ) -> None:
+        if faithfulness is not None and not isinstance(faithfulness, Faithfulness):
+            raise TypeError(
+                f"faithfulness: got {type(faithfulness).__name__}; a handler.Faithfulness "
+                "or None is required."
+            )
         super().__init__(
             min_batch_size=batch.min_batch_size,
             max_batch_size=batch.max_batch_size,
@@ -150,9 +149,12 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
         self._sections = (model, saliency, batch)
         self._run_id = run_id
         self._progress_every = progress_every
+        self._faithfulness = faithfulness
 
     def load_model(self) -> Engine:
-        return load_engine(*self._sections, progress_every=self._progress_every)
+        return load_engine(
+            *self._sections, progress_every=self._progress_every, faithfulness=self._faithfulness
+        )
 
     def get_metrics_namespace(self) -> str:
         return "saliency"
@@ -260,6 +262,7 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
     rows, targets = resolve_targets(logits, s.target, labels=labels, classes=classes, k=s.top_k)
     per_method = {m: engine.explainer.explain(x[rows], m, targets=targets) for m in s.methods}
     bad = _non_finite(logits, rows, per_method)
+    curves = _curves(engine, x[rows], targets, per_method) if engine.faithfulness else {}
     records: list[SaliencyRecord | Failure] = [
         _numerics_failure(items[row], what) for row, what in sorted(bad.items())
     ]
@@ -292,9 +295,28 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
                 recomputed=int(sum(_recomputed_row(e, j) for e in per_method.values())),
                 original_height=item.original_height,
                 original_width=item.original_width,
+                boxes=item.boxes,
+                faithfulness={
+                    m: {mode: tuple(float(v) for v in c[j]) for mode, c in by_mode.items()}
+                    for m, by_mode in curves.items()
+                },
             )
         )
     return records
+
+
+def _curves(engine: Engine, x: np.ndarray, targets: np.ndarray, per_method: dict) -> dict:
+    """method -> {"deletion", "insertion"}: [n, steps + 1] target logits, every method's
+    perturbed images through the same compiled logits function as the run's."""
+    f = engine.faithfulness
+    out = {}
+    for method, e in per_method.items():
+        maps = np.stack([relevance(g) for g in e.gradients])  # non-finite counts as 0
+        out[method] = deletion_and_insertion(
+            engine.explainer.logits, x, maps, targets, steps=f.steps, baseline=f.baseline,
+            chunk=engine.explainer.batch_size,
+        )  # fmt: skip
+    return out
 
 
 def _recomputed_row(explanation: Any, row: int) -> int:

@@ -190,6 +190,8 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
         max_pixels=src.max_pixels,
         run_id=run_id,
         progress_every=config.run.progress_every,
+        faithfulness_steps=config.audit.faithfulness,
+        faithfulness_baseline=config.audit.faithfulness_baseline,
     )
     records = explained.records
     failures = (read.failures, explained.failures) | "AllFailures" >> beam.Flatten()

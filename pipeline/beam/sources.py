@@ -20,9 +20,10 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipeline.beam.tags import FAILURES
 from pipeline.beam.tfds_input import read_tfds
-from pipeline.choices import SOURCE_KINDS
+from pipeline.choices import BOX_FEATURES, SOURCE_KINDS
 from pipeline.elements import EncodedImage, Failure
 from pipeline.store.decode import sha256_hex, short_error
+from pipeline.store.geometry import normalised_boxes
 from pipeline.store.listing import (
     IMAGE_EXTENSIONS,
     check_files_exist,
@@ -140,8 +141,15 @@ class _ParseExampleFn(beam.DoFn):
             )
         # key_key when the record has it, else the image's sha256: stable, unique per content
         key = self._given_key(example) or sha256_hex(images[0])
+        sides = [_feature_values(example, k) for k in BOX_FEATURES]
+        if len({len(s) for s in sides}) != 1:
+            raise ValueError(f"box features {list(BOX_FEATURES)} differ in length")
         return EncodedImage(
-            key=key, source=filename, data=images[0], label=int(labels[0]) if labels else -1
+            key=key,
+            source=filename,
+            data=images[0],
+            label=int(labels[0]) if labels else -1,
+            boxes=normalised_boxes(list(zip(*sides))),
         )
 
 

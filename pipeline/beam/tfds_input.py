@@ -13,6 +13,7 @@ from apache_beam.pvalue import TaggedOutput
 from pipeline.beam.tags import FAILURES
 from pipeline.elements import EncodedImage, Failure
 from pipeline.store.decode import sha256_hex, short_error
+from pipeline.store.geometry import normalised_boxes
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -64,6 +65,10 @@ class _TfdsExampleFn(beam.DoFn):
             label = -1
             if self._label_feature and self._label_feature in example:
                 label = int(_to_numpy(example[self._label_feature]))
+            boxes = ()
+            objects = example.get("objects")
+            if isinstance(objects, dict) and "bbox" in objects:
+                boxes = normalised_boxes(_to_numpy(objects["bbox"]))
             key = self._key(tfds_id, pixels)
         except Exception as e:
             self._failed.inc()
@@ -72,7 +77,11 @@ class _TfdsExampleFn(beam.DoFn):
             yield TaggedOutput(FAILURES, failure)
             return
         yield EncodedImage(
-            key=key, source=f"tfds:{self._name}:{tfds_id}", pixels=pixels, label=label
+            key=key,
+            source=f"tfds:{self._name}:{tfds_id}",
+            pixels=pixels,
+            label=label,
+            boxes=boxes,
         )
 
 

@@ -22,7 +22,7 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.beam.handler import SaliencyModelHandler, model_geometry
+from pipeline.beam.handler import Faithfulness, SaliencyModelHandler, model_geometry
 from pipeline.beam.prepare import DecodeImages
 from pipeline.beam.sinks import GuardFinite
 from pipeline.beam.tags import FAILURES
@@ -30,6 +30,7 @@ from pipeline.choices import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILE, DEFAULT_RES
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import EncodedImage, Failure, SaliencyRecord
 from pipeline.maps.views import compute_views
+from pipeline.validation import check_int, check_number
 
 __all__ = ["ExplainImages", "Explained", "to_encoded_image", "with_views"]
 
@@ -104,7 +105,9 @@ class ExplainImages(beam.PTransform):
     ``samples=50``, ``precision="auto"``, ...), checked now like a config file. ``resize``
     and ``max_pixels`` decode the inputs (as ``source.resize`` / ``source.max_pixels``).
     The model is loaded once here (fail fast, and its input size sizes the decoder) and
-    once per worker process.
+    once per worker process. ``faithfulness_steps`` > 0 adds each method's deletion /
+    insertion curves (that many steps towards ``faithfulness_baseline``, in the model's
+    input space) to every record, computed with the model in the handler.
     """
 
     def __init__(
@@ -118,6 +121,8 @@ class ExplainImages(beam.PTransform):
         percentile: float = DEFAULT_PERCENTILE,
         run_id: str = "",
         progress_every: int = 0,
+        faithfulness_steps: int = 0,
+        faithfulness_baseline: float = 0.0,
         **saliency_options: Any,
     ) -> None:
         super().__init__()
@@ -147,12 +152,19 @@ class ExplainImages(beam.PTransform):
             resize_policy=resize,
             max_pixels=max_pixels,
         )
+        check_int("faithfulness_steps", faithfulness_steps, minimum=0, maximum=1000)
+        check_number("faithfulness_baseline", faithfulness_baseline, minimum=-1e6, maximum=1e6)
         self._handler = SaliencyModelHandler(
             model=model,
             saliency=saliency,
             batch=self._batch,
             run_id=run_id,
             progress_every=progress_every,
+            faithfulness=(
+                Faithfulness(steps=faithfulness_steps, baseline=float(faithfulness_baseline))
+                if faithfulness_steps
+                else None
+            ),
         )
 
     # No annotations on expand: Beam would read a NamedTuple return as a (wrong) type hint.

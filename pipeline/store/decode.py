@@ -365,6 +365,7 @@ def to_image_item(
         sha256=digest,
         original_height=int(pixels.shape[0]),
         original_width=int(pixels.shape[1]),
+        boxes=encoded.boxes,
     )
 
 

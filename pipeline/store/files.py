@@ -85,6 +85,12 @@ def read_text(path: str) -> str:
         return handle.read().decode("utf-8")
 
 
+def read_bytes(path: str) -> bytes:
+    """A whole file on any Beam filesystem."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return handle.read()
+
+
 def read_json(path: str) -> dict:
     """A JSON file written by write_json (any Beam filesystem)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:

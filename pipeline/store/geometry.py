@@ -56,3 +56,25 @@ def resize(pixels: np.ndarray, size: tuple[int, int], policy: str) -> np.ndarray
     box = source_box((height, width), (out_h, out_w), policy)
     out = np.asarray(img.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box))
     return np.ascontiguousarray(out[..., None] if gray else out)
+
+
+def normalised_boxes(boxes) -> tuple[tuple[float, float, float, float], ...]:
+    """Ground-truth boxes as records and ImageItems carry them: (ymin, xmin, ymax, xmax)
+    fractions of the original image, from any [N, 4] sequence (TFDS ``objects/bbox``, the
+    TF object-detection ``image/object/bbox/*`` features zipped)."""
+    array = np.asarray(boxes, dtype=np.float64)
+    if array.size == 0:
+        return ()
+    array = array.reshape(-1, 4) if array.ndim == 1 and array.size % 4 == 0 else array
+    ok = array.ndim == 2 and array.shape[1] == 4 and np.all(np.isfinite(array))
+    if (
+        not ok
+        or np.any(array < -1e-6)
+        or np.any(array > 1 + 1e-6)
+        or np.any(array[:, 2:] < array[:, :2])
+    ):
+        raise ValueError(
+            f"boxes {np.asarray(boxes).tolist()[:4]}: each box is (ymin, xmin, ymax, xmax), "
+            "fractions of the image in [0, 1] with min <= max (TFDS objects/bbox order)"
+        )
+    return tuple(tuple(float(v) for v in np.clip(box, 0.0, 1.0)) for box in array)

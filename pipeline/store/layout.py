@@ -121,7 +121,10 @@ def artifact_path(record: SaliencyRecord, method: str, view: str) -> str:
     return f"{ARTIFACTS_DIR}/{safe_key(record.key)}/{method}_{view}{suffix}.png"
 
 
-def audit_map_path(method: str, class_id: int, cluster: int | None = None) -> str:
-    """Relative path of a class's mean map (cluster None) or a cluster prototype PNG."""
+def audit_map_path(
+    method: str, class_id: int | str, cluster: int | None = None, *, group: str = "class"
+) -> str:
+    """Relative path of a group's mean map (cluster None) or a cluster prototype PNG;
+    ``group`` "class" (predicted), "label" (true) or "error" (class_id "<label>-<pred>")."""
     name = "mean" if cluster is None else f"cluster_{cluster}"
-    return f"{AUDIT_DIR}/maps/{method}/class_{class_id}_{name}.png"
+    return f"{AUDIT_DIR}/maps/{method}/{group}_{class_id}_{name}.png"

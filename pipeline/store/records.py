@@ -26,6 +26,12 @@ saliency/<method>/abs, positive, negative bytes       tf.io.serialize_tensor, fl
                                                       [H, W] in [0, 1] (maps.compute_views)
 run/id, model/name, model/fingerprint     bytes       provenance
 run/recomputed                            int64       maps redone in float32
+image/object/bbox/ymin, xmin, ymax, xmax  float list  ground-truth boxes (when the input had
+                                                      them), fractions of the ORIGINAL
+                                                      image's height / width
+faithfulness/<method>/deletion, insertion float list  the target logit at steps 0..S of the
+                                                      deletion / insertion curve (when the
+                                                      audit is on)
 ========================================  ==========  ======================================
 
 Tensors are serialised as ``TensorProto`` bytes built straight from numpy (the same bytes
@@ -45,7 +51,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from pipeline.choices import DEFAULT_PERCENTILE, RECORD_VIEWS
+from pipeline.choices import BOX_FEATURES, DEFAULT_PERCENTILE, RECORD_VIEWS
 from pipeline.elements import SaliencyRecord
 from pipeline.maps import render
 from pipeline.maps import views as maps
@@ -75,6 +81,9 @@ FEATURES = {
     "model/fingerprint": tf.io.FixedLenFeature([], tf.string),
     "run/recomputed": tf.io.FixedLenFeature([], tf.int64, default_value=0),
 }
+CURVES = ("deletion", "insertion")
+for _key in BOX_FEATURES:
+    FEATURES[_key] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
 
 _DTYPES = {np.dtype(np.float16): types_pb2.DT_HALF, np.dtype(np.float32): types_pb2.DT_FLOAT}
 
@@ -106,6 +115,8 @@ class DecodedRecord:
     model_name: str
     model_fingerprint: str
     recomputed: int
+    boxes: tuple[tuple[float, float, float, float], ...] = ()  # normalised, original image
+    faithfulness: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
     @property
     def record_id(self) -> str:
@@ -128,12 +139,21 @@ def method_keys(method: str) -> dict[str, str]:
     return {part: f"saliency/{m}/{part}" for part in ("gradient", *RECORD_VIEWS)}
 
 
+def curve_key(method: str, curve: str) -> str:
+    """The record key of one method's deletion or insertion curve."""
+    return f"faithfulness/{_check_method(method)}/{curve}"
+
+
 def features_for(methods: Iterable[str]) -> dict:
     """Parse spec for ``tf.io.parse_single_example``: FEATURES plus each method's keys."""
     spec = dict(FEATURES)
     for method in methods:
         for key in method_keys(method).values():
             spec[key] = tf.io.FixedLenFeature([], tf.string)
+        for curve in CURVES:
+            spec[curve_key(method, curve)] = tf.io.FixedLenSequenceFeature(
+                [], tf.float32, allow_missing=True
+            )
     return spec
 
 
@@ -214,6 +234,12 @@ def encode(
         "model/fingerprint": _bytes(record.model_fingerprint),
         "run/recomputed": _ints(record.recomputed),
     }
+    if record.boxes:
+        for i, key in enumerate(BOX_FEATURES):
+            feature[key] = _floats(*(box[i] for box in record.boxes))
+    for method, curves in record.faithfulness.items():
+        for curve in CURVES:
+            feature[curve_key(method, curve)] = _floats(*curves[curve])
     if include_image:
         feature["image/encoded"] = _bytes(render.encode_png(np.asarray(record.pixels)))
     for method in methods:
@@ -304,7 +330,23 @@ def parse(serialized: bytes) -> DecodedRecord:
         model_name=f.text("model/name"),
         model_fingerprint=f.text("model/fingerprint"),
         recomputed=int(f.one("run/recomputed", "int64_list", default=0)),
+        boxes=_boxes(f),
+        faithfulness={
+            m: {
+                c: np.array(f.values(curve_key(m, c), "float_list", True), np.float64)
+                for c in CURVES
+            }  # fmt: skip
+            for m in methods
+            if f.values(curve_key(m, "deletion"), "float_list", False) is not None
+        },
     )
+
+
+def _boxes(f: _Fields) -> tuple[tuple[float, float, float, float], ...]:
+    sides = [f.values(key, "float_list", False) or [] for key in BOX_FEATURES]
+    if len({len(s) for s in sides}) != 1:
+        raise ValueError(f"record features {list(BOX_FEATURES)} differ in length: {sides}.")
+    return tuple(tuple(float(v) for v in box) for box in zip(*sides))
 
 
 def read(pattern: str) -> Iterator[DecodedRecord]:
