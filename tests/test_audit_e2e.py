@@ -1,13 +1,19 @@
 """The audit end to end: the default job with the audit on, its outputs read back and
-reconciled with the manifest; `audit` over an incremental output dir covers every record."""
+reconciled with the manifest and the rows (localisation, faithfulness computed in the job,
+the sanity check); error groups and mask annotations; boxes read from a TFRecord input;
+`audit` over an incremental output dir covers every record."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tensorflow as tf
+from PIL import Image
 
 from pipeline.audit.rows import parse_annotations
 from pipeline.store.files import read_jsonl
@@ -21,11 +27,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)  # fmt: skip
 
 
-@pytest.mark.slow
-def test_the_default_job_audits_its_records(tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("default") / "out"
     proc = _cli("run", "--config", "configs/local.yaml", "--set", f"output.dir={out}")
     assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+@pytest.mark.slow
+def test_the_default_job_audits_its_records(default_run):
+    out, proc = default_run
     assert "audit: 12 records, 5 classes" in proc.stderr
     manifest = read_jsonl(str(out / "manifest.jsonl"))
     audit = json.loads((out / "audit" / "audit.json").read_text())
@@ -48,9 +60,106 @@ def test_the_default_job_audits_its_records(tmp_path):
         assert loc["n"] == 12
         mine = [r for r in rows if r["method"] == method]
         assert loc["pointing"] == pytest.approx(sum(r["pointing"] for r in mine) / 12)
+        assert loc["box_iou"] == pytest.approx(sum(r["box_iou"] for r in mine) / 12)
+        faith = audit["methods"][method]["faithfulness"]
+        assert faith["n"] == 12 and faith["steps"] == 10 and len(faith["deletion_curve"]) == 11
+        for name in ("deletion_auc", "insertion_auc"):
+            assert faith[name] == pytest.approx(sum(r[name] for r in mine) / 12)
+        # Removing the most relevant pixels first hurts far more than adding them first.
+        assert faith["insertion_auc"] > faith["deletion_auc"] + 5
+        sanity = audit["methods"][method]["sanity"]
+        assert sanity["images"] == 12 and len(sanity["correlations"]) == 3
+        assert sanity["depends_on_weights"] is (method != "guided")  # Adebayo et al.
+        assert "Binder" in sanity["caveat"]
     # The shapes model looks at the shapes: guided's maps point into the box on most images.
     assert audit["methods"]["guided"]["localisation"]["pointing"] >= 0.75
     assert audit["methods"]["guided"]["localisation"]["energy_in_box"] > 0.5
+    assert audit["methods"]["guided"]["localisation"]["box_correct"] >= 0.5
+    # Labels from the sidecar: the true-label table mirrors the classes; no errors.
+    assert {k: v["count"] for k, v in audit["labels"].items()} == by_class
+    assert audit["errors"] == {}
+
+
+@pytest.mark.slow
+def test_errors_are_grouped_and_masks_replace_boxes(default_run, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(default_run[0], out)  # the audit rewrites audit/: leave the fixture's
+    rows = read_jsonl("examples/images/annotations.jsonl")
+    wrong_rows = [rows[0], rows[3]]  # a circle and a cross given a wrong label: two errors
+    for row in wrong_rows:
+        row["label"] = (row["label"] + 1) % 5
+    with_mask = rows[2]  # its box as a mask PNG of the original image's size
+    with Image.open(ROOT / "examples/images" / with_mask["key"]) as img:
+        width, height = img.size
+    mask = np.zeros((height, width), np.uint8)
+    ymin, xmin, ymax, xmax = (int(v) for v in with_mask["boxes"][0])
+    mask[ymin:ymax, xmin:xmax] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    with_mask.update(mask="mask.png", boxes=[])  # relative to the sidecar's folder
+    sidecar = tmp_path / "annotations.jsonl"
+    sidecar.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = {(r["key"], r["method"]): r for r in read_jsonl(str(out / "audit/rows.jsonl"))}
+    proc = _cli("audit", "--config", "configs/local.yaml", "--set", f"output.dir={out}",
+                "--set", f"audit.annotations={sidecar}", "--set", "audit.sanity_samples=0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    wrong = {f"{r['label']}-{(r['label'] - 1) % 5}" for r in wrong_rows}
+    assert set(audit["errors"]) == wrong
+    for key in wrong:
+        entry = audit["errors"][key]
+        assert entry["count"] == 1 and f"{entry['label']}-{entry['prediction']}" == key
+        assert (out / entry["methods"]["guided"]["mean_map"]).is_file()
+    assert audit["methods"]["guided"]["sanity"] is None
+    after = {(r["key"], r["method"]): r for r in read_jsonl(str(out / "audit/rows.jsonl"))}
+    for method in ("vanilla", "guided", "smoothgrad"):
+        a, b = before[(with_mask["key"], method)], after[(with_mask["key"], method)]
+        assert "box_iou" not in b  # a mask has no box for the weak-box IoU
+        for name in ("pointing", "energy_in_box", "rank_accuracy"):
+            assert b[name] == pytest.approx(a[name], abs=0.03)  # the same region, resampled
+
+
+@pytest.mark.slow
+def test_boxes_come_from_a_tfrecord_input_when_there_is_no_sidecar(default_run, tmp_path):
+    out, _ = default_run
+    path = tmp_path / "images.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in read_jsonl("examples/images/annotations.jsonl"):
+            data = (ROOT / "examples/images" / row["key"]).read_bytes()
+            with Image.open(ROOT / "examples/images" / row["key"]) as img:
+                width, height = img.size
+            ymin, xmin, ymax, xmax = row["boxes"][0]
+            floats = {"ymin": ymin / height, "xmin": xmin / width, "ymax": ymax / height,
+                      "xmax": xmax / width}  # fmt: skip
+            feature = {
+                "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+                "image/filename": tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[row["key"].encode()])
+                ),
+                "image/class/label": tf.train.Feature(
+                    int64_list=tf.train.Int64List(value=[row["label"]])
+                ),
+                **{f"image/object/bbox/{k}": tf.train.Feature(
+                    float_list=tf.train.FloatList(value=[v])) for k, v in floats.items()},
+            }  # fmt: skip
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+    tf_out = tmp_path / "out"
+    proc = _cli("run", "--config", "configs/local.yaml", "--set", f"output.dir={tf_out}",
+                "--set", "source.kind=tfrecord", "--set", f"source.pattern={path}",
+                "--set", "source.key_key=image/filename", "--set", "audit.annotations=\"\"",
+                "--set", "audit.sanity_samples=0", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    from_records = json.loads((tf_out / "audit" / "audit.json").read_text())
+    from_sidecar = json.loads((out / "audit" / "audit.json").read_text())
+    for method in ("vanilla", "guided", "smoothgrad"):
+        a = from_records["methods"][method]["localisation"]
+        b = from_sidecar["methods"][method]["localisation"]
+        assert a["n"] == 12
+        for name in ("pointing", "energy_in_box", "rank_accuracy"):
+            assert a[name] == pytest.approx(b[name], abs=1e-6)
+    assert {k: v["count"] for k, v in from_records["labels"].items()} == {
+        k: v["count"] for k, v in from_sidecar["labels"].items()
+    }
 
 
 @pytest.mark.slow

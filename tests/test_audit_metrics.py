@@ -4,7 +4,7 @@ the real resize policies, and deletion / insertion on a linear model computed by
 import numpy as np
 import pytest
 
-from pipeline.audit.metrics import concentration, faithfulness, localisation, spatial
+from pipeline.audit.metrics import concentration, faithfulness, localisation, spatial, weak_box
 from pipeline.audit.metrics.relevance import relevance
 from pipeline.store.geometry import resize
 
@@ -155,3 +155,51 @@ def test_perturbed_copies_hold_the_image_or_the_baseline_exactly():
             take_image = ~changed if mode == "deletion" else changed
             np.testing.assert_array_equal(flat[take_image], img[take_image])
             np.testing.assert_array_equal(flat[~take_image], np.float32(baseline))
+
+
+def test_deletion_and_insertion_in_groups_equal_the_curves():
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.1, 1.0, (3, 3, 2))
+    x = rng.uniform(0.5, 1.0, (7, 3, 3, 2))
+    maps = np.stack([relevance(w * xi) for xi in x])
+    predict = _linear_model(w)
+    both = faithfulness.deletion_and_insertion(predict, x, maps, [0] * 7, steps=3, chunk=2)
+    for mode in ("deletion", "insertion"):
+        alone = faithfulness.curves(predict, x, maps, [0] * 7, mode=mode, steps=3)
+        np.testing.assert_array_equal(both[mode], alone)
+
+
+def _scene(rng):
+    """A red rectangle on noisy green, and a map that covers the rectangle loosely."""
+    image = np.full((64, 64, 3), (40, 120, 40), np.uint8) + rng.integers(0, 20, (64, 64, 3)).astype(
+        np.uint8
+    )
+    image[16:44, 20:52] = (200, 60, 50)
+    yy, xx = np.mgrid[:64, :64]
+    m = np.exp(-(((yy - 30) / 9.0) ** 2 + ((xx - 36) / 11.0) ** 2)) + rng.uniform(0, 0.05, (64, 64))
+    return image, m
+
+
+def test_simonyan_weak_box_finds_the_object_from_the_map_and_colours():
+    image, m = _scene(np.random.default_rng(0))
+    box = weak_box.weak_box(m, image)
+    assert box == (16.0, 20.0, 44.0, 52.0)  # the seeds grow to the whole coloured object
+    assert weak_box.iou(box, (16, 20, 44, 52)) == 1.0
+    assert weak_box.weak_box_metrics(m, image, [(16, 20, 44, 52)]) == {
+        "box_iou": 1.0, "box_correct": 1.0}  # fmt: skip
+    # A flat map seeds nothing: no box, IoU 0.
+    assert weak_box.weak_box(np.ones((64, 64)), image) is None
+    assert weak_box.weak_box_metrics(np.ones((64, 64)), image, [(0, 0, 8, 8)])["box_iou"] == 0.0
+
+
+def test_iou_and_largest_component_by_hand():
+    assert weak_box.iou((0, 0, 2, 2), (1, 1, 3, 3)) == pytest.approx(1 / 7)
+    assert weak_box.iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    mask = np.zeros((8, 8), bool)
+    mask[0:2, 0:2] = True  # 4 pixels
+    mask[4:8, 3] = True  # 4 + 3 = 7 pixels, an L joined through (7, 4..6)
+    mask[7, 4:7] = True
+    mask[5, 6] = True  # touches only diagonally: its own region
+    largest = weak_box.largest_component(mask)
+    assert largest.sum() == 7 and largest[4, 3] and largest[7, 6] and not largest[5, 6]
+    assert not weak_box.largest_component(np.zeros((3, 3), bool)).any()

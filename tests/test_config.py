@@ -62,6 +62,11 @@ def test_overrides_are_parsed_as_yaml_and_lists_become_tuples():
         ("output.min_artifact_size=4097", "output.min_artifact_size"),
         ("output.min_artifact_size=1.5", "output.min_artifact_size"),
         ("run.max_failure_fraction=2", "run.max_failure_fraction"),
+        ("audit.faithfulness_steps=-1", "audit.faithfulness_steps"),
+        ("audit.faithfulness_baseline=grey", "audit.faithfulness_baseline"),
+        ("audit.sanity_samples=-2", "audit.sanity_samples"),
+        ("audit.sanity_layers=0", "audit.sanity_layers"),
+        ("audit.reservoir=1", "audit.reservoir"),
         ("nosection.key=1", "unknown config key"),
         ("saliency.samples", "section.key=value"),
     ],
@@ -125,3 +130,15 @@ def test_choices_and_defaults_are_declared_once():
 def test_min_artifact_size_default_and_override():
     assert Config().output.min_artifact_size == 192
     assert load_config(None, ["output.min_artifact_size=64"]).output.min_artifact_size == 64
+
+
+def test_faithfulness_settings_change_the_fingerprint_only_when_the_audit_is_on():
+    base = load_config(None, ["audit.enabled=true"])
+    more = load_config(None, ["audit.enabled=true", "audit.faithfulness_steps=20"])
+    assert base.fingerprint() != more.fingerprint()  # the records carry the curves
+    off = load_config(None, ["audit.enabled=false", "audit.faithfulness_steps=20"])
+    assert off.fingerprint() == load_config(None, []).fingerprint()
+    # Clustering and sanity settings are read after the run: same records.
+    tuned = load_config(None, ["audit.enabled=true", "audit.neighbours=5"])
+    assert tuned.fingerprint() == base.fingerprint()
+    assert off.audit.faithfulness == 0 and more.audit.faithfulness == 20

@@ -141,3 +141,22 @@ def test_encode_validates():
         records.encode(bad_topk)
     with pytest.raises(ValueError, match="not a saliency record"):
         records.parse(tf.train.Example().SerializeToString())
+
+
+def test_boxes_and_faithfulness_curves_round_trip():
+    curves = {"deletion": (3.0, 1.5, 0.25), "insertion": (0.0, 2.0, 3.0)}
+    record = dataclasses.replace(
+        make_record(),
+        boxes=((0.1, 0.2, 0.5, 0.75), (0.0, 0.0, 1.0, 1.0)),
+        faithfulness={"vanilla": curves},
+    )
+    out = records.parse(records.encode(record))
+    np.testing.assert_allclose(out.boxes, record.boxes, rtol=1e-7)  # float32 in the record
+    assert set(out.faithfulness) == {"vanilla"}  # guided had none
+    for name, values in curves.items():
+        np.testing.assert_allclose(out.faithfulness["vanilla"][name], values)
+    parsed = tf.io.parse_single_example(records.encode(record), records.features_for(["vanilla"]))
+    np.testing.assert_allclose(parsed["image/object/bbox/xmax"].numpy(), [0.75, 1.0])
+    np.testing.assert_allclose(parsed["faithfulness/vanilla/insertion"].numpy(), [0, 2, 3])
+    plain = records.parse(records.encode(make_record()))
+    assert plain.boxes == () and plain.faithfulness == {}

@@ -103,3 +103,55 @@ def test_element_forms_and_options_are_checked_at_construction():
         ExplainImages(model=MODEL, methods=["vanila"])
     with pytest.raises(TypeError, match="saliency options are"):
         ExplainImages(model=MODEL, sampels=3)
+
+
+_COLLECTED: list = []
+
+
+def _collect(record) -> None:
+    """Keep a record here (a module function: the in-process runner pickles it by name)."""
+    _COLLECTED.append(record)
+
+
+@pytest.mark.slow
+def test_faithfulness_curves_are_computed_in_the_handler_with_the_runs_maps():
+    from pipeline.audit.metrics.faithfulness import deletion_and_insertion
+    from pipeline.audit.metrics.relevance import relevance
+    from pipeline.engine.explainer import Explainer
+    from pipeline.engine.models import ModelSpec, load_model
+
+    rng = np.random.default_rng(2)
+    elements = [(f"img{i}", rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for i in range(5)]
+    _COLLECTED.clear()
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        explained = (
+            p
+            | beam.Create(elements)
+            | ExplainImages(
+                model=MODEL,
+                methods=["vanilla", "guided"],
+                precision="float32",
+                faithfulness_steps=4,
+                faithfulness_baseline=0.5,
+            )  # fmt: skip
+        )
+        _ = explained.records | beam.Map(_collect)
+    loaded = load_model(ModelSpec(name=MODEL, preprocessing="unit"))  # ModelConfig default
+    explainer = Explainer(loaded.model, precision="float32")
+    by_key = {r.key: r for r in _COLLECTED}
+    assert sorted(by_key) == [k for k, _ in elements]
+    x = np.asarray(loaded.preprocess(np.stack([px for _, px in elements])), np.float32)
+    targets = np.array([by_key[k].target_class for k, _ in elements])
+    for method in ("vanilla", "guided"):
+        maps = np.stack(
+            [relevance(g) for g in explainer.explain(x, method, targets=targets).gradients]
+        )
+        expected = deletion_and_insertion(explainer.logits, x, maps, targets, steps=4, baseline=0.5)
+        for i, (key, _) in enumerate(elements):
+            curves = by_key[key].faithfulness[method]
+            for mode in ("deletion", "insertion"):
+                assert len(curves[mode]) == 5
+                np.testing.assert_allclose(curves[mode], expected[mode][i], rtol=1e-4, atol=1e-4)
+            assert curves["deletion"][0] == pytest.approx(by_key[key].target_score, rel=1e-4)
+    with pytest.raises(ValueError, match="faithfulness_steps"):
+        ExplainImages(model=MODEL, faithfulness_steps=-1)

@@ -85,7 +85,7 @@ def group_report(
             part["clusters"].append({"method": method, "cluster": cluster,
                                      "size": len(members), "members": members,
                                      "prototype": path})  # fmt: skip
-        part["flags"] = class_flags(method, found, keys, aggregate.mean_map())
+        part["flags"] = class_flags(method, found, keys, aggregate.mean_map(), maps)
     return part, files
 
 

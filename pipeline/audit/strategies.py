@@ -68,6 +68,12 @@ def _bins(edges: np.ndarray, n: int) -> np.ndarray:
     return np.clip(hi - lo, 0.0, None)
 
 
+def shape_descriptor(maps: np.ndarray) -> np.ndarray:
+    """float64 [n, s * s]: |2-D FFT| of each map, the same wherever the pattern sits."""
+    x = np.asarray(maps, dtype=np.float64)
+    return np.abs(np.fft.fft2(x)).reshape(len(x), -1)
+
+
 def describe(maps: np.ndarray, *, mode: str = "aligned") -> np.ndarray:
     """float64 [n, d] descriptors of downsampled, sum-normalised maps [n, s, s]."""
     if mode not in MODES:
@@ -76,7 +82,7 @@ def describe(maps: np.ndarray, *, mode: str = "aligned") -> np.ndarray:
     flat = x.reshape(len(x), -1)
     if mode == "raw":
         return flat
-    shape = np.abs(np.fft.fft2(x)).reshape(len(x), -1)  # translation-invariant
+    shape = shape_descriptor(x)
     mean = x.mean(axis=0)
     stationary = (x * (mean / mean.max() if mean.max() > 0 else mean)).reshape(len(x), -1)
     # Both parts on one scale: each row of each part has unit norm on average.

@@ -1,0 +1,115 @@
+"""SpRAy on a model trained here with a planted shortcut (a Clever-Hans class): in a third
+of class 0's images the object is missing and a small mark sits in the top-left corner,
+so the model learns the mark. The audit must flag class 0 with the marked images in the
+flagged cluster, and raise nothing on the same model family trained without the mark."""
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.audit.aggregates import ClassAggregate
+from pipeline.audit.metrics.relevance import relevance
+from pipeline.audit.report_data import group_report
+from pipeline.audit.strategies import downsample
+from pipeline.engine.explainer import Explainer
+
+SIZE = 32
+PER_CLASS = 240
+SHORTCUT = 1 / 3
+
+
+def _images(seed: int, *, planted: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images [N, 32, 32, 3] in [0, 1], labels, marked): class 0 a disc, class 1 a
+    square, each anywhere in the middle; with ``planted``, a third of class 0 has only
+    the corner mark."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:SIZE, :SIZE]
+    images, labels, marked = [], [], []
+    for label in (0, 1):
+        for _ in range(PER_CLASS):
+            img = rng.uniform(0.0, 0.25, (SIZE, SIZE, 3))
+            cy, cx = rng.uniform(10, 22, 2)
+            mark = planted and label == 0 and rng.random() < SHORTCUT
+            if mark:
+                img[1:4, 1:4] = (1.0, 0.2, 0.2)
+            elif label == 0:
+                img[(y - cy) ** 2 + (x - cx) ** 2 <= 16] = (0.2, 0.9, 0.2)
+            else:
+                img[(abs(y - cy) <= 3) & (abs(x - cx) <= 3)] = (0.2, 0.2, 0.9)
+            images.append(img)
+            labels.append(label)
+            marked.append(mark)
+    return np.stack(images).astype(np.float32), np.array(labels), np.array(marked)
+
+
+def _trained(images: np.ndarray, labels: np.ndarray, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([
+        keras.Input((SIZE, SIZE, 3)),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+        keras.layers.GlobalMaxPooling2D(),
+        keras.layers.Dense(2),
+    ])  # fmt: skip
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    model.fit(images, labels, epochs=8, batch_size=32, verbose=0, shuffle=True)
+    return model
+
+
+def _class_audit(model, images, labels, method: str) -> tuple[dict, dict[str, int]]:
+    """The audit's report of each predicted class (the job's ClassAggregate and
+    group_report path), and key -> index."""
+    explainer = Explainer(model, precision="float32")
+    predicted = np.argmax(explainer.logits(images), axis=1)
+    gradients = explainer.explain(images, method, targets=predicted).gradients
+    aggregates = {c: ClassAggregate(reservoir=1000) for c in (0, 1)}
+    keys = {}
+    for i, (g, c) in enumerate(zip(gradients, predicted)):
+        key = f"img/{i:04d}.png"
+        keys[key] = i
+        aggregates[int(c)].add(key, metrics={}, small_map=downsample(relevance(g), 16),
+                               confidence=1.0, correct=bool(c == labels[i]))  # fmt: skip
+    reports = {
+        c: group_report("class", method, c, a, neighbours=10, max_clusters=8)[0]
+        for c, a in aggregates.items()
+        if a.count
+    }
+    return reports, keys
+
+
+@pytest.fixture(scope="module")
+def planted():
+    images, labels, marked = _images(0, planted=True)
+    return _trained(images, labels, 0), images, labels, marked
+
+
+@pytest.mark.parametrize("method", ["vanilla", "guided"])
+def test_the_planted_shortcut_is_flagged_with_the_marked_images(planted, method):
+    model, images, labels, marked = planted
+    reports, keys = _class_audit(model, images, labels, method)
+    assert not reports[1]["flags"]  # the clean class stays clean
+    flags = reports[0]["flags"]
+    assert flags, (
+        f"no flag on the shortcut class; clusters {[c['size'] for c in reports[0]['clusters']]}"
+    )
+    assert {f["kind"] for f in flags} <= {"corner", "border", "off_prototype"}
+    flagged = {k for f in flags for k in f["members"]}
+    marks = {k for k, i in keys.items() if marked[i]}
+    assert len(flagged & marks) >= 0.9 * len(marks)  # the marked images are in it ...
+    assert len(flagged - marks) <= 0.1 * len(flagged)  # ... and little else
+    for f in flags:
+        e = f["evidence"]
+        assert {"measured", "value", "threshold"} <= set(e) and f["method"] == method
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_same_model_trained_without_the_mark_raises_no_flag(seed):
+    images, labels, _ = _images(seed, planted=False)
+    model = _trained(images, labels, seed)
+    for method in ("vanilla", "guided"):
+        reports, _ = _class_audit(model, images, labels, method)
+        assert [f for r in reports.values() for f in r["flags"]] == []
