@@ -1,7 +1,7 @@
 """Synthetic classes of saliency maps for the audit's strategy and flag tests: attention on
 an object that sits anywhere in the middle half; in a ``shortcut`` fraction of the maps, on
-a fixed mark (the top-left corner by default) instead (the object faint); with ``border``, on a frame
-around every image."""
+a fixed mark (the top-left corner by default) instead, the object faint; with ``border``,
+on a frame around every image."""
 
 import numpy as np
 

@@ -100,7 +100,8 @@ def test_errors_are_grouped_and_masks_replace_boxes(default_run, tmp_path):
     sidecar.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = {(r["key"], r["method"]): r for r in read_jsonl(str(out / "audit/rows.jsonl"))}
     proc = _cli("audit", "--config", "configs/local.yaml", "--set", f"output.dir={out}",
-                "--set", f"audit.annotations={sidecar}", "--set", "audit.sanity_samples=0")  # fmt: skip
+                "--set", f"audit.annotations={sidecar}",
+                "--set", "audit.sanity_samples=0")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     audit = json.loads((out / "audit" / "audit.json").read_text())
     wrong = {f"{r['label']}-{(r['label'] - 1) % 5}" for r in wrong_rows}
