@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from _audit_data import synthetic_class
 
+from pipeline.audit import spectral
 from pipeline.audit import strategies as S
 
 
@@ -29,7 +30,7 @@ def test_downsample_is_an_area_average_normalised_to_one():
 
 def test_the_knn_graph_is_symmetric_and_components_set_k():
     features = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]])
-    graph = S.knn_graph(features, 2)
+    graph = spectral.knn_graph(features, 2)
     np.testing.assert_array_equal(graph, graph.T)
     assert graph[:3, 3:].sum() == 0  # two components
     maps = np.stack([np.eye(4)] * 3 + [np.ones((4, 4)) / 16] * 3) / 4
@@ -56,3 +57,28 @@ def test_published_spray_groups_by_where_the_object_sits():
     maps, planted = _class_maps(0, shortcut=0.3)
     raw = S.discover(maps, mode="raw")
     assert raw.k > 2 and _rand_index(raw.labels, planted) < 0.9
+
+
+def test_the_sparse_eigensolver_equals_the_dense_one():
+    _, maps, _ = synthetic_class(1, n=600)
+    features = S.describe(maps)
+    dense_values, dense_vectors = spectral.dense_eigen(spectral.knn_graph(features, 10), 9)
+    rows, cols = spectral.knn_edges(features, 10)
+    values, vectors = spectral.sparse_eigen(rows, cols, 600, 9)
+    np.testing.assert_allclose(values, dense_values, atol=1e-9)
+    overlap = np.linalg.svd(dense_vectors.T @ vectors, compute_uv=False)
+    np.testing.assert_allclose(overlap, 1.0, atol=1e-6)  # the same eigenspace
+    # A graph in pieces: the null space is the components' (degree-weighted) indicators.
+    rows, cols = np.array([0, 1, 2, 3, 3, 4]), np.array([1, 0, 3, 2, 4, 3])
+    assert spectral.components(rows, cols, 5).tolist() == [0, 0, 1, 1, 1]
+    values, vectors = spectral.sparse_eigen(rows, cols, 5, 3)
+    assert values.tolist() == [0.0, 0.0]
+    assert (vectors[:2, 0] == 0).all() and (vectors[2:, 0] > 0).all()  # larger piece first
+
+
+def test_ten_thousand_maps_go_through_the_sparse_path_and_find_the_mark():
+    _, maps, planted = synthetic_class(2, shortcut=0.3, n=10_000)
+    assert len(maps) > spectral.DENSE_LIMIT
+    found = S.discover(maps)
+    assert found.k == 2
+    np.testing.assert_array_equal(found.labels == 1, planted)  # the marked maps, exactly

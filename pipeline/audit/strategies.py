@@ -21,8 +21,8 @@ number of connected components when the graph falls apart into several (each str
 own component, as the aligned descriptor gives for a planted shortcut), else at the largest
 gap among the first ``max_clusters`` (published SpRAy's eigengap), k-means
 (k-means++ seeding, fixed seed) on the row-normalised first k eigenvectors. Prototypes are
-the members' mean maps. numpy only; a class of n maps costs O(n^2) memory for the graph,
-so callers cap n (a per-class reservoir).
+the members' mean maps. numpy only (audit/spectral.py: dense up to 2,000 maps, sparse
+edge lists and Lanczos beyond); callers still cap n with a per-class reservoir.
 """
 
 import dataclasses
@@ -30,12 +30,12 @@ import dataclasses
 import numpy as np
 
 from pipeline.audit.metrics.relevance import check_map
+from pipeline.audit.spectral import COMPONENT_EIGENVALUE, laplacian_eigen
 
 MODES = ("aligned", "raw")
 DEFAULT_SIZE = 16  # maps are compared at 16 x 16
 DEFAULT_NEIGHBOURS = 10
 DEFAULT_MAX_CLUSTERS = 8
-COMPONENT_EIGENVALUE = 1e-6  # Laplacian eigenvalues below this count connected components
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,27 +90,6 @@ def describe(maps: np.ndarray, *, mode: str = "aligned") -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def knn_graph(features: np.ndarray, neighbours: int) -> np.ndarray:
-    """Symmetric binary kNN adjacency [n, n] (no self loops)."""
-    n = len(features)
-    sq = (features**2).sum(axis=1)
-    dist = sq[:, None] + sq[None, :] - 2.0 * features @ features.T
-    np.fill_diagonal(dist, np.inf)
-    k = max(1, min(neighbours, n - 1))
-    nearest = np.argpartition(dist, k - 1, axis=1)[:, :k]
-    graph = np.zeros((n, n))
-    graph[np.repeat(np.arange(n), k), nearest.ravel()] = 1.0
-    return np.maximum(graph, graph.T)
-
-
-def _laplacian_eigen(graph: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-    degree = graph.sum(axis=1)
-    inv = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
-    laplacian = np.eye(len(graph)) - inv[:, None] * graph * inv[None, :]
-    values, vectors = np.linalg.eigh(laplacian)
-    return values[:count], vectors[:, :count]
-
-
 def _kmeans(points: np.ndarray, k: int, seed: int, rounds: int = 50) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centres = [points[rng.integers(len(points))]]
@@ -145,9 +124,8 @@ def discover(
     n = len(x)
     if x.ndim != 3 or n < 2:
         raise ValueError(f"maps: got shape {x.shape}; at least two [s, s] maps are required.")
-    graph = knn_graph(describe(x, mode=mode), neighbours)
     count = min(max_clusters + 1, n)
-    values, vectors = _laplacian_eigen(graph, count)
+    values, vectors = laplacian_eigen(describe(x, mode=mode), neighbours, count, seed)
     gaps = np.diff(values)
     components = int((values < COMPONENT_EIGENVALUE).sum())
     if components > 1:  # the graph falls apart: one cluster per connected component
@@ -170,7 +148,7 @@ def discover(
         labels=labels,
         k=k,
         eigenvalues=values,
-        eigengap=float(gaps[k - 1]),
+        eigengap=float(gaps[k - 1]) if k - 1 < len(gaps) else 0.0,
         prototypes=prototypes,
         sizes=tuple(int((labels == j).sum()) for j in range(k)),
     )
