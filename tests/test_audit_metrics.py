@@ -163,10 +163,22 @@ def test_deletion_and_insertion_in_groups_equal_the_curves():
     x = rng.uniform(0.5, 1.0, (7, 3, 3, 2))
     maps = np.stack([relevance(w * xi) for xi in x])
     predict = _linear_model(w)
-    both = faithfulness.deletion_and_insertion(predict, x, maps, [0] * 7, steps=3, chunk=2)
+    calls = []
+
+    def counted(batch):
+        calls.append(len(batch))
+        return predict(batch)
+
+    both = faithfulness.deletion_and_insertion(counted, x, maps, [0] * 7, steps=3, chunk=2)
+    # The ends once (7 images + the baseline image), then steps 1..2 of each mode.
+    assert sum(calls) == 7 + 1 + 7 * 2 * 2
     for mode in ("deletion", "insertion"):
         alone = faithfulness.curves(predict, x, maps, [0] * 7, mode=mode, steps=3)
-        np.testing.assert_array_equal(both[mode], alone)
+        np.testing.assert_allclose(both[mode], alone, rtol=1e-12)
+    one_step = faithfulness.deletion_and_insertion(predict, x, maps, [0] * 7, steps=1)
+    np.testing.assert_allclose(
+        one_step["deletion"], faithfulness.curves(predict, x, maps, [0] * 7, mode="deletion",
+                                                  steps=1), rtol=1e-12)  # fmt: skip
 
 
 def _scene(rng):
@@ -203,3 +215,16 @@ def test_iou_and_largest_component_by_hand():
     largest = weak_box.largest_component(mask)
     assert largest.sum() == 7 and largest[4, 3] and largest[7, 6] and not largest[5, 6]
     assert not weak_box.largest_component(np.zeros((3, 3), bool)).any()
+
+
+def test_pixel_order_breaks_ties_in_row_major_order_fast_path_or_not():
+    rng = np.random.default_rng(4)
+    distinct = rng.uniform(size=(6, 7))
+    np.testing.assert_array_equal(
+        faithfulness.pixel_order(distinct), np.argsort(-distinct.ravel(), kind="stable")
+    )
+    tied = np.round(rng.uniform(size=(6, 7)), 1)  # many equal values, and zeros
+    np.testing.assert_array_equal(
+        faithfulness.pixel_order(tied), np.argsort(-tied.ravel(), kind="stable")
+    )
+    assert faithfulness.pixel_order(np.zeros((2, 3))).tolist() == [0, 1, 2, 3, 4, 5]

@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.audit.metrics.faithfulness import deletion_and_insertion
+from pipeline.audit.metrics.faithfulness import deletion_and_insertion, end_scores
 from pipeline.audit.metrics.relevance import relevance
 from pipeline.beam.progress import REPORTER, Counters, report
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
@@ -309,12 +309,14 @@ def _curves(engine: Engine, x: np.ndarray, targets: np.ndarray, per_method: dict
     """method -> {"deletion", "insertion"}: [n, steps + 1] target logits, every method's
     perturbed images through the same compiled logits function as the run's."""
     f = engine.faithfulness
+    predict = engine.explainer.logits
+    ends = end_scores(predict, x, f.baseline)  # the images and the baseline: once for all
     out = {}
     for method, e in per_method.items():
         maps = np.stack([relevance(g) for g in e.gradients])  # non-finite counts as 0
         out[method] = deletion_and_insertion(
-            engine.explainer.logits, x, maps, targets, steps=f.steps, baseline=f.baseline,
-            chunk=engine.explainer.batch_size,
+            predict, x, maps, targets, steps=f.steps, baseline=f.baseline,
+            chunk=engine.explainer.batch_size, ends=ends,
         )  # fmt: skip
     return out
 
