@@ -291,6 +291,9 @@ class AuditConfig:
     # Deletion / insertion curves, computed in the model handler during the run (0: off).
     faithfulness_steps: int = 10
     faithfulness_baseline: float = 0.0  # the removed pixels' value, in the model's input space
+    # Of the records (chosen by key hash, the same on every rerun): the curves cost
+    # 2 * (steps - 1) forward passes per method and image.
+    faithfulness_fraction: float = 0.25
     sanity_samples: int = 16  # images in the cascading-randomisation check (0: off)
     sanity_layers: int = 3  # top layers randomised, one more per step
 
@@ -306,6 +309,8 @@ class AuditConfig:
         check_number(
             "audit.faithfulness_baseline", self.faithfulness_baseline, minimum=-1e6, maximum=1e6
         )
+        check_number("audit.faithfulness_fraction", self.faithfulness_fraction, minimum=0.0,
+                     maximum=1.0)  # fmt: skip
         check_int("audit.sanity_samples", self.sanity_samples, minimum=0, maximum=10_000)
         check_int("audit.sanity_layers", self.sanity_layers, minimum=1, maximum=1000)
 
@@ -340,7 +345,10 @@ class Config:
         # curves the handler adds when it is on.
         audit = data.pop("audit")
         if self.audit.faithfulness:
-            data["faithfulness"] = [audit["faithfulness_steps"], audit["faithfulness_baseline"]]
+            data["faithfulness"] = [
+                audit[k] for k in ("faithfulness_steps", "faithfulness_baseline",
+                                   "faithfulness_fraction")
+            ]  # fmt: skip
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     @property

@@ -39,3 +39,27 @@ def test_cascading_randomisation_separates_gradients_from_guided_backprop():
     assert all(g > v + 0.1 for g, v in zip(c["guided"], c["vanilla"]))
     assert c["vanilla"][-1] < c["vanilla"][0]  # falls as more of the model goes
     assert result.caveat == CAVEAT and "Binder et al. 2023" in CAVEAT
+
+
+def test_sync_copies_carries_in_place_weight_changes_into_the_guided_clone():
+    import keras
+
+    from pipeline.engine.explainer import Explainer
+
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.Flatten(), keras.layers.Dense(3)])  # fmt: skip
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 3)).astype(np.float32)
+    explainer = Explainer(model, fold=False)
+    before = explainer.explain(x, "guided", targets=[0, 1]).gradients
+    conv = model.layers[0]
+    conv.kernel.assign(np.asarray(conv.kernel) * -2.0)
+    stale = explainer.explain(x, "guided", targets=[0, 1]).gradients
+    np.testing.assert_array_equal(stale, before)  # the guided clone holds copies ...
+    explainer.sync_copies()
+    synced = explainer.explain(x, "guided", targets=[0, 1]).gradients
+    fresh = Explainer(model, fold=False).explain(x, "guided", targets=[0, 1]).gradients
+    np.testing.assert_allclose(synced, fresh, rtol=1e-6, atol=1e-7)  # ... until synced
+    assert not np.allclose(synced, before)
+    with pytest.raises(TypeError, match="fold"):
+        Explainer(model, fold="no")

@@ -66,6 +66,7 @@ def test_overrides_are_parsed_as_yaml_and_lists_become_tuples():
         ("audit.faithfulness_baseline=grey", "audit.faithfulness_baseline"),
         ("audit.sanity_samples=-2", "audit.sanity_samples"),
         ("audit.sanity_layers=0", "audit.sanity_layers"),
+        ("audit.faithfulness_fraction=2", "audit.faithfulness_fraction"),
         ("audit.reservoir=1", "audit.reservoir"),
         ("nosection.key=1", "unknown config key"),
         ("saliency.samples", "section.key=value"),

@@ -155,3 +155,18 @@ def test_faithfulness_curves_are_computed_in_the_handler_with_the_runs_maps():
             assert curves["deletion"][0] == pytest.approx(by_key[key].target_score, rel=1e-4)
     with pytest.raises(ValueError, match="faithfulness_steps"):
         ExplainImages(model=MODEL, faithfulness_steps=-1)
+
+
+def test_faithfulness_fraction_chooses_records_by_key_hash():
+    from pipeline.audit.aggregates import key_priority
+    from pipeline.beam.handler import Faithfulness
+
+    keys = [f"img/{i}.png" for i in range(400)]
+    half = Faithfulness(steps=4, baseline=0.0, fraction=0.5)
+    chosen = [k for k in keys if half.chosen(k)]
+    assert chosen == [k for k in keys if key_priority(k) / 2.0**64 < 0.5]
+    assert 160 < len(chosen) < 240  # about half, and the same on every rerun
+    assert all(Faithfulness(steps=4, baseline=0.0).chosen(k) for k in keys)
+    assert not any(Faithfulness(steps=4, baseline=0.0, fraction=0.0).chosen(k) for k in keys)
+    with pytest.raises(ValueError, match="faithfulness_fraction"):
+        ExplainImages(model=MODEL, faithfulness_steps=4, faithfulness_fraction=1.5)

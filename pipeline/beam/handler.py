@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from pipeline.audit.aggregates import key_priority
 from pipeline.audit.metrics.faithfulness import deletion_and_insertion, end_scores
 from pipeline.audit.metrics.relevance import relevance
 from pipeline.beam.progress import REPORTER, Counters, report
@@ -41,6 +42,11 @@ class Faithfulness:
 
     steps: int
     baseline: float
+    fraction: float = 1.0  # of the records, chosen by key hash (the same on every rerun)
+
+    def chosen(self, key: str) -> bool:
+        """Whether this record's curves are computed."""
+        return self.fraction >= 1.0 or key_priority(key) < self.fraction * 2.0**64
 
 
 @dataclasses.dataclass
@@ -262,7 +268,10 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
     rows, targets = resolve_targets(logits, s.target, labels=labels, classes=classes, k=s.top_k)
     per_method = {m: engine.explainer.explain(x[rows], m, targets=targets) for m in s.methods}
     bad = _non_finite(logits, rows, per_method)
-    curves = _curves(engine, x[rows], targets, per_method) if engine.faithfulness else {}
+    f = engine.faithfulness
+    chosen = [j for j, row in enumerate(rows.tolist()) if f and f.chosen(items[row].key)]
+    curves = _curves(engine, x[rows[chosen]], targets[chosen], per_method, chosen)
+    place = {j: i for i, j in enumerate(chosen)}  # row of the batch -> row of the curves
     records: list[SaliencyRecord | Failure] = [
         _numerics_failure(items[row], what) for row, what in sorted(bad.items())
     ]
@@ -297,23 +306,29 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
                 original_width=item.original_width,
                 boxes=item.boxes,
                 faithfulness={
-                    m: {mode: tuple(float(v) for v in c[j]) for mode, c in by_mode.items()}
+                    m: {mode: tuple(float(v) for v in c[place[j]]) for mode, c in by_mode.items()}
                     for m, by_mode in curves.items()
-                },
+                }
+                if j in place
+                else {},
             )
         )
     return records
 
 
-def _curves(engine: Engine, x: np.ndarray, targets: np.ndarray, per_method: dict) -> dict:
-    """method -> {"deletion", "insertion"}: [n, steps + 1] target logits, every method's
-    perturbed images through the same compiled logits function as the run's."""
+def _curves(
+    engine: Engine, x: np.ndarray, targets: np.ndarray, per_method: dict, chosen: list[int]
+) -> dict:
+    """method -> {"deletion", "insertion"}: [n, steps + 1] target logits for the ``chosen``
+    rows, every method's perturbed images through the run's compiled logits function."""
     f = engine.faithfulness
+    if not chosen:
+        return {}
     predict = engine.explainer.logits
     ends = end_scores(predict, x, f.baseline)  # the images and the baseline: once for all
     out = {}
     for method, e in per_method.items():
-        maps = np.stack([relevance(g) for g in e.gradients])  # non-finite counts as 0
+        maps = np.stack([relevance(e.gradients[j]) for j in chosen])  # non-finite: 0
         out[method] = deletion_and_insertion(
             predict, x, maps, targets, steps=f.steps, baseline=f.baseline,
             chunk=engine.explainer.batch_size, ends=ends,

@@ -192,6 +192,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
         progress_every=config.run.progress_every,
         faithfulness_steps=config.audit.faithfulness,
         faithfulness_baseline=config.audit.faithfulness_baseline,
+        faithfulness_fraction=config.audit.faithfulness_fraction,
     )
     records = explained.records
     failures = (read.failures, explained.failures) | "AllFailures" >> beam.Flatten()

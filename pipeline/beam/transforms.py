@@ -107,7 +107,8 @@ class ExplainImages(beam.PTransform):
     The model is loaded once here (fail fast, and its input size sizes the decoder) and
     once per worker process. ``faithfulness_steps`` > 0 adds each method's deletion /
     insertion curves (that many steps towards ``faithfulness_baseline``, in the model's
-    input space) to every record, computed with the model in the handler.
+    input space) to ``faithfulness_fraction`` of the records (by key hash), computed with
+    the model in the handler.
     """
 
     def __init__(
@@ -123,6 +124,7 @@ class ExplainImages(beam.PTransform):
         progress_every: int = 0,
         faithfulness_steps: int = 0,
         faithfulness_baseline: float = 0.0,
+        faithfulness_fraction: float = 1.0,
         **saliency_options: Any,
     ) -> None:
         super().__init__()
@@ -154,6 +156,7 @@ class ExplainImages(beam.PTransform):
         )
         check_int("faithfulness_steps", faithfulness_steps, minimum=0, maximum=1000)
         check_number("faithfulness_baseline", faithfulness_baseline, minimum=-1e6, maximum=1e6)
+        check_number("faithfulness_fraction", faithfulness_fraction, minimum=0.0, maximum=1.0)
         self._handler = SaliencyModelHandler(
             model=model,
             saliency=saliency,
@@ -161,7 +164,11 @@ class ExplainImages(beam.PTransform):
             run_id=run_id,
             progress_every=progress_every,
             faithfulness=(
-                Faithfulness(steps=faithfulness_steps, baseline=float(faithfulness_baseline))
+                Faithfulness(
+                    steps=faithfulness_steps,
+                    baseline=float(faithfulness_baseline),
+                    fraction=float(faithfulness_fraction),
+                )
                 if faithfulness_steps
                 else None
             ),

@@ -50,7 +50,7 @@ from pipeline.engine.checks import (
     check_noise,
 )
 from pipeline.engine.folding import FoldReport, fold_checked
-from pipeline.engine.graph import model_inputs
+from pipeline.engine.graph import copy_state, model_inputs
 from pipeline.engine.guided import GuidedReport, guided_model
 from pipeline.engine.heads import float32_output, logits_model
 from pipeline.engine.methods.gradient import gradient
@@ -132,8 +132,12 @@ class Explainer:
         ig_baseline: str | float | np.ndarray = DEFAULT_IG_BASELINE,
         pad_to: int | None = None,
         xla: bool = False,
+        fold: bool = True,
     ) -> None:
         base, self.softmax_stripped = _logits_base(model)
+        if not isinstance(fold, bool):
+            raise TypeError(f"fold: got {fold!r}; True or False is required.")
+        self.fold = fold
         self.samples = check_int("samples", samples, 1)
         self.noise = check_noise(noise)
         self.seed = check_int("seed", seed, 0)
@@ -182,7 +186,11 @@ class Explainer:
                 unfolded = self._base
                 if guided:
                     unfolded, self._guided_report = guided_model(self._base)
-                self._models[key], self._folds[guided] = fold_checked(unfolded)
+                self._models[key], self._folds[guided] = (
+                    fold_checked(unfolded)
+                    if self.fold
+                    else (unfolded, FoldReport(False, 0, None, "fold off (fold=False)"))
+                )
                 _LOG.debug("%s: %s", "guided" if guided else "plain", self._folds[guided])
             else:
                 base = self._variant(guided=guided, precision="float32")
@@ -190,6 +198,22 @@ class Explainer:
             if self._models[key] is not self._base:  # a clone: copied weights
                 self._copied = list(self._source_weights)
         return self._models[key]
+
+    def sync_copies(self) -> None:
+        """After the model's weights were changed in place, copy them into every variant
+        that holds copies (guided and cast clones), keeping the compiled functions: no
+        new trace. A folded variant cannot follow (its weights are derived): build the
+        Explainer with ``fold=False`` to use this."""
+        for (guided, _), model in self._models.items():
+            if model is self._base:
+                continue
+            if self._folds.get(guided) is not None and self._folds[guided].folded:
+                raise ValueError(
+                    "sync_copies: the "
+                    + ("guided" if guided else "plain")
+                    + " variant is BatchNorm-folded; build this Explainer with fold=False."
+                )
+            copy_state(self._base, model)
 
     def copied_weights(self) -> list:
         """The caller's variables that a built variant holds copies of ([] while every

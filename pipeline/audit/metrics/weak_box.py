@@ -38,17 +38,11 @@ def _log_likelihood(bins: np.ndarray, seeds: np.ndarray, size: int) -> np.ndarra
     return np.log(counts / counts.sum())[bins]
 
 
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """a moved by (dy, dx), edges padded with zeros."""
-    out = np.zeros_like(a)
-    h, w = a.shape[:2]
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = a[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
-
-
-_NEIGHBOURS = ((1, 0), (-1, 0), (0, 1), (0, -1))
+def _neighbours(a: np.ndarray, fill: float = 0.0) -> list[np.ndarray]:
+    """a's value at each pixel's (up, down, left, right) neighbour; ``fill`` off the edge."""
+    p = np.full((a.shape[0] + 2, a.shape[1] + 2, *a.shape[2:]), fill, dtype=a.dtype)
+    p[1:-1, 1:-1] = a
+    return [p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
 
 
 def segment(m: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -67,46 +61,72 @@ def segment(m: np.ndarray, image: np.ndarray) -> np.ndarray:
     size = LEVELS ** image.shape[2]
     unary = _log_likelihood(bins, fg, size) - _log_likelihood(bins, bg, size)  # > 0: object
     colour = image.astype(np.float64)
-    diffs = [((colour - _shift(colour, dy, dx)) ** 2).sum(-1) for dy, dx in _NEIGHBOURS]
-    valid = [_shift(np.ones(a.shape), dy, dx) > 0 for dy, dx in _NEIGHBOURS]
+    valid = _neighbours(np.ones(a.shape, bool), fill=False)
+    diffs = [((colour - n) ** 2).sum(-1) for n in _neighbours(colour)]
     mean_sq = np.mean(np.concatenate([d[v] for d, v in zip(diffs, valid)])) or 1.0
     weights = [GAMMA * np.exp(-d / (2.0 * mean_sq)) * v for d, v in zip(diffs, valid)]
     q = np.where(fg, 1.0, np.where(bg, 0.0, 1.0 / (1.0 + np.exp(-unary))))
     for _ in range(ITERATIONS):
         # Potts: each neighbour that is object pulls towards object, background away.
-        field = sum(
-            w * (2.0 * _shift(q, dy, dx) - 1.0) for w, (dy, dx) in zip(weights, _NEIGHBOURS)
-        )
+        field = sum(w * n for w, n in zip(weights, _neighbours(2.0 * q - 1.0)))
         update = 1.0 / (1.0 + np.exp(-np.clip(unary + field, -50.0, 50.0)))
         q = 0.5 * (q + update)  # damped: synchronous updates would oscillate
         q[fg], q[bg] = 1.0, 0.0
     return q > 0.5
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the largest 4-connected region of ``mask`` (ties: the first found)."""
-    mask = np.asarray(mask, bool)
-    if not mask.any():
-        return mask.copy()
+def _runs(mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """Every horizontal run of True: (row, start, stop), row by row, left to right."""
     h, w = mask.shape
-    big = h * w
-    labels = np.where(mask, np.arange(big).reshape(h, w), big)
-    while True:  # propagate the smallest index through each region, then jump pointers
-        low = labels.copy()
-        for dy, dx in _NEIGHBOURS:
-            moved = _shift(labels + 1, dy, dx) - 1  # padding becomes -1
-            low = np.where(
-                mask & (moved >= 0), np.minimum(low, np.where(moved < 0, big, moved)), low
-            )
-        flat = low.ravel()
-        inside = flat < big
-        flat[inside] = flat[flat[inside]]
-        low = flat.reshape(h, w)
-        if np.array_equal(low, labels):
-            break
-        labels = low
-    ids, counts = np.unique(labels[mask], return_counts=True)
-    return labels == ids[int(np.argmax(counts))]
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    rows, cols = np.nonzero(np.diff(padded, axis=1))
+    return list(zip(rows[::2].tolist(), cols[::2].tolist(), cols[1::2].tolist()))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the largest 4-connected region of ``mask`` (ties: the first found).
+
+    Runs of each row, joined to the overlapping runs of the row above (union-find over
+    runs: a few hundred per image, not one step per pixel)."""
+    mask = np.asarray(mask, bool)
+    out = np.zeros(mask.shape, bool)
+    runs: list[tuple[int, int, int]] = []  # (row, start, stop)
+    parent: list[int] = []
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    above: list[tuple[int, int, int]] = []  # (start, stop, run id) of the previous row
+    current: list[tuple[int, int, int]] = []
+    row = -1
+    for y, start, stop in _runs(mask):
+        if y != row:
+            above = current if y == row + 1 else []
+            current, row = [], y
+        rid = len(runs)
+        runs.append((y, start, stop))
+        parent.append(rid)
+        for a_start, a_stop, a_id in above:
+            if a_start < stop and start < a_stop:  # columns overlap: 4-connected
+                ra, rb = root(a_id), root(rid)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+        current.append((start, stop, rid))
+    if not runs:
+        return out
+    sizes: dict[int, int] = {}
+    for rid, (_, start, stop) in enumerate(runs):
+        r = root(rid)
+        sizes[r] = sizes.get(r, 0) + stop - start
+    best = max(sizes, key=lambda r: (sizes[r], -r))
+    for rid, (y, start, stop) in enumerate(runs):
+        if root(rid) == best:
+            out[y, start:stop] = True
+    return out
 
 
 def weak_box(m: np.ndarray, image: np.ndarray) -> tuple[float, float, float, float] | None:
