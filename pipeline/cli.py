@@ -27,6 +27,7 @@ EXIT_CONFIG = 2
 EXIT_TOO_MANY_FAILURES = 3
 EXIT_MODEL = 4
 EXIT_BUSY = 5
+EXIT_DRIFT = 6
 
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}  ok
@@ -37,6 +38,7 @@ EXIT_CODES = f"""exit codes:
      published)
   {EXIT_MODEL}  the model could not be loaded: nothing was read
   {EXIT_BUSY}  another run holds output.dir
+  {EXIT_DRIFT}  drift: a --fail-on rule broke (attention regressed between the audits)
 
 Every other flag passes through to Apache Beam (e.g. --runner=DataflowRunner
 --project=... --region=..., --direct_num_workers=2); unknown flags are refused."""
@@ -56,6 +58,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"saliency-pipeline {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    drift = sub.add_parser(
+        "drift",
+        help="what changed between two audits; --fail-on gates it",
+        description="Compare audit A (before) with audit B (after): each an audit.json or "
+        "an output dir holding audit/audit.json. Rules: METRIC[@METHOD]:CHANGE, e.g. "
+        "pointing:-0.05 (absolute) or energy_in_box:-10%% (relative), flags:+0.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    drift.add_argument("before", metavar="AUDIT_A")
+    drift.add_argument("after", metavar="AUDIT_B")
+    drift.add_argument("--fail-on", dest="rules", action="append", default=[], metavar="RULE")
+    drift.add_argument("--json", action="store_true", help="print the whole comparison as JSON")
+    drift.add_argument("--top", type=int, default=10, help="classes listed (default 10)")
+    for flag in ("--quiet", "--verbose"):
+        drift.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
+    drift.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
     for name, help_text in (
         ("run", "run the job (other flags go to Beam, e.g. --runner=DataflowRunner)"),
         ("validate", "check a config and print it resolved (--check: the environment too)"),
@@ -123,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, beam_args = parser.parse_known_args(argv)
     setup_logging(quiet=args.quiet, verbose=args.verbose, level=args.log_level)
+    if args.command == "drift":
+        if beam_args:
+            return _errors([f"unknown argument {beam_args[0]} for drift. See drift --help."])
+        return _drift(args)
     # The package's heavy parts load only now, after the logging and TF settings, with
     # TensorFlow's native banners kept off the terminal.
     from pipeline.config_files import load_config
@@ -215,6 +239,35 @@ def _audit(config, *, to_stdout: bool) -> int:
     else:
         _LOG.info("%s", line)
     return EXIT_OK
+
+
+def _drift(args) -> int:
+    """Compare two audits; print what changed; exit EXIT_DRIFT when a rule broke."""
+    from pipeline.audit.drift import check_rules, compare, parse_rule, summary_lines
+    from pipeline.store.files import read_json
+    from pipeline.store.layout import AUDIT_JSON, join_path
+
+    try:
+        rules = [parse_rule(text) for text in args.rules]
+    except ValueError as exc:
+        return _errors([str(exc)])
+    audits = []
+    for path in (args.before, args.after):
+        target = path if path.endswith(".json") else join_path(path.rstrip("/"), AUDIT_JSON)
+        try:
+            audits.append(read_json(target))
+        except (OSError, ValueError) as exc:
+            return _errors([f"cannot read the audit {target}: {_first_line(exc)}. Give an "
+                            "audit.json or an output dir that has audit/audit.json."])  # fmt: skip
+    drift = compare(*audits)
+    broken = check_rules(drift, rules)
+    if args.json:
+        print(json.dumps({**drift, "broken": broken}, indent=2))
+    else:
+        print("\n".join(summary_lines(drift, top=args.top)))
+    for line in broken:
+        print(f"drift: broken rule {line}", file=sys.stderr)
+    return EXIT_DRIFT if broken else EXIT_OK
 
 
 def _first_line(exc: BaseException) -> str:

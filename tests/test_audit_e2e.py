@@ -186,3 +186,33 @@ def test_annotation_sidecar_errors_name_the_line_and_the_fix():
         parse_annotations("{nope\n")
     with pytest.raises(ValueError, match="appears twice"):
         parse_annotations('{"key": "a"}\n{"key": "a"}\n')
+
+
+@pytest.mark.slow
+def test_drift_between_two_models_ranks_classes_and_gates(default_run, tmp_path):
+    import keras
+
+    from pipeline.audit.sanity import layers_top_down, randomise
+
+    model = keras.saving.load_model(ROOT / "examples/model/shapes_cnn.keras", compile=False)
+    # Model B: the same network with its last convolution re-drawn (its decisions drift).
+    conv = next(n for n in layers_top_down(model) if "conv" in n)
+    randomise(model, conv, np.random.default_rng(0))
+    model.save(tmp_path / "other.keras")
+    out_b = tmp_path / "b"
+    proc = _cli("run", "--config", "configs/local.yaml", "--set", f"output.dir={out_b}",
+                "--set", f"model.name={tmp_path / 'other.keras'}",
+                "--set", "audit.sanity_samples=0", "-q")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    out_a = default_run[0]
+    same = _cli("drift", str(out_a), str(out_a), "--fail-on", "similarity:-0.01", "--json")
+    assert same.returncode == 0, same.stderr
+    assert all(m["similarity"] == pytest.approx(1.0)
+               for c in json.loads(same.stdout)["classes"] for m in c["methods"].values())  # fmt: skip
+    drift = _cli("drift", str(out_a), str(out_b), "--fail-on", "similarity:-0.01", "--json")
+    assert drift.returncode == 6, drift.stderr
+    assert "drift: broken rule similarity:-0.01" in drift.stderr
+    report = json.loads(drift.stdout)
+    scores = [c["change_score"] for c in report["classes"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] > 0.01
+    assert report["records"] == {"before": 12, "after": 12, "change": 0, "relative": 0.0}

@@ -228,3 +228,18 @@ def test_pixel_order_breaks_ties_in_row_major_order_fast_path_or_not():
         faithfulness.pixel_order(tied), np.argsort(-tied.ravel(), kind="stable")
     )
     assert faithfulness.pixel_order(np.zeros((2, 3))).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_large_map_is_segmented_at_half_size_and_its_box_scaled_back():
+    rng = np.random.default_rng(5)
+    image = np.full((224, 224, 3), (40, 120, 40), np.uint8) + rng.integers(
+        0, 20, (224, 224, 3)
+    ).astype(np.uint8)
+    image[56:154, 70:182] = (200, 60, 50)
+    yy, xx = np.mgrid[:224, :224]
+    m = np.exp(-(((yy - 105) / 32.0) ** 2 + ((xx - 126) / 38.0) ** 2)) + rng.uniform(
+        0, 0.05, (224, 224)
+    )
+    box = weak_box.weak_box(m, image)  # segmented at 112 x 112
+    assert box == (56.0, 70.0, 154.0, 182.0)  # even edges: exact after scaling back
+    assert weak_box.weak_box_metrics(m, image, [(56, 70, 154, 182)])["box_correct"] == 1.0

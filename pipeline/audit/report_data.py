@@ -17,7 +17,7 @@ audit.json::
                                        "clusters": [{"method", "cluster", "size",
                                                      "members", "prototype"}],
                                        "methods": {m: {"metrics", "histograms",
-                                                       "mean_map"}}}},
+                                                       "mean_map", "mean_map_values"}}}},
      "labels": {"<true label>": {"count", "accuracy", "mean_confidence", "methods"}},
      "errors": {"<label>-<prediction>": {"label", "prediction", "count",
                                          "mean_confidence", "methods"}},
@@ -47,6 +47,11 @@ def _png(m: np.ndarray) -> bytes:
     return heatmap_png(scaled.astype(np.float32), scale=max(1, _PNG_SIZE // m.shape[0]))
 
 
+def _values(m: np.ndarray | None) -> list[list[float]] | None:
+    """The mean map itself, 4 significant digits: what drift compares between audits."""
+    return None if m is None else [[float(f"{v:.4g}") for v in row] for row in m.tolist()]
+
+
 def error_id(label: int, prediction: int) -> str:
     """The key of an error group in audit.json and its PNG names."""
     return f"{label}-{prediction}"
@@ -72,6 +77,7 @@ def group_report(
         "summary": aggregate.summary(),
         "curves": aggregate.mean_curves(),
         "mean_map": mean_path,
+        "mean_map_values": _values(aggregate.mean_map()),
         "clusters": [],
         "flags": [],
     }
@@ -153,7 +159,8 @@ def assemble(
             entry["label"], entry["prediction"] = (int(v) for v in key.split("-"))
         s = part["summary"]
         entry["methods"][part["method"]] = {"metrics": s["metrics"], "histograms": s["histograms"],
-                                            "mean_map": part["mean_map"]}  # fmt: skip
+                                            "mean_map": part["mean_map"],
+                                            "mean_map_values": part["mean_map_values"]}  # fmt: skip
     methods = {}
     for method in sorted({p["method"] for p in parts}):
         mine = [p for p in parts if p["method"] == method and p["group"] == "class"]

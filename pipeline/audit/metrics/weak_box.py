@@ -23,6 +23,7 @@ LEVELS = 8  # colour histogram levels per channel
 GAMMA = 50.0
 ITERATIONS = 10
 IOU_CORRECT = 0.5  # the detection criterion: correct at IoU >= 0.5
+WORKING_SIDE = 112  # larger maps are segmented after block-averaging by an integer factor
 
 
 def _colour_bins(image: np.ndarray) -> np.ndarray:
@@ -129,14 +130,27 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    h, w = a.shape[0] // f * f, a.shape[1] // f * f
+    a = np.asarray(a, np.float64)[:h, :w]
+    return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
+
+
 def weak_box(m: np.ndarray, image: np.ndarray) -> tuple[float, float, float, float] | None:
     """(ymin, xmin, ymax, xmax), max exclusive, of the largest object region; None when
-    the map seeds no object."""
-    region = largest_component(segment(m, image))
+    the map seeds no object. Maps larger than WORKING_SIDE are segmented at 1/f of their
+    size (f the smallest integer that gets there; a 224 map at 112) and the box scaled
+    back: a quarter of the pixels, the box within f pixels."""
+    a = check_map(m)
+    f = max(1, -(-max(a.shape) // WORKING_SIDE))
+    small_map, small_image = (a, image) if f == 1 else (_block_mean(a, f), _block_mean(image, f))
+    region = largest_component(segment(small_map, small_image))
     if not region.any():
         return None
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
-    return float(rows[0]), float(cols[0]), float(rows[-1] + 1), float(cols[-1] + 1)
+    h, w = a.shape
+    return (float(rows[0] * f), float(cols[0] * f), float(min(h, (rows[-1] + 1) * f)),
+            float(min(w, (cols[-1] + 1) * f)))  # fmt: skip
 
 
 def iou(a, b) -> float:
