@@ -20,20 +20,26 @@ import logging
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
+from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
 from pipeline.audit.rows import Annotation, load_annotations, record_rows
 from pipeline.audit.sanity import sanity_panel
 from pipeline.config import AuditConfig, Config
 from pipeline.store import records
-from pipeline.store.files import read_json, write_atomic, write_json
+from pipeline.store.files import read_json, read_jsonl, write_atomic, write_json
 from pipeline.store.layout import (
     AUDIT_JSON,
+    AUDIT_REPORT,
     AUDIT_ROWS,
+    FAILURES_NAME,
+    MANIFEST_NAME,
     RECORDS_DIR,
     RECORDS_SUFFIX,
+    SUMMARY_NAME,
     join_path,
 )
 
@@ -154,8 +160,29 @@ def build_audit(records_pcoll: beam.PCollection, config: Config) -> beam.PCollec
     )
 
 
+def write_report(config: Config, audit: dict) -> str:
+    """audit/report.html from audit.json and the run's manifest, summary, failures and rows."""
+    out_dir = config.output.dir.rstrip("/")
+
+    def optional(name: str, reader):
+        path = join_path(out_dir, name)
+        return reader(path) if FileSystems.exists(path) else None
+
+    page = render_report(
+        audit,
+        summary=optional(SUMMARY_NAME, read_json),
+        manifest=optional(MANIFEST_NAME, read_jsonl),
+        rows=optional(AUDIT_ROWS, read_jsonl),
+        failures=optional(FAILURES_NAME, read_jsonl),
+        settings=config.to_dict(),
+    )
+    return write_atomic(join_path(out_dir, AUDIT_REPORT), page.encode("utf-8"),
+                        mime_type="text/html")  # fmt: skip
+
+
 def run_audit(config: Config) -> dict:
-    """Audit the published records of ``config.output.dir``; returns audit.json's dict."""
+    """Audit the published records of ``config.output.dir`` (audit.json, rows.jsonl, the
+    PNG maps and report.html); returns audit.json's dict."""
     out_dir = config.output.dir.rstrip("/")
     pattern = join_path(out_dir, f"{RECORDS_DIR}/*{RECORDS_SUFFIX}")
     with beam.Pipeline(runner=FnApiRunner()) as p:
@@ -165,4 +192,6 @@ def run_audit(config: Config) -> dict:
             | "ParseRecords" >> beam.Map(records.parse)
         )
         _ = build_audit(decoded, config)
-    return read_json(join_path(out_dir, AUDIT_JSON))
+    audit = read_json(join_path(out_dir, AUDIT_JSON))
+    write_report(config, audit)
+    return audit

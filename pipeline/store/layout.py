@@ -39,6 +39,7 @@ AUDIT_DIR = "audit"  # the latest audit (the audit layer)
 AUDITS_DIR = "audits"  # audits/<timestamp>/: the audit history
 AUDIT_JSON = f"{AUDIT_DIR}/audit.json"
 AUDIT_ROWS = f"{AUDIT_DIR}/rows.jsonl"
+AUDIT_REPORT = f"{AUDIT_DIR}/report.html"
 
 _SHARD_NAME = re.compile(r"^saliency-(?P<set>[A-Za-z0-9]+)-(?P<n>\d{5}-of-\d{5})\.tfrecord$")
 BEAM_SHARD_NAME = re.compile(r"^saliency-(?P<n>\d{5}-of-\d{5})\.tfrecord$")  # also pre-1.0
