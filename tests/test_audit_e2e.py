@@ -207,8 +207,9 @@ def test_drift_between_two_models_ranks_classes_and_gates(default_run, tmp_path)
     out_a = default_run[0]
     same = _cli("drift", str(out_a), str(out_a), "--fail-on", "similarity:-0.01", "--json")
     assert same.returncode == 0, same.stderr
+    same_classes = json.loads(same.stdout)["classes"]
     assert all(m["similarity"] == pytest.approx(1.0)
-               for c in json.loads(same.stdout)["classes"] for m in c["methods"].values())  # fmt: skip
+               for c in same_classes for m in c["methods"].values())  # fmt: skip
     drift = _cli("drift", str(out_a), str(out_b), "--fail-on", "similarity:-0.01", "--json")
     assert drift.returncode == 6, drift.stderr
     assert "drift: broken rule similarity:-0.01" in drift.stderr

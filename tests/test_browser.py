@@ -83,6 +83,8 @@ def test_the_report_opens_offline_with_every_image(default_out):
     for section in ("The run", "Methods", "Sanity check", "Classes", "Localisation examples"):
         assert f">{section}" in dom
     assert dom.count("<img") >= 12 * 3  # mean maps, prototypes, example thumbnails
+    index = check_page(out / "index.html", ARTIFACTS / "index.png")
+    assert index.count("<figure>") == 12 and 'href="audit/report.html"' in index
 
 
 @pytest.mark.slow

@@ -172,9 +172,11 @@ def test_small_model_artifacts_are_upscaled_to_min_artifact_size(first_run):
         views = row["artifacts"]["vanilla"]
         with Image.open(os.path.join(out, views["grid"])) as img:
             grid = np.asarray(img.convert("RGB"))
-        assert grid.shape == (SIZE * f, 5 * SIZE * f + 4 * render.GRID_GAP, 3)
+        top = render.GRID_HEADER  # the info line, the titles and the scales
+        assert grid.shape == (top + SIZE * f + render.GRID_FOOTER,
+                              5 * SIZE * f + 4 * render.GRID_GAP, 3)  # fmt: skip
         # The first panel is the model-input image, each pixel an f x f block of itself.
-        original = grid[:, : SIZE * f]
+        original = grid[top : top + SIZE * f, : SIZE * f]
         np.testing.assert_array_equal(original[::f, ::f], by_key[row["key"]].image)
         np.testing.assert_array_equal(
             original, np.repeat(np.repeat(original[::f, ::f], f, 0), f, 1)

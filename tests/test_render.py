@@ -67,8 +67,14 @@ def test_overlay_blends_alpha():
     np.testing.assert_array_equal(half[0, 0], [176, 178, 132])  # (100 + LUT top) / 2
     np.testing.assert_array_equal(_decode(render.overlay_png(image, np.ones((H, W)), 0.0)), image)
     gray_image = np.full((H, W, 1), 100, np.uint8)
-    full = _decode(render.overlay_png(gray_image, np.zeros((H, W)), 1.0))
-    assert np.all(full == [0, 0, 4])
+    unseen = _decode(render.overlay_png(gray_image, np.zeros((H, W)), 1.0))
+    assert np.all(unseen == [100, 100, 100])  # no saliency: the photo, untouched
+    ramp = np.tile(np.linspace(0.0, 1.0, W), (H, 1))
+    graded = _decode(render.overlay_png(image, ramp, 1.0)).astype(int)
+    heat = render.colormap(ramp).astype(int)
+    np.testing.assert_array_equal(graded[:, 0], image[:, 0])  # opacity 0 ...
+    np.testing.assert_array_equal(graded[:, -1], heat[:, -1])  # ... to full opacity
+    assert np.all(np.abs(graded - image) <= np.abs(heat - image) + 1)
     with pytest.raises(ValueError, match="alpha"):
         render.overlay_png(image, np.ones((H, W)), 1.5)
     with pytest.raises(ValueError, match="image"):
@@ -143,3 +149,29 @@ def test_encode_png_round_trip():
     np.testing.assert_array_equal(_decode(render.encode_png(image)), image)
     with pytest.raises(TypeError, match="uint8"):
         render.encode_png(image.astype(np.float32))
+
+
+def test_the_annotated_grid_has_the_notebook_titles_scales_and_a_colour_bar():
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    g = rng.normal(size=(H, W, 3)).astype(np.float32)
+    panels = render.grid_panels(image, g)
+    scales = maps.view_scales(g)
+    png = render.annotated_grid_png(panels, info="k | class 1, p = 0.9 | guided", scales=scales,
+                                    scale=2)  # fmt: skip
+    grid = _decode(png)
+    top = render.GRID_HEADER
+    assert grid.shape == (top + 2 * H + render.GRID_FOOTER, 5 * 2 * W + 4 * render.GRID_GAP, 3)
+    np.testing.assert_array_equal(grid[top : top + 2 * H : 2, : 2 * W : 2], image)
+    assert (grid[:top] < 128).any()  # text above the panels
+    bar_w = min(256, max(64, grid.shape[1] // 3), grid.shape[1] - 4)
+    bar = grid[top + 2 * H + 8, 2 : 2 + bar_w]  # the colour bar: the colormap from 0 to 1
+    np.testing.assert_array_equal(bar[0], render.colormap(np.zeros((1, 1)))[0, 0])
+    assert len({tuple(p) for p in bar}) > 30
+    # Each gradient view is labelled with its own scale: the value drawn as 1.
+    abs_sum = np.abs(g).sum(axis=-1)
+    assert scales["abs"] == pytest.approx(float(np.percentile(abs_sum, 99)), rel=1e-6)
+    assert render.annotated_grid_png(panels, info="k", scales=scales) == render.annotated_grid_png(
+        panels, info="k", scales=scales
+    )
+    assert render.GRID_TITLES[4] == "original * abs(gradients)"

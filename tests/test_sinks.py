@@ -138,7 +138,13 @@ def test_render_artifacts_equal_the_public_render_functions(views):
     expected = {
         "heatmap": render.heatmap_png(abs_map, cmap="viridis", scale=2),
         "overlay": render.overlay_png(pixels, abs_map, 0.3, cmap="viridis", scale=2),
-        "grid": render.grid_png(pixels, g, percentile=97.0, cmap="viridis", scale=2),
+        "grid": render.annotated_grid_png(
+            render.grid_panels(pixels, g, percentile=97.0, cmap="viridis"),
+            info=sinks.grid_info(record, "guided"),
+            scales=maps.view_scales(g, 97.0),
+            cmap="viridis",
+            scale=2,
+        ),
     }
     for view in views:
         assert out[view] == expected[view], view
@@ -217,10 +223,13 @@ def test_pipeline_writes_everything(tmp_path):
                 path = os.path.realpath(os.path.join(out_dir, rel))
                 assert path.startswith(os.path.realpath(out_dir) + os.sep)
                 pixels = _png(path)
-                width = 5 * W + 4 * render.GRID_GAP if view == "grid" else W
-                assert pixels.shape == (H, width, 3)
+                grid = view == "grid"
+                width = 5 * W + 4 * render.GRID_GAP if grid else W
+                height = H + (render.GRID_HEADER + render.GRID_FOOTER if grid else 0)
+                assert pixels.shape == (height, width, 3)
             grid = _png(os.path.join(out_dir, views["grid"]))
-            np.testing.assert_array_equal(grid[:, :W], item.pixels)
+            top = render.GRID_HEADER
+            np.testing.assert_array_equal(grid[top : top + H, :W], item.pixels)
     rank1 = next(r for r in manifest if r["target_rank"] == 1)
     assert rank1["artifacts"]["vanilla"]["heatmap"].endswith("vanilla_heatmap_t4.png")
     evil = next(r for r in manifest if r["key"] == "../evil name.png")

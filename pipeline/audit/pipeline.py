@@ -31,6 +31,7 @@ from pipeline.audit.sanity import sanity_panel
 from pipeline.config import AuditConfig, Config
 from pipeline.store import records
 from pipeline.store.files import read_json, read_jsonl, write_atomic, write_json
+from pipeline.store.index import write_index
 from pipeline.store.layout import (
     AUDIT_JSON,
     AUDIT_REPORT,
@@ -194,4 +195,5 @@ def run_audit(config: Config) -> dict:
         _ = build_audit(decoded, config)
     audit = read_json(join_path(out_dir, AUDIT_JSON))
     write_report(config, audit)
+    write_index(out_dir, title=f"{audit['records']} records - {config.model.name}")  # links it
     return audit

@@ -46,6 +46,7 @@ from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config
 from pipeline.elements import Failure, SaliencyRecord
 from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
+from pipeline.store.index import write_index
 from pipeline.store.layout import SUMMARY_NAME, counts_path, done_index_path, join_path, tmp_dir
 from pipeline.store.layout import staging_dir as staging_path
 from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
@@ -360,6 +361,7 @@ def _locked_run(
         start=start,
     )
     write_json(join_path(out_dir, SUMMARY_NAME), dataclasses.asdict(summary))
+    write_index(out_dir, title=f"{summary.records_total} records - {config.model.name}")
     return summary
 
 

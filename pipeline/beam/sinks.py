@@ -108,6 +108,17 @@ def artifact_scale(height: int, width: int, min_size: int) -> int:
     return max(1, -(-int(min_size) // shorter))
 
 
+def grid_info(record: SaliencyRecord, method: str) -> str:
+    """The grid's info line: key, predicted class and probability, target, method."""
+    target = (
+        ""
+        if record.target_class == record.prediction_class
+        else (f" | explained: class {record.target_class}")
+    )
+    return (f"{record.key} | class {record.prediction_class}, p = "
+            f"{record.prediction_probability:.3f}{target} | {method}")  # fmt: skip
+
+
 def render_artifacts(
     record: SaliencyRecord,
     method: str,
@@ -134,7 +145,10 @@ def render_artifacts(
     for view in views:
         if view == "grid":
             panels = render.panels_from_views(pixels, two_d, cmap=cmap)
-            out[view] = render.grid_png_from_panels(panels, scale=scale)
+            scales = maps.view_scales(np.asarray(record.gradients[method]), percentile)
+            out[view] = render.annotated_grid_png(
+                panels, info=grid_info(record, method), scales=scales, cmap=cmap, scale=scale
+            )
         elif view == "heatmap":
             out[view] = render.heatmap_png(two_d["abs"], cmap=cmap, scale=scale)
         else:  # overlay
@@ -203,7 +217,7 @@ class WriteArtifacts(beam.PTransform):
         methods: Sequence[str],
         views: Sequence[str] = ARTIFACT_VIEWS,
         percentile: float = DEFAULT_PERCENTILE,
-        alpha: float = 0.5,
+        alpha: float = 0.8,
         cmap: str = "inferno",
         tmp_dir: str | None = None,
         min_artifact_size: int = 1,

@@ -22,6 +22,16 @@ _ANCHORS = {
 }
 COLORMAPS = tuple(_ANCHORS)
 GRID_PANELS = ("original", "abs", "positive", "negative", "image_x_abs")
+# The seed notebook's titles of the five views, in GRID_PANELS order.
+GRID_TITLES = (
+    "original",
+    "absolute gradients",
+    "positive gradients",
+    "negative gradients",
+    "original * abs(gradients)",
+)
+GRID_HEADER = 46  # annotated grid: the info line, the titles and the scales above the panels
+GRID_FOOTER = 26  # annotated grid: the colour bar below them
 GRID_GAP = 4  # pixels between grid panels
 _LABEL_HEIGHT = 12  # pixels of the optional text strip above the panels
 
@@ -104,14 +114,17 @@ def _blend(image: np.ndarray, m: np.ndarray, alpha: float, cmap: str) -> np.ndar
         raise ValueError(f"alpha={alpha!r} is out of range: allowed is 0 <= alpha <= 1.")
     heat = colormap(m, cmap).astype(np.float32)
     img = _check_image(image, heat.shape[:2]).astype(np.float32)
-    return np.rint((1.0 - alpha) * img + alpha * heat).astype(np.uint8)
+    # Opacity grows with saliency: the photo stays visible where the map is low.
+    a = float(alpha) * np.clip(_check_map(m), 0.0, 1.0)[..., None]
+    return np.rint((1.0 - a) * img + a * heat).astype(np.uint8)
 
 
 def overlay_png(
     image: np.ndarray, m: np.ndarray, alpha: float = 0.5, *, cmap: str = "inferno", scale: int = 1
 ) -> bytes:
-    """PNG of the colormapped map alpha-blended over the image (uint8, same H, W),
-    upscaled by the integer ``scale``."""
+    """PNG of the colormapped map blended over the image (uint8, same H, W) with a
+    per-pixel opacity of ``alpha`` times the map (0 where the map is 0, ``alpha`` where it
+    is 1), upscaled by the integer ``scale``."""
     return encode_png(upscale(_blend(image, m, alpha, cmap), scale))
 
 
@@ -209,3 +222,59 @@ def grid_png_from_panels(
                 draw.text((i * (w + gap) + 1, y), name, fill=(0, 0, 0), font=font)
         canvas = np.asarray(pil)
     return encode_png(canvas)
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def annotated_grid_png(
+    panels: list[np.ndarray],
+    *,
+    info: str,
+    scales: dict[str, float],
+    cmap: str = "inferno",
+    gap: int = GRID_GAP,
+    scale: int = 1,
+) -> bytes:
+    """The five views as the seed notebook shows them: a line of ``info`` (key, class,
+    probability, method), each panel titled (:data:`GRID_TITLES`), the three gradient
+    panels labelled with their own scale (``scales``: "abs", "positive", "negative", the
+    gradient value drawn as 1), and a colour bar from 0 to 1 below. Size: width
+    5 * scale * W + 4 * gap, height GRID_HEADER + scale * H + GRID_FOOTER."""
+    if int(gap) < 0:
+        raise ValueError(f"gap={gap!r} must be >= 0 pixels.")
+    panels = [upscale(panel, scale) for panel in panels]
+    h, w = panels[0].shape[:2]
+    width = len(panels) * w + (len(panels) - 1) * gap
+    canvas = np.full((GRID_HEADER + h + GRID_FOOTER, width, 3), 255, dtype=np.uint8)
+    for i, panel in enumerate(panels):
+        canvas[GRID_HEADER : GRID_HEADER + h, i * (w + gap) : i * (w + gap) + w] = panel
+    bar_w = max(1, min(256, max(64, width // 3), width - 4))  # tiny grids: a shorter bar
+    ramp = colormap(np.tile(np.linspace(0.0, 1.0, bar_w, dtype=np.float32), (10, 1)), cmap)
+    canvas[GRID_HEADER + h + 4 : GRID_HEADER + h + 14, 2 : 2 + bar_w] = ramp
+    pil = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil)
+    big, small = _font(13), _font(11)
+    draw.text((2, 1), _fit(draw, info, big, width - 4), fill=(0, 0, 0), font=big)
+    for i, (name, title) in enumerate(zip(GRID_PANELS, GRID_TITLES)):
+        x = i * (w + gap) + 1
+        draw.text((x, 18), _fit(draw, title, small, w - 2), fill=(0, 0, 0), font=small)
+        if name in scales:
+            label = f"1 = {scales[name]:.3g}"
+            draw.text((x, 31), _fit(draw, label, small, w - 2), fill=(90, 90, 90), font=small)
+    y = GRID_HEADER + h + 14
+    draw.text((2, y), "0", fill=(0, 0, 0), font=small)
+    legend = "1 (each map's own scale: its 99th percentile)"
+    draw.text((bar_w + 8, y - 11), _fit(draw, legend, small, max(10, width - bar_w - 10)),
+              fill=(0, 0, 0), font=small)  # fmt: skip
+    return encode_png(np.asarray(pil))

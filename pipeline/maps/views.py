@@ -48,6 +48,33 @@ def _check_percentile(percentile: float) -> float:
     return value
 
 
+def _clean(m: np.ndarray) -> np.ndarray:
+    m = np.asarray(m, dtype=np.float32)
+    return np.maximum(np.where(np.isfinite(m), m, np.float32(0.0)), np.float32(0.0))
+
+
+def scale_of(m: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> float:
+    """The value :func:`normalise` maps to 1 (its percentile, or the maximum; 0 for an
+    all-zero map): the scale a rendered view is labelled with."""
+    p = _check_percentile(percentile)
+    m = _clean(m)
+    if m.size == 0:
+        return 0.0
+    scale = np.float32(np.percentile(m, p))
+    return float(scale if scale > 0.0 else m.max())
+
+
+def view_scales(gradient: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
+    """{"abs", "positive", "negative"}: each view's scale (see :func:`scale_of`), in
+    gradient units: what 1 means on its colour bar."""
+    g = _check_gradient(gradient)
+    return {
+        "abs": scale_of(np.abs(g).sum(axis=-1), percentile),
+        "positive": scale_of(np.maximum(g, 0.0).sum(axis=-1), percentile),
+        "negative": scale_of(np.maximum(-g, 0.0).sum(axis=-1), percentile),
+    }
+
+
 def normalise(m: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> np.ndarray:
     """Clip a non-negative map at its ``percentile``-th percentile and scale it to [0, 1].
 

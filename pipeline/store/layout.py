@@ -41,6 +41,12 @@ AUDIT_JSON = f"{AUDIT_DIR}/audit.json"
 AUDIT_ROWS = f"{AUDIT_DIR}/rows.jsonl"
 AUDIT_REPORT = f"{AUDIT_DIR}/report.html"
 
+
+def index_page(page: int) -> str:
+    """The run's contact sheet, page ``page`` (1-based): index.html, index-2.html, ..."""
+    return "index.html" if page == 1 else f"index-{page}.html"
+
+
 _SHARD_NAME = re.compile(r"^saliency-(?P<set>[A-Za-z0-9]+)-(?P<n>\d{5}-of-\d{5})\.tfrecord$")
 BEAM_SHARD_NAME = re.compile(r"^saliency-(?P<n>\d{5}-of-\d{5})\.tfrecord$")  # also pre-1.0
 TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
