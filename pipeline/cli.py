@@ -225,20 +225,26 @@ def _audit(config, *, to_stdout: bool) -> int:
     with native_stderr_silenced():
         from pipeline.audit.pipeline import run_audit
     try:
-        audit = run_audit(config)
+        result = run_audit(config)
     except (OSError, ValueError) as exc:
         print(f"error: the audit failed: {_first_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
+    audit = result.audit
     flags = sum(len(c["flags"]) for c in audit["classes"].values())
+    out = config.output.dir.rstrip("/")
     line = (
         f"audit: {audit['records']} records, {len(audit['classes'])} classes, {flags} flags "
-        f"-> {config.output.dir.rstrip('/')}/audit/audit.json"
+        f"-> {out}/audit/audit.json, {out}/audit/report.html"
     )
+    if result.drift is not None:
+        line += f"; compared with audits/{result.drift['previous']}"
     if to_stdout:
         print(line)
     else:
         _LOG.info("%s", line)
-    return EXIT_OK
+    for broken in result.broken:
+        print(f"drift: broken rule {broken}", file=sys.stderr)
+    return EXIT_DRIFT if result.broken else EXIT_OK
 
 
 def _drift(args) -> int:

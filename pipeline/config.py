@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from typing import Any
 
 from pipeline.choices import (
     ARTIFACT_VIEWS,
+    AUDIT_DRIFT,
     DEFAULT_IG_BASELINE,
     DEFAULT_IG_STEPS,
     DEFAULT_MAX_PIXELS,
@@ -24,6 +26,7 @@ from pipeline.choices import (
     DEFAULT_SAMPLE_BATCH_SIZE,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
+    DRIFT_RULE,
     IG_BASELINES,
     METHODS,
     PRECISIONS,
@@ -266,6 +269,12 @@ class RunConfig:
     incremental: bool = False
     # Print progress every N explained images (0: off).
     progress_every: int = 100
+    # "previous": compare each audit with the last one under output.dir/audits/ (drift in
+    # audit/drift.json and the report); "": no comparison.
+    audit_drift: str = ""
+    # Drift rules (METRIC[@METHOD]:CHANGE, e.g. pointing:-0.05, energy_in_box:-10%); a
+    # broken one makes the run exit with code 6 after everything is written.
+    audit_fail_on: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_str("run.id", self.id, empty_ok=True)
@@ -273,6 +282,16 @@ class RunConfig:
         if not isinstance(self.incremental, bool):
             fail("run.incremental", self.incremental, "true or false is required")
         check_int("run.progress_every", self.progress_every, minimum=0)
+        check_choice("run.audit_drift", self.audit_drift, AUDIT_DRIFT)
+        if isinstance(self.audit_fail_on, list):
+            object.__setattr__(self, "audit_fail_on", tuple(self.audit_fail_on))
+        if not isinstance(self.audit_fail_on, tuple):
+            fail("run.audit_fail_on", self.audit_fail_on, "a list of rules is required",
+                 "write e.g. [pointing:-0.05, energy_in_box:-10%]")  # fmt: skip
+        for rule in self.audit_fail_on:
+            if not isinstance(rule, str) or not re.match(DRIFT_RULE, rule.strip()):
+                fail("run.audit_fail_on", rule, "a rule is METRIC[@METHOD]:CHANGE",
+                     "write e.g. pointing:-0.05 or energy_in_box:-10%")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -340,7 +359,8 @@ class Config:
         """Hash of every setting that changes what is computed (not where it is written)."""
         data = self.to_dict()
         data["output"].pop("dir")
-        data["run"].pop("progress_every")
+        for key in ("progress_every", "audit_drift", "audit_fail_on"):
+            data["run"].pop(key)
         # The audit reads records and changes nothing in them but the deletion / insertion
         # curves the handler adds when it is on.
         audit = data.pop("audit")

@@ -217,3 +217,40 @@ def test_drift_between_two_models_ranks_classes_and_gates(default_run, tmp_path)
     scores = [c["change_score"] for c in report["classes"]]
     assert scores == sorted(scores, reverse=True) and scores[0] > 0.01
     assert report["records"] == {"before": 12, "after": 12, "change": 0, "relative": 0.0}
+
+
+@pytest.mark.slow
+def test_nightly_runs_keep_an_audit_history_and_gate_on_drift(tmp_path):
+    out = tmp_path / "out"
+    common = ["--config", "configs/local.yaml", "--set", f"output.dir={out}",
+              "--set", "run.incremental=true", "--set", "run.audit_drift=previous",
+              "--set", "audit.sanity_samples=0",
+              "--set", "run.audit_fail_on=[flags:+0]", "-q"]  # fmt: skip
+    first = _cli("run", *common, "--set", "source.limit=6")
+    assert first.returncode == 0, first.stderr
+    assert not (out / "audit" / "drift.json").exists()  # nothing to compare with yet
+    second = _cli("run", *common)  # 6 new images: the audit covers all 12
+    assert second.returncode == 0, second.stderr
+    entries = sorted(p.name for p in (out / "audits").iterdir() if p.is_dir())
+    assert len(entries) == 2 and (out / "audits" / "latest").read_text().strip() == entries[1]
+    drift = json.loads((out / "audit" / "drift.json").read_text())
+    assert drift["previous"] == entries[0] and drift["records"]["before"] == 6
+    assert drift["records"]["after"] == 12 and drift["broken"] == []
+    for entry in entries:
+        archived = json.loads((out / "audits" / entry / "audit.json").read_text())
+        assert (out / "audits" / entry / "report.html").is_file()
+        maps = [part["mean_map"][len("audit/") :] for c in archived["classes"].values()
+                for part in c["methods"].values()]  # fmt: skip
+        assert all((out / "audits" / entry / m).is_file() for m in maps)
+    assert "What changed since audits/" in (out / "audit" / "report.html").read_text()
+    # Yesterday's audit pointed better than today's: the gate breaks, exit 6, all written.
+    latest = out / "audits" / entries[1] / "audit.json"
+    better = json.loads(latest.read_text())
+    for method in better["methods"].values():
+        method["localisation"]["pointing"] = 1.0
+    latest.write_text(json.dumps(better))
+    gated = _cli("audit", *common[:-3], "--set", "run.audit_fail_on=[pointing:-0.05]")
+    assert gated.returncode == 6, gated.stderr
+    assert "drift: broken rule pointing:-0.05: pointing of guided went from 1" in gated.stderr
+    assert json.loads((out / "audit" / "drift.json").read_text())["broken"]
+    assert len([p for p in (out / "audits").iterdir() if p.is_dir()]) == 3

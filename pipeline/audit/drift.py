@@ -23,13 +23,13 @@ import dataclasses
 import math
 import re
 
+from pipeline.choices import DRIFT_RULE
+
 LOCALISATION = ("pointing", "energy_in_box", "rank_accuracy", "box_iou", "box_correct")
 FAITHFULNESS = ("deletion_auc", "insertion_auc")
 METHOD_METRICS = LOCALISATION + FAITHFULNESS
 RULE_METRICS = (*METHOD_METRICS, "flags", "similarity")
-_RULE = re.compile(
-    r"^(?P<metric>[a-z_]+)(@(?P<method>[A-Za-z0-9_]+))?:(?P<change>[+-]\d+(\.\d+)?)(?P<pct>%)?$"
-)
+_RULE = re.compile(DRIFT_RULE)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ only wires it. ``run_audit`` reads an output dir's published records (so an incr
 nightly run audits old and new records together) with the in-process runner.
 """
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -24,16 +25,27 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
+from pipeline.audit.drift import check_rules, compare, parse_rule
 from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
 from pipeline.audit.rows import Annotation, load_annotations, record_rows
 from pipeline.audit.sanity import sanity_panel
 from pipeline.config import AuditConfig, Config
 from pipeline.store import records
-from pipeline.store.files import read_json, read_jsonl, write_atomic, write_json
+from pipeline.store.files import (
+    delete_files,
+    delete_tree,
+    read_json,
+    read_jsonl,
+    write_atomic,
+    write_json,
+)
+from pipeline.store.history import archive_audit, latest_audit, stamp
 from pipeline.store.index import write_index
 from pipeline.store.layout import (
+    AUDIT_DRIFT_JSON,
     AUDIT_JSON,
+    AUDIT_MAPS,
     AUDIT_REPORT,
     AUDIT_ROWS,
     FAILURES_NAME,
@@ -161,8 +173,9 @@ def build_audit(records_pcoll: beam.PCollection, config: Config) -> beam.PCollec
     )
 
 
-def write_report(config: Config, audit: dict) -> str:
-    """audit/report.html from audit.json and the run's manifest, summary, failures and rows."""
+def write_report(config: Config, audit: dict, drift: dict | None = None) -> str:
+    """audit/report.html from audit.json and the run's manifest, summary, failures and rows
+    (and what changed since the previous audit, when compared)."""
     out_dir = config.output.dir.rstrip("/")
 
     def optional(name: str, reader):
@@ -176,15 +189,30 @@ def write_report(config: Config, audit: dict) -> str:
         rows=optional(AUDIT_ROWS, read_jsonl),
         failures=optional(FAILURES_NAME, read_jsonl),
         settings=config.to_dict(),
+        drift=drift,
     )
     return write_atomic(join_path(out_dir, AUDIT_REPORT), page.encode("utf-8"),
                         mime_type="text/html")  # fmt: skip
 
 
-def run_audit(config: Config) -> dict:
-    """Audit the published records of ``config.output.dir`` (audit.json, rows.jsonl, the
-    PNG maps and report.html); returns audit.json's dict."""
+@dataclasses.dataclass(frozen=True)
+class AuditResult:
+    """What ``run_audit`` wrote: audit.json's dict, the drift against the previous audit
+    (None when not compared), the run.audit_fail_on rules it broke, the archive entry."""
+
+    audit: dict
+    drift: dict | None
+    broken: tuple[str, ...]
+    archived: str
+
+
+def run_audit(config: Config) -> AuditResult:
+    """Audit the published records of ``config.output.dir``: audit.json, rows.jsonl, the PNG
+    maps, drift.json (run.audit_drift), report.html, the archive under audits/<timestamp>/
+    and index.html."""
     out_dir = config.output.dir.rstrip("/")
+    previous = latest_audit(out_dir) if config.run.audit_drift == "previous" else None
+    delete_tree(join_path(out_dir, AUDIT_MAPS))  # this audit's maps only, none left over
     pattern = join_path(out_dir, f"{RECORDS_DIR}/*{RECORDS_SUFFIX}")
     with beam.Pipeline(runner=FnApiRunner()) as p:
         decoded = (
@@ -194,6 +222,18 @@ def run_audit(config: Config) -> dict:
         )
         _ = build_audit(decoded, config)
     audit = read_json(join_path(out_dir, AUDIT_JSON))
-    write_report(config, audit)
+    drift, broken = None, ()
+    if previous is not None:
+        drift = {"previous": previous[0], **compare(previous[1], audit)}
+        broken = tuple(check_rules(drift, [parse_rule(r) for r in config.run.audit_fail_on]))
+        drift["broken"] = list(broken)
+        write_json(join_path(out_dir, AUDIT_DRIFT_JSON), drift)
+    elif FileSystems.exists(join_path(out_dir, AUDIT_DRIFT_JSON)):
+        delete_files([join_path(out_dir, AUDIT_DRIFT_JSON)])  # not of this audit
+    write_report(config, audit, drift)
+    name = stamp()
+    if previous is not None and name <= previous[0]:  # two audits in one second
+        name = f"{previous[0]}-1"
+    archived = archive_audit(out_dir, name)
     write_index(out_dir, title=f"{audit['records']} records - {config.model.name}")  # links it
-    return audit
+    return AuditResult(audit, drift, broken, archived)

@@ -336,6 +336,38 @@ def _errors_section(audit: dict) -> str:
     )
 
 
+def _drift_section(drift: dict | None) -> str:
+    if drift is None:
+        return ""
+    broken = "".join(f'<li class="flag">{_e(line)}</li>' for line in drift.get("broken", []))
+    rows = []
+    for method, numbers in drift["methods"].items():
+        for name, c in numbers.items():
+            if c["change"] is not None:
+                rows.append(f"<tr><td>{_e(method)} {_e(name)}</td>{_cell(c['before'])}"
+                            f"{_cell(c['after'])}{_cell(c['change'])}</tr>")  # fmt: skip
+    classes = []
+    for c in drift["classes"][:20]:
+        for method, m in c["methods"].items():
+            new = ", ".join(m["flags_appeared"]) or "-"
+            gone = ", ".join(m["flags_gone"]) or "-"
+            classes.append(f"<tr><td>{_e(c['class'])}</td><td>{_e(method)}</td>"
+                           f"{_cell(m['similarity'])}{_cell(m['change_score'])}"
+                           f"<td>{_e(new)}</td><td>{_e(gone)}</td></tr>")  # fmt: skip
+    return (
+        f"<h2>What changed since audits/{_e(drift.get('previous', '?'))}</h2>"
+        f"<p>records {drift['records']['before']} -> {drift['records']['after']}, flags "
+        f"{drift['flags']['before']} -> {drift['flags']['after']}</p>"
+        + (f"<ul>{broken}</ul>" if broken else "<p>No gating rule broke.</p>")
+        + "<table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>"
+        + "".join(rows)
+        + "</table><h3>Classes by change</h3><table><tr><th>class</th><th>method</th>"
+        "<th>mean-map similarity</th><th>change</th><th>flags new</th><th>flags gone</th></tr>"
+        + "".join(classes)
+        + "</table>"
+    )
+
+
 def render_report(
     audit: dict,
     *,
@@ -344,8 +376,10 @@ def render_report(
     rows: list[dict] | None = None,
     failures: list[dict] | None = None,
     settings: dict | None = None,
+    drift: dict | None = None,
 ) -> str:
-    """The whole report.html as a string."""
+    """The whole report.html as a string (``drift``: drift.compare against the previous
+    audit, shown as "What changed")."""
     by_key = {m["key"]: m for m in manifest or []}
     fingerprint = next((m.get("model_fingerprint") for m in manifest or []), "")
     flags = sum(len(c["flags"]) for c in audit["classes"].values())
@@ -355,6 +389,7 @@ def render_report(
             f"<h1>{_e(title)}</h1>",
             f'<p>{flags} flag(s). <span id="broken"></span></p>',
             _run_section(summary or {}, settings or {}, failures or [], fingerprint),
+            _drift_section(drift),
             _methods_section(audit),
             _class_section(audit, by_key),
             _errors_section(audit),

@@ -40,6 +40,14 @@ AUDITS_DIR = "audits"  # audits/<timestamp>/: the audit history
 AUDIT_JSON = f"{AUDIT_DIR}/audit.json"
 AUDIT_ROWS = f"{AUDIT_DIR}/rows.jsonl"
 AUDIT_REPORT = f"{AUDIT_DIR}/report.html"
+AUDIT_DRIFT_JSON = f"{AUDIT_DIR}/drift.json"
+AUDIT_MAPS = f"{AUDIT_DIR}/maps"
+AUDITS_LATEST = f"{AUDITS_DIR}/latest"  # a text file: the newest entry's name (no symlinks)
+
+
+def audit_entry(stamp: str) -> str:
+    """audits/<stamp>: one archived audit (a copy of audit/)."""
+    return f"{AUDITS_DIR}/{stamp}"
 
 
 def index_page(page: int) -> str:
