@@ -60,9 +60,22 @@ class ModelConfig:
     safe_mode: bool = True
     # Import paths "module:attr" of the custom layers / functions a model file needs.
     custom_objects: tuple[str, ...] = ()
+    # Class names: a list, or a file (one name per line, a JSON list, or Keras's
+    # imagenet_class_index.json {"0": ["n01440764", "tench"], ...}); empty: class ids only.
+    class_names: tuple[str, ...] | str = ()
 
     def __post_init__(self) -> None:
         check_str("model.name", self.name)
+        names = self.class_names
+        if isinstance(names, list):
+            object.__setattr__(self, "class_names", tuple(names))
+        elif not isinstance(names, (str, tuple)):
+            fail("model.class_names", names, "a list of names or the path of a names file",
+                 "write e.g. class_names: examples/model/shapes_cnn.classes.txt")  # fmt: skip
+        if isinstance(self.class_names, tuple) and not all(
+            isinstance(n, str) for n in self.class_names
+        ):
+            fail("model.class_names", names, "every name must be a string", "quote the names")
         if self.weights is not None:
             check_str("model.weights", self.weights)
         check_choice("model.preprocessing", self.preprocessing, PREPROCESSING_MODES)

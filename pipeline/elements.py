@@ -78,6 +78,8 @@ class SaliencyRecord:
     original_height: int = 0  # the input's size before resizing (0: unknown)
     original_width: int = 0
     boxes: Boxes = ()
+    prediction_name: str = ""  # model.class_names of prediction_class ("" when unnamed)
+    target_name: str = ""
     # method -> {"deletion": curve, "insertion": curve}: the target logit at steps 0..S
     # (audit.faithfulness_steps), computed by the handler when the audit is on.
     faithfulness: dict[str, dict[str, tuple[float, ...]]] = dataclasses.field(default_factory=dict)

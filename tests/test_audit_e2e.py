@@ -78,6 +78,16 @@ def test_the_default_job_audits_its_records(default_run):
     # Labels from the sidecar: the true-label table mirrors the classes; no errors.
     assert {k: v["count"] for k, v in audit["labels"].items()} == by_class
     assert audit["errors"] == {}
+    # Class names (configs/local.yaml: the shipped names file) in the manifest, the records,
+    # the report and the contact sheet: every bundled image is named after its shape.
+    assert all(m["prediction_name"] == m["key"].split("_")[0] for m in manifest)
+    from pipeline.store import records as store_records
+
+    named = {r.key: r.prediction_name for r in store_records.read(str(out / "records/*"))}
+    assert named == {m["key"]: m["prediction_name"] for m in manifest}
+    report = (out / "audit" / "report.html").read_text()
+    assert ">0 circle</a>" in report and "class 4 star" in report
+    assert "class 0 circle" in (out / "index.html").read_text()
 
 
 @pytest.mark.slow

@@ -230,6 +230,8 @@ def _methods_section(audit: dict) -> str:
 
 
 def _class_section(audit: dict, manifest: dict[str, dict]) -> str:
+    names = {str(m["prediction_class"]): m["prediction_name"] for m in manifest.values()
+             if m.get("prediction_name")}  # fmt: skip
     methods = list(audit["methods"])
     head = "".join(
         f"<th>{_e(h)}</th>"
@@ -249,7 +251,8 @@ def _class_section(audit: dict, manifest: dict[str, dict]) -> str:
         cells = [entry["count"], entry["accuracy"], entry["mean_confidence"], len(entry["flags"])]
         cells += [per.get(m, {}).get("metrics", {}).get("pointing") for m in methods]
         cells += [per.get(m, {}).get("metrics", {}).get("deletion_auc") for m in methods]
-        link = f'<a href="#class-{_e(cid)}">{_e(cid)}</a>'
+        label = f"{cid} {names[cid]}" if cid in names else cid
+        link = f'<a href="#class-{_e(cid)}">{_e(label)}</a>'
         rows.append(f"<tr><td>{link}</td>{''.join(_cell(c) for c in cells)}</tr>")
         maps = "".join(_img(_in_audit_dir(per[m]["mean_map"]), f"{m} mean") for m in per)
         flags = []
@@ -281,7 +284,7 @@ def _class_section(audit: dict, manifest: dict[str, dict]) -> str:
             for name, h in sorted(per[m]["histograms"].items())
             if name in ("pointing", "energy_in_box", "gini", "border_mass")
         )
-        summary = f"class {_e(cid)}: {entry['count']} records" + (
+        summary = f"class {_e(label)}: {entry['count']} records" + (
             f', <span class="flag">{len(entry["flags"])} flag(s)</span>' if entry["flags"] else ""
         )
         blocks.append(

@@ -32,6 +32,8 @@ from pipeline.engine.from_config import explainer_options, model_spec
 from pipeline.engine.models import LoadedModel, load_model
 from pipeline.engine.precision import configure_gpus
 from pipeline.engine.targets import resolve_targets
+from pipeline.store.class_names import class_name, load_class_names
+from pipeline.validation import ConfigError
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Engine:
     saliency: SaliencyConfig
     counters: Counters = dataclasses.field(default_factory=Counters)
     faithfulness: Faithfulness | None = None
+    class_names: tuple[str, ...] = ()
 
 
 def make_explainer(loaded: LoadedModel, s: SaliencyConfig, *, pad_to: int) -> Explainer:
@@ -96,12 +99,21 @@ def model_geometry(m: ModelConfig) -> ModelGeometry:
         lines = str(exc).strip().splitlines() or [""]
         first = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
         raise ModelLoadError(f"model {m.name!r}: {type(exc).__name__}: {first}") from exc
+    try:
+        checked_class_names(m, loaded.num_classes)  # fail fast, before any data is read
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.class_names: {_first(exc)}") from exc
     return ModelGeometry(
         name=loaded.name,
         input_size=tuple(loaded.input_size),
         channels=loaded.channels,
         fingerprint=loaded.fingerprint,
     )
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def load_engine(
@@ -119,7 +131,24 @@ def load_engine(
         explainer.guided_report()  # build the guided clone now: fail fast, once per process
     if not REPORTER.configured:  # a worker process of its own: log lines every N images
         REPORTER.reset(total=None, bar=False, every=progress_every)
-    return Engine(loaded=loaded, explainer=explainer, saliency=saliency, faithfulness=faithfulness)
+    return Engine(
+        loaded=loaded,
+        explainer=explainer,
+        saliency=saliency,
+        faithfulness=faithfulness,
+        class_names=checked_class_names(model, loaded.num_classes),
+    )
+
+
+def checked_class_names(m: ModelConfig, num_classes: int) -> tuple[str, ...]:
+    """model.class_names loaded, and as many as the model has classes (ValueError else)."""
+    names = load_class_names(m.class_names)
+    if names and len(names) != num_classes:
+        raise ValueError(
+            f"{len(names)} names for a model with {num_classes} classes; give one name per "
+            "class, in class-id order."
+        )
+    return names
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -305,6 +334,8 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
                 original_height=item.original_height,
                 original_width=item.original_width,
                 boxes=item.boxes,
+                prediction_name=class_name(engine.class_names, int(top[row, 0])),
+                target_name=class_name(engine.class_names, int(target)),
                 faithfulness={
                     m: {mode: tuple(float(v) for v in c[place[j]]) for mode, c in by_mode.items()}
                     for m, by_mode in curves.items()

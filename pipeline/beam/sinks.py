@@ -91,6 +91,7 @@ def manifest_entry(record: SaliencyRecord, artifacts: dict[str, dict[str, str]])
         "label": int(record.label),
         "prediction_class": int(record.prediction_class),
         "prediction_probability": float(record.prediction_probability),
+        "prediction_name": record.prediction_name,
         "target_class": int(record.target_class),
         "target_rank": int(record.target_rank),
         "target_score": float(record.target_score),

@@ -29,6 +29,8 @@ run/recomputed                            int64       maps redone in float32
 image/object/bbox/ymin, xmin, ymax, xmax  float list  ground-truth boxes (when the input had
                                                       them), fractions of the ORIGINAL
                                                       image's height / width
+prediction/name, target/name              bytes       model.class_names of the classes (when
+                                                      configured)
 faithfulness/<method>/deletion, insertion float list  the target logit at steps 0..S of the
                                                       deletion / insertion curve (when the
                                                       audit is on)
@@ -80,6 +82,8 @@ FEATURES = {
     "model/name": tf.io.FixedLenFeature([], tf.string),
     "model/fingerprint": tf.io.FixedLenFeature([], tf.string),
     "run/recomputed": tf.io.FixedLenFeature([], tf.int64, default_value=0),
+    "prediction/name": tf.io.FixedLenFeature([], tf.string, default_value=b""),
+    "target/name": tf.io.FixedLenFeature([], tf.string, default_value=b""),
 }
 CURVES = ("deletion", "insertion")
 for _key in BOX_FEATURES:
@@ -117,6 +121,8 @@ class DecodedRecord:
     recomputed: int
     boxes: tuple[tuple[float, float, float, float], ...] = ()  # normalised, original image
     faithfulness: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    prediction_name: str = ""
+    target_name: str = ""
 
     @property
     def record_id(self) -> str:
@@ -234,6 +240,9 @@ def encode(
         "model/fingerprint": _bytes(record.model_fingerprint),
         "run/recomputed": _ints(record.recomputed),
     }
+    if record.prediction_name or record.target_name:
+        feature["prediction/name"] = _bytes(record.prediction_name)
+        feature["target/name"] = _bytes(record.target_name)
     if record.boxes:
         for i, key in enumerate(BOX_FEATURES):
             feature[key] = _floats(*(box[i] for box in record.boxes))
@@ -331,6 +340,8 @@ def parse(serialized: bytes) -> DecodedRecord:
         model_fingerprint=f.text("model/fingerprint"),
         recomputed=int(f.one("run/recomputed", "int64_list", default=0)),
         boxes=_boxes(f),
+        prediction_name=f.one("prediction/name", "bytes_list", default=b"").decode("utf-8"),
+        target_name=f.one("target/name", "bytes_list", default=b"").decode("utf-8"),
         faithfulness={
             m: {
                 c: np.array(f.values(curve_key(m, c), "float_list", True), np.float64)
