@@ -83,7 +83,7 @@ def mobilenet_settings() -> list[str]:
         common.calibrate_batchnorm(model, x)
         model.save(path)
     return [f"model.name={path}", "model.preprocessing=symmetric", "batch.max_batch_size=16",
-            "saliency.sample_batch_size=64"]  # fmt: skip
+            "saliency.sample_batch_size=64", "model.class_names=[]"]  # fmt: skip
 
 
 def _run(images: Path, sidecar: Path, out: Path, audit: bool, methods: str = "") -> list[str]:

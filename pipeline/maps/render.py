@@ -6,6 +6,8 @@ Pillow writes no timestamp chunk, and the same array always gives the same bytes
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -224,7 +226,9 @@ def grid_png_from_panels(
     return encode_png(canvas)
 
 
+@functools.lru_cache(maxsize=4)
 def _font(size: int) -> ImageFont.ImageFont:
+    """Pillow's bundled font at ``size`` (loaded once: loading costs more than drawing)."""
     return ImageFont.load_default(size=size)
 
 
@@ -256,25 +260,40 @@ def annotated_grid_png(
     panels = [upscale(panel, scale) for panel in panels]
     h, w = panels[0].shape[:2]
     width = len(panels) * w + (len(panels) - 1) * gap
+    titles, footer = _strips(width, w, int(gap), cmap)
+    header = Image.fromarray(titles)  # a copy: the cached strip stays clean
+    draw = ImageDraw.Draw(header)
+    draw.text((2, 1), _fit(draw, info, _font(13), width - 4), fill=(0, 0, 0), font=_font(13))
+    for i, name in enumerate(GRID_PANELS):
+        if name in scales:
+            label = _fit(draw, f"1 = {scales[name]:.3g}", _font(11), w - 2)
+            draw.text((i * (w + gap) + 1, 31), label, fill=(90, 90, 90), font=_font(11))
     canvas = np.full((GRID_HEADER + h + GRID_FOOTER, width, 3), 255, dtype=np.uint8)
+    canvas[:GRID_HEADER] = np.asarray(header)
     for i, panel in enumerate(panels):
         canvas[GRID_HEADER : GRID_HEADER + h, i * (w + gap) : i * (w + gap) + w] = panel
+    canvas[GRID_HEADER + h :] = footer
+    return encode_png(canvas)
+
+
+@functools.lru_cache(maxsize=16)
+def _strips(width: int, w: int, gap: int, cmap: str) -> tuple[np.ndarray, np.ndarray]:
+    """The parts of the annotated grid that depend on its size only: the header with the
+    panel titles, and the footer with the colour bar (drawn once per size)."""
+    header = Image.new("RGB", (width, GRID_HEADER), (255, 255, 255))
+    draw = ImageDraw.Draw(header)
+    small = _font(11)
+    for i, title in enumerate(GRID_TITLES):
+        draw.text((i * (w + gap) + 1, 18), _fit(draw, title, small, w - 2), fill=(0, 0, 0),
+                  font=small)  # fmt: skip
+    footer = np.full((GRID_FOOTER, width, 3), 255, dtype=np.uint8)
     bar_w = max(1, min(256, max(64, width // 3), width - 4))  # tiny grids: a shorter bar
     ramp = colormap(np.tile(np.linspace(0.0, 1.0, bar_w, dtype=np.float32), (10, 1)), cmap)
-    canvas[GRID_HEADER + h + 4 : GRID_HEADER + h + 14, 2 : 2 + bar_w] = ramp
-    pil = Image.fromarray(canvas)
+    footer[4:14, 2 : 2 + bar_w] = ramp
+    pil = Image.fromarray(footer)
     draw = ImageDraw.Draw(pil)
-    big, small = _font(13), _font(11)
-    draw.text((2, 1), _fit(draw, info, big, width - 4), fill=(0, 0, 0), font=big)
-    for i, (name, title) in enumerate(zip(GRID_PANELS, GRID_TITLES)):
-        x = i * (w + gap) + 1
-        draw.text((x, 18), _fit(draw, title, small, w - 2), fill=(0, 0, 0), font=small)
-        if name in scales:
-            label = f"1 = {scales[name]:.3g}"
-            draw.text((x, 31), _fit(draw, label, small, w - 2), fill=(90, 90, 90), font=small)
-    y = GRID_HEADER + h + 14
-    draw.text((2, y), "0", fill=(0, 0, 0), font=small)
+    draw.text((2, 14), "0", fill=(0, 0, 0), font=small)
     legend = "1 (each map's own scale: its 99th percentile)"
-    draw.text((bar_w + 8, y - 11), _fit(draw, legend, small, max(10, width - bar_w - 10)),
+    draw.text((bar_w + 8, 3), _fit(draw, legend, small, max(10, width - bar_w - 10)),
               fill=(0, 0, 0), font=small)  # fmt: skip
-    return encode_png(np.asarray(pil))
+    return np.asarray(header), np.asarray(pil)
