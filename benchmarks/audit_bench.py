@@ -33,6 +33,7 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from pipeline.config import AuditConfig  # noqa: E402
 
 WORK = common.ROOT / ".bench" / "audit"
 IMAGES = common.ROOT / "examples" / "images"
@@ -67,6 +68,7 @@ def _wait(command: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024.0
 
 
+FRACTION = AuditConfig().faithfulness_fraction
 MODEL_SETTINGS: list[str] = []  # --set overrides for the model under test (main() fills it)
 
 
@@ -92,7 +94,7 @@ def _run(images: Path, sidecar: Path, out: Path, audit: bool, methods: str = "")
                "--set", f"audit.enabled={'true' if audit else 'false'}",
                "--set", f"audit.annotations={sidecar}",
                # the code's default: configs/local.yaml asks for all 12 bundled images
-               "--set", "audit.faithfulness_fraction=0.25", "-q"]  # fmt: skip
+               "--set", f"audit.faithfulness_fraction={FRACTION}", "-q"]  # fmt: skip
     for setting in MODEL_SETTINGS:
         command += ["--set", setting]
     if methods:

@@ -324,8 +324,9 @@ class AuditConfig:
     faithfulness_steps: int = 10
     faithfulness_baseline: float = 0.0  # the removed pixels' value, in the model's input space
     # Of the records (chosen by key hash, the same on every rerun): the curves cost
-    # 2 * (steps - 1) forward passes per method and image.
-    faithfulness_fraction: float = 0.25
+    # 2 * (steps - 1) forward passes per method and image (10%: the audit's per-image cost
+    # stays within 1.25x of the run's, benchmarks/RESULTS.md).
+    faithfulness_fraction: float = 0.1
     sanity_samples: int = 16  # images in the cascading-randomisation check (0: off)
     sanity_layers: int = 3  # top layers randomised, one more per step
 

@@ -488,3 +488,43 @@ def test_tfds_full_run_with_label_targets(tfds_dir, tmp_path):
     assert [r.key for r in decoded] == [f"tiny_images/train/{i}" for i in range(5)]
     assert [r.target_class for r in decoded] == [i % 3 for i in range(5)]
     assert all(np.abs(r.gradients["vanilla"]).max() > 0 for r in decoded)
+
+
+BOXES = [[[0.1, 0.2, 0.5, 0.75]], [[0.0, 0.0, 1.0, 0.5], [0.25, 0.25, 0.75, 0.75]]]
+
+
+class TinyBoxes(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Two images with objects/bbox (normalised, as TFDS detection datasets have them)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    code_path = None
+
+    def _info(self):
+        features = tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "objects": tfds.features.Sequence({"bbox": tfds.features.BBoxFeature()}),
+        })  # fmt: skip
+        return tfds.core.DatasetInfo(builder=self, features=features, disable_shuffling=True)
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i, boxes in enumerate(BOXES):
+            bbox = [tfds.features.BBox(*b) for b in boxes]
+            yield f"{i:03d}", {"image": TFDS_IMAGES[i], "objects": {"bbox": bbox}}
+
+
+def _key_boxes(image) -> tuple:
+    return image.key, [tuple(round(v, 6) for v in b) for b in image.boxes]
+
+
+def test_tfds_objects_bbox_become_the_images_boxes(tmp_path):
+    TinyBoxes(data_dir=str(tmp_path)).download_and_prepare()
+    with _pipeline() as p:
+        read = p | S.ReadImages(kind="tfds", tfds_name="tiny_boxes", tfds_data_dir=str(tmp_path))
+        assert_that(
+            read.images | beam.Map(_key_boxes),
+            equal_to([(f"tiny_boxes/train/{i}", [tuple(b) for b in boxes])
+                      for i, boxes in enumerate(BOXES)]),
+        )  # fmt: skip
