@@ -16,9 +16,12 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="airflow-home-"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 
-from airflow.models.dagbag import DagBag  # noqa: E402
+try:  # Airflow 3.1+
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:  # Airflow 2
+    from airflow.models.dagbag import DagBag
 
-bag = DagBag(dag_folder=str(HERE / "airflow_dag.py"), include_examples=False)
+bag = DagBag(dag_folder=str(HERE / "airflow_dag.py"))
 problems = [f"import error in {path}: {error}" for path, error in bag.import_errors.items()]
 dag = bag.dags.get("saliency_audit")
 if dag is None:
