@@ -47,6 +47,7 @@ def test_changes_are_ranked_and_rules_break_by_hand():
     assert [c["class"] for c in drift["classes"]] == ["1", "0"]  # the moved class first
     moved = drift["classes"][0]["methods"]["guided"]
     assert moved["similarity"] == 0.0 and moved["flags_appeared"] == ["corner"]
+    assert moved["clusters"] == {"before": [], "after": []}
     assert drift["classes"][1]["methods"]["guided"]["similarity"] == pytest.approx(1.0)
     assert drift["methods"]["guided"]["pointing"]["change"] == pytest.approx(-0.1)
     assert drift["flags"] == {"before": 0, "after": 1, "change": 1, "relative": None}

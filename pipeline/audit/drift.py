@@ -3,8 +3,9 @@ no TensorFlow: it reads audit.json only.
 
 Per method: every localisation and faithfulness number, before / after / change. Per class
 and method present in both: the cosine similarity of the two mean maps (1: the same place),
-every metric mean's change, and the flags that appeared or went away (by kind, since cluster
-numbers are not stable between audits). Classes are ranked by change: 1 - similarity, plus
+every metric mean's change, the cluster sizes before and after (strategies that appeared or
+went away), and the flags that appeared or went away (by kind, since cluster numbers are not
+stable between audits). Classes are ranked by change: 1 - similarity, plus
 the flags that appeared or went away, plus the largest absolute metric change of a bounded
 metric (fractions in [0, 1]). It works for two models on the same images and for two dates
 with different images alike: only aggregates are compared.
@@ -82,6 +83,12 @@ def similarity(a, b) -> float | None:
     return sum(p * q for p, q in zip(x, y)) / (nx * ny) if nx and ny else None
 
 
+def _clusters(entry: dict, method: str) -> list[int]:
+    """The sizes of a class's clusters for one method, largest first."""
+    return sorted((c["size"] for c in entry.get("clusters", []) if c["method"] == method),
+                  reverse=True)  # fmt: skip
+
+
 def _kinds(entry: dict, method: str) -> set[str]:
     return {f["kind"] for f in entry.get("flags", []) if f["method"] == method}
 
@@ -103,8 +110,10 @@ def _class_changes(cid: str, a: dict, b: dict) -> dict:
         part = (1.0 - sim if sim is not None else 0.0) + len(appeared) + len(gone)
         part += max(bounded, default=0.0)
         score = max(score, part)
+        clusters = {"before": _clusters(a, method), "after": _clusters(b, method)}
         methods[method] = {"similarity": sim, "metrics": metrics, "flags_appeared": appeared,
-                           "flags_gone": gone, "change_score": part}  # fmt: skip
+                           "flags_gone": gone, "clusters": clusters,
+                           "change_score": part}  # fmt: skip
     return {"class": cid, "count": _change(a.get("count"), b.get("count")),
             "accuracy": _change(a.get("accuracy"), b.get("accuracy")), "methods": methods,
             "change_score": score}  # fmt: skip

@@ -354,9 +354,13 @@ def _drift_section(drift: dict | None) -> str:
         for method, m in c["methods"].items():
             new = ", ".join(m["flags_appeared"]) or "-"
             gone = ", ".join(m["flags_gone"]) or "-"
-            classes.append(f"<tr><td>{_e(c['class'])}</td><td>{_e(method)}</td>"
-                           f"{_cell(m['similarity'])}{_cell(m['change_score'])}"
-                           f"<td>{_e(new)}</td><td>{_e(gone)}</td></tr>")  # fmt: skip
+            sizes = m.get("clusters", {})
+            clusters = f"{sizes.get('before', [])} -> {sizes.get('after', [])}"
+            classes.append(
+                f"<tr><td>{_e(c['class'])}</td><td>{_e(method)}</td>"
+                f"{_cell(m['similarity'])}{_cell(m['change_score'])}"
+                f"<td>{_e(clusters)}</td><td>{_e(new)}</td><td>{_e(gone)}</td></tr>"
+            )
     return (
         f"<h2>What changed since audits/{_e(drift.get('previous', '?'))}</h2>"
         f"<p>records {drift['records']['before']} -> {drift['records']['after']}, flags "
@@ -365,9 +369,8 @@ def _drift_section(drift: dict | None) -> str:
         + "<table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>"
         + "".join(rows)
         + "</table><h3>Classes by change</h3><table><tr><th>class</th><th>method</th>"
-        "<th>mean-map similarity</th><th>change</th><th>flags new</th><th>flags gone</th></tr>"
-        + "".join(classes)
-        + "</table>"
+        "<th>mean-map similarity</th><th>change</th><th>cluster sizes</th><th>flags new</th>"
+        "<th>flags gone</th></tr>" + "".join(classes) + "</table>"
     )
 
 
