@@ -102,18 +102,13 @@ def model_geometry(m: ModelConfig) -> ModelGeometry:
     try:
         checked_class_names(m, loaded.num_classes)  # fail fast, before any data is read
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"model.class_names: {_first(exc)}") from exc
+        raise ConfigError(f"model.class_names: {exc}") from exc
     return ModelGeometry(
         name=loaded.name,
         input_size=tuple(loaded.input_size),
         channels=loaded.channels,
         fingerprint=loaded.fingerprint,
     )
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
 
 
 def load_engine(

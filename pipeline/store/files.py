@@ -79,29 +79,25 @@ def write_json(path: str, obj: object) -> str:
     return write_atomic(path, text.encode("utf-8"), mime_type="application/json")
 
 
-def read_text(path: str) -> str:
-    """A UTF-8 text file on any Beam filesystem."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return handle.read().decode("utf-8")
-
-
 def read_bytes(path: str) -> bytes:
-    """A whole file on any Beam filesystem."""
+    """A whole file on any Beam filesystem (never decompressed by its name)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read()
 
 
+def read_text(path: str) -> str:
+    """A UTF-8 text file on any Beam filesystem."""
+    return read_bytes(path).decode("utf-8")
+
+
 def read_json(path: str) -> dict:
     """A JSON file written by write_json (any Beam filesystem)."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return json.loads(handle.read().decode("utf-8"))
+    return json.loads(read_text(path))
 
 
 def read_jsonl(path: str) -> list[dict]:
     """The rows of a JSON-lines file (manifest.jsonl, failures.jsonl), in file order."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        text = handle.read().decode("utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
 
 
 def _json_line(row: dict) -> bytes:

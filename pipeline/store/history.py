@@ -6,7 +6,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.store.files import list_files, read_json, read_text, write_atomic
+from pipeline.store.files import list_files, read_bytes, read_json, read_text, write_atomic
 from pipeline.store.layout import AUDIT_DIR, AUDIT_JSON, AUDITS_LATEST, audit_entry, join_path
 
 
@@ -32,9 +32,7 @@ def archive_audit(output_dir: str, name: str) -> str:
     prefix = source.rstrip("/") + "/"
     for path in list_files(source):
         relative = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
-        with FileSystems.open(path) as handle:
-            data = handle.read()
-        write_atomic(join_path(target, relative), data)
+        write_atomic(join_path(target, relative), read_bytes(path))
     if not FileSystems.exists(join_path(target, "audit.json")):
         raise FileNotFoundError(f"{join_path(output_dir, AUDIT_JSON)} was not archived")
     write_atomic(join_path(output_dir, AUDITS_LATEST), (name + "\n").encode("utf-8"))
