@@ -26,7 +26,7 @@ from pipeline.audit.metrics.localisation import (
 )
 from pipeline.audit.metrics.relevance import relevance
 from pipeline.audit.metrics.spatial import spatial_metrics
-from pipeline.audit.metrics.weak_box import weak_box_metrics
+from pipeline.audit.metrics.weak_box import scene_for, weak_box_metrics
 from pipeline.audit.strategies import downsample
 from pipeline.choices import DEFAULT_MAX_PIXELS
 from pipeline.store.decode import decode_image
@@ -137,6 +137,8 @@ def record_rows(
     if label < 0 and annotation is not None:
         label = annotation.label
     boxes, mask = _ground_truth(record, annotation, resize_policy)
+    boxed = boxes is not None and len(boxes) and record.image is not None
+    scene = scene_for(record.image) if boxed else None  # the image's part, once per record
     out = []
     for method in record.methods:
         m = relevance(record.gradients[method])
@@ -153,8 +155,8 @@ def record_rows(
         }
         if mask is not None:
             row.update(localisation_metrics(m, mask))
-        if boxes is not None and len(boxes) and record.image is not None:
-            row.update(weak_box_metrics(m, record.image, boxes))
+        if boxed:
+            row.update(weak_box_metrics(m, record.image, boxes, scene=scene))
         curves = record.faithfulness.get(method, {})
         if curves:
             row["deletion_auc"] = float(auc(curves["deletion"]))

@@ -13,6 +13,8 @@ GrabCut's gamma = 50. It is minimised by mean-field updates (numpy, a few ms at 
 rather than an exact min-cut: an approximation of the paper's step, documented as such.
 """
 
+import dataclasses
+
 import numpy as np
 
 from pipeline.audit.metrics.relevance import check_map
@@ -46,30 +48,47 @@ def _neighbours(a: np.ndarray, fill: float = 0.0) -> list[np.ndarray]:
     return [p[:-2, 1:-1], p[2:, 1:-1], p[1:-1, :-2], p[1:-1, 2:]]
 
 
-def segment(m: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """bool [H, W]: the object side of the seeded colour segmentation (module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """What the segmentation needs of an image alone, computed once and shared by every
+    method's map of it: colour bins and the contrast-sensitive Potts weights."""
+
+    shape: tuple[int, int]
+    bins: np.ndarray  # int [H, W]: colour histogram bin of each pixel
+    size: int  # number of bins
+    weights: tuple[np.ndarray, ...]  # per neighbour direction, [H, W]
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> "Scene":
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., None]
+        shape = image.shape[:2]
+        colour = image.astype(np.float64)
+        valid = _neighbours(np.ones(shape, bool), fill=False)
+        diffs = [((colour - n) ** 2).sum(-1) for n in _neighbours(colour)]
+        mean_sq = np.mean(np.concatenate([d[v] for d, v in zip(diffs, valid)])) or 1.0
+        weights = tuple(GAMMA * np.exp(-d / (2.0 * mean_sq)) * v for d, v in zip(diffs, valid))
+        return cls(shape, _colour_bins(image), LEVELS ** image.shape[2], weights)
+
+
+def segment(m: np.ndarray, image: np.ndarray | Scene) -> np.ndarray:
+    """bool [H, W]: the object side of the seeded colour segmentation (module docstring);
+    ``image`` may be given as its Scene, to share the image's part between maps."""
     a = check_map(m)
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.shape[:2] != a.shape:
-        raise ValueError(f"image: got shape {image.shape}; [H, W, C] of the map's {a.shape}.")
+    scene = image if isinstance(image, Scene) else Scene.of(image)
+    if scene.shape != a.shape:
+        raise ValueError(f"image: got shape {scene.shape}; [H, W, C] of the map's {a.shape}.")
     hi, lo = np.quantile(a, OBJECT_QUANTILE), np.quantile(a, BACKGROUND_QUANTILE)
     fg, bg = a > hi, (a < lo) & ~(a > hi)
     if not fg.any() or not bg.any():  # a flat map seeds nothing: no object found
         return np.zeros(a.shape, bool)
-    bins = _colour_bins(image)
-    size = LEVELS ** image.shape[2]
+    bins, size = scene.bins, scene.size
     unary = _log_likelihood(bins, fg, size) - _log_likelihood(bins, bg, size)  # > 0: object
-    colour = image.astype(np.float64)
-    valid = _neighbours(np.ones(a.shape, bool), fill=False)
-    diffs = [((colour - n) ** 2).sum(-1) for n in _neighbours(colour)]
-    mean_sq = np.mean(np.concatenate([d[v] for d, v in zip(diffs, valid)])) or 1.0
-    weights = [GAMMA * np.exp(-d / (2.0 * mean_sq)) * v for d, v in zip(diffs, valid)]
     q = np.where(fg, 1.0, np.where(bg, 0.0, 1.0 / (1.0 + np.exp(-unary))))
     for _ in range(ITERATIONS):
         # Potts: each neighbour that is object pulls towards object, background away.
-        field = sum(w * n for w, n in zip(weights, _neighbours(2.0 * q - 1.0)))
+        field = sum(w * n for w, n in zip(scene.weights, _neighbours(2.0 * q - 1.0)))
         update = 1.0 / (1.0 + np.exp(-np.clip(unary + field, -50.0, 50.0)))
         q = 0.5 * (q + update)  # damped: synchronous updates would oscillate
         q[fg], q[bg] = 1.0, 0.0
@@ -136,15 +155,28 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     return a.reshape(h // f, f, w // f, f, *a.shape[2:]).mean(axis=(1, 3))
 
 
-def weak_box(m: np.ndarray, image: np.ndarray) -> tuple[float, float, float, float] | None:
+def _factor(shape: tuple[int, ...]) -> int:
+    return max(1, -(-max(shape[:2]) // WORKING_SIDE))
+
+
+def scene_for(image: np.ndarray) -> Scene:
+    """The Scene weak_box segments for maps of this image's size (at the working size)."""
+    f = _factor(np.shape(image))
+    return Scene.of(image if f == 1 else _block_mean(image, f))
+
+
+def weak_box(
+    m: np.ndarray, image: np.ndarray, *, scene: Scene | None = None
+) -> tuple[float, float, float, float] | None:
     """(ymin, xmin, ymax, xmax), max exclusive, of the largest object region; None when
     the map seeds no object. Maps larger than WORKING_SIDE are segmented at 1/f of their
     size (f the smallest integer that gets there; a 224 map at 112) and the box scaled
-    back: a quarter of the pixels, the box within f pixels."""
+    back: a quarter of the pixels, the box within f pixels. ``scene``: scene_for(image),
+    when several maps of one image are boxed."""
     a = check_map(m)
-    f = max(1, -(-max(a.shape) // WORKING_SIDE))
-    small_map, small_image = (a, image) if f == 1 else (_block_mean(a, f), _block_mean(image, f))
-    region = largest_component(segment(small_map, small_image))
+    f = _factor(a.shape)
+    small_map = a if f == 1 else _block_mean(a, f)
+    region = largest_component(segment(small_map, scene or scene_for(image)))
     if not region.any():
         return None
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
@@ -162,9 +194,11 @@ def iou(a, b) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def weak_box_metrics(m: np.ndarray, image: np.ndarray, boxes) -> dict[str, float]:
+def weak_box_metrics(
+    m: np.ndarray, image: np.ndarray, boxes, *, scene: Scene | None = None
+) -> dict[str, float]:
     """{"box_iou": best IoU of the weak box with a ground-truth box (model-input
     coordinates), "box_correct": 1.0 at IoU >= 0.5 else 0.0}."""
-    box = weak_box(m, image)
+    box = weak_box(m, image, scene=scene)
     best = max((iou(box, b) for b in boxes), default=0.0) if box is not None else 0.0
     return {"box_iou": best, "box_correct": float(best >= IOU_CORRECT)}
