@@ -37,6 +37,7 @@ from pipeline.choices import (
 )
 from pipeline.validation import (
     check_choice,
+    check_faithfulness,
     check_int,
     check_number,
     check_str,
@@ -338,12 +339,10 @@ class AuditConfig:
         check_int("audit.reservoir", self.reservoir, minimum=2, maximum=100_000)
         check_int("audit.neighbours", self.neighbours, minimum=1, maximum=1000)
         check_int("audit.max_clusters", self.max_clusters, minimum=1, maximum=64)
-        check_int("audit.faithfulness_steps", self.faithfulness_steps, minimum=0, maximum=1000)
-        check_number(
-            "audit.faithfulness_baseline", self.faithfulness_baseline, minimum=-1e6, maximum=1e6
-        )
-        check_number("audit.faithfulness_fraction", self.faithfulness_fraction, minimum=0.0,
-                     maximum=1.0)  # fmt: skip
+        check_faithfulness(
+            "audit.", self.faithfulness_steps, self.faithfulness_baseline,
+            self.faithfulness_fraction,
+        )  # fmt: skip
         check_int("audit.sanity_samples", self.sanity_samples, minimum=0, maximum=10_000)
         check_int("audit.sanity_layers", self.sanity_layers, minimum=1, maximum=1000)
 

@@ -55,3 +55,11 @@ def check_str(key: str, value: Any, *, empty_ok: bool = False) -> None:
         fail(key, value, "a string is required", f"quote the value of {key}")
     if not empty_ok and not value.strip():
         fail(key, value, "it must not be empty", f"set {key}")
+
+
+def check_faithfulness(prefix: str, steps: Any, baseline: Any, fraction: Any) -> None:
+    """The deletion / insertion settings, for the audit section (prefix "audit.") and for
+    ExplainImages' keyword options (prefix "")."""
+    check_int(f"{prefix}faithfulness_steps", steps, minimum=0, maximum=1000)
+    check_number(f"{prefix}faithfulness_baseline", baseline, minimum=-1e6, maximum=1e6)
+    check_number(f"{prefix}faithfulness_fraction", fraction, minimum=0.0, maximum=1.0)

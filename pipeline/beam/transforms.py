@@ -30,7 +30,7 @@ from pipeline.choices import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILE, DEFAULT_RES
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import EncodedImage, Failure, SaliencyRecord
 from pipeline.maps.views import compute_views
-from pipeline.validation import check_int, check_number
+from pipeline.validation import check_faithfulness
 
 __all__ = ["ExplainImages", "Explained", "to_encoded_image", "with_views"]
 
@@ -154,9 +154,7 @@ class ExplainImages(beam.PTransform):
             resize_policy=resize,
             max_pixels=max_pixels,
         )
-        check_int("faithfulness_steps", faithfulness_steps, minimum=0, maximum=1000)
-        check_number("faithfulness_baseline", faithfulness_baseline, minimum=-1e6, maximum=1e6)
-        check_number("faithfulness_fraction", faithfulness_fraction, minimum=0.0, maximum=1.0)
+        check_faithfulness("", faithfulness_steps, faithfulness_baseline, faithfulness_fraction)
         self._handler = SaliencyModelHandler(
             model=model,
             saliency=saliency,
