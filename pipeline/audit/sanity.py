@@ -102,7 +102,8 @@ def cascading_randomisation(
     ``explainer_options`` go to every Explainer (``seed`` is SmoothGrad's noise seed)."""
     if isinstance(methods, str):
         raise TypeError("methods: got a str; a tuple of method names is required.")
-    base = Explainer(model, **explainer_options).logits_model
+    # Only the logits model (softmax stripped): float32 and unfolded, so no variant is built.
+    base = Explainer(model, fold=False, precision="float32").logits_model
     order = layers_top_down(base)[:steps]
     # One working copy randomised in place, layer after layer, under one Explainer: each
     # method is built and traced once (a throw-away model is not worth the fold's check).
