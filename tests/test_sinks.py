@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import os
@@ -259,3 +260,15 @@ def test_pipeline_writes_everything(tmp_path):
         r.numpy() for r in tf.data.TFRecordDataset(sorted(glob.glob(f"{out_dir}/records/*")))
     )
     assert raw == sorted(records.encode(item) for item in items)
+
+
+def test_the_grid_info_line_names_the_classes():
+    record = make_record("a", seed=3)
+    assert sinks.grid_info(record, "guided") == (
+        f"a | class {record.prediction_class}, p = {record.prediction_probability:.3f} | guided"
+    )
+    named = dataclasses.replace(record, prediction_name="cat", target_class=9, target_name="dog")
+    assert sinks.grid_info(named, "vanilla") == (
+        f"a | class {record.prediction_class} cat, p = {record.prediction_probability:.3f} "
+        "| explained: class 9 dog | vanilla"
+    )

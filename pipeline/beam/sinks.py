@@ -110,14 +110,21 @@ def artifact_scale(height: int, width: int, min_size: int) -> int:
 
 
 def grid_info(record: SaliencyRecord, method: str) -> str:
-    """The grid's info line: key, predicted class and probability, target, method."""
+    """The grid's info line: key, predicted class (and its name) and probability, the
+    explained class when it is another, method."""
+
+    def named(class_id: int, name: str) -> str:
+        return f"{class_id} {name}" if name else str(class_id)
+
     target = (
         ""
         if record.target_class == record.prediction_class
-        else (f" | explained: class {record.target_class}")
+        else f" | explained: class {named(record.target_class, record.target_name)}"
     )
-    return (f"{record.key} | class {record.prediction_class}, p = "
-            f"{record.prediction_probability:.3f}{target} | {method}")  # fmt: skip
+    return (
+        f"{record.key} | class {named(record.prediction_class, record.prediction_name)}, "
+        f"p = {record.prediction_probability:.3f}{target} | {method}"
+    )
 
 
 def render_artifacts(
