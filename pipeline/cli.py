@@ -156,14 +156,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
         return _errors(exc.errors)
+    # Beam flags from the config's beam: section first; the command line's come after them.
+    typed, beam_args = beam_args, [*config.beam.args(), *beam_args]
     if args.command == "audit":
-        if beam_args:
-            return _errors([f"unknown flag {beam_args[0]} for audit. See audit --help."])
-        return _audit(config, to_stdout=True)
+        with native_stderr_silenced(not args.verbose):
+            from pipeline.beam.preflight import flag_problems
+        problems = flag_problems(beam_args, _our_flags(parser))
+        return _errors(problems) if problems else _audit(config, beam_args, to_stdout=True)
     check = getattr(args, "check", False) or getattr(args, "dry_run", False)
     if args.command == "validate" and not check:
-        if beam_args:
-            return _errors([f"unknown flag {beam_args[0]} for validate. See validate --help."])
+        if typed:
+            return _errors([f"unknown flag {typed[0]} for validate. See validate --help."])
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return EXIT_OK
     with native_stderr_silenced(not args.verbose):
@@ -205,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{summary.images_per_s:.2f} images/s -> {summary.output_dir}"
     )
     if config.audit.enabled:
-        code = _audit(config, to_stdout=False)
+        code = _audit(config, beam_args, to_stdout=False)
         if code != EXIT_OK:
             return code
     if summary.too_many_failures:
@@ -219,13 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
-def _audit(config, *, to_stdout: bool) -> int:
+def _audit(config, beam_args: Sequence[str], *, to_stdout: bool) -> int:
     """Audit output.dir's published records; one summary line (a log line after a run,
     whose own summary is the one line on stdout)."""
     with native_stderr_silenced():
         from pipeline.audit.pipeline import run_audit
     try:
-        result = run_audit(config)
+        result = run_audit(config, beam_args)
     except (OSError, ValueError) as exc:
         print(f"error: the audit failed: {_first_line(exc)}", file=sys.stderr)
         return EXIT_FAILED

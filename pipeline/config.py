@@ -35,6 +35,7 @@ from pipeline.choices import (
     SOURCE_KINDS,
     TARGET_MODES,
 )
+from pipeline.config_beam import BeamConfig
 from pipeline.validation import (
     check_choice,
     check_faithfulness,
@@ -289,9 +290,13 @@ class RunConfig:
     # Drift rules (METRIC[@METHOD]:CHANGE, e.g. pointing:-0.05, energy_in_box:-10%); a
     # broken one makes the run exit with code 6 after everything is written.
     audit_fail_on: tuple[str, ...] = ()
+    # On gs:// and s3:// the run holds output.dir with a lock object it renews every third
+    # of this; a lock not renewed for this long is stale (its run died) and is taken over.
+    lock_ttl_s: int = 120
 
     def __post_init__(self) -> None:
         check_str("run.id", self.id, empty_ok=True)
+        check_int("run.lock_ttl_s", self.lock_ttl_s, minimum=3, maximum=86_400)
         check_number("run.max_failure_fraction", self.max_failure_fraction, minimum=0, maximum=1)
         if not isinstance(self.incremental, bool):
             fail("run.incremental", self.incremental, "true or false is required")
@@ -363,16 +368,20 @@ class Config:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
     run: RunConfig = dataclasses.field(default_factory=RunConfig)
     audit: AuditConfig = dataclasses.field(default_factory=AuditConfig)
+    beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (lists, not tuples) for YAML/JSON."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        data = dataclasses.asdict(self)
+        data["beam"] = dict(self.beam.options)
+        return json.loads(json.dumps(data))
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes what is computed (not where it is written)."""
         data = self.to_dict()
         data["output"].pop("dir")
-        for key in ("progress_every", "audit_drift", "audit_fail_on"):
+        data.pop("beam")  # where and how it runs, not what it computes
+        for key in ("progress_every", "audit_drift", "audit_fail_on", "lock_ttl_s"):
             data["run"].pop(key)
         # The audit reads records and changes nothing in them but the deletion / insertion
         # curves the handler adds when it is on.

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import SECTIONS, Config
+from pipeline.config import SECTIONS, BeamConfig, Config
 from pipeline.validation import ConfigError, fail
 
 
@@ -62,17 +62,31 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
         raise ConfigError(f"a config must be a mapping of sections; got {type(data).__name__}")
     errors: list[str] = []
     for name in data:
-        if name not in SECTIONS:
-            errors += _errors_of(_unknown_key, str(name), list(SECTIONS))
+        if name not in SECTIONS and name != "beam":
+            errors += _errors_of(_unknown_key, str(name), [*SECTIONS, "beam"])
     sections = {}
     for name in SECTIONS:
         try:
             sections[name] = _section(name, data.get(name))
         except ConfigError as exc:
             errors += _key_errors(name, data.get(name)) or exc.errors
+    try:
+        sections["beam"] = _beam_section(data.get("beam"))
+    except ConfigError as exc:
+        errors += exc.errors
     if errors:
         raise ConfigError(*dict.fromkeys(errors))
     return Config(**sections)
+
+
+def _beam_section(values: Any) -> BeamConfig:
+    """``beam:`` is Beam's own flags, free-form (checked against Beam's options later)."""
+    if values is None:
+        return BeamConfig()
+    if not isinstance(values, Mapping):
+        fail("beam", values, "a mapping of Beam flags is required",
+             "write 'beam:' then indented flags, e.g. 'runner: DataflowRunner'")  # fmt: skip
+    return BeamConfig(options=tuple((k, _coerce(v, tuple[Any, ...])) for k, v in values.items()))
 
 
 def _errors_of(check: Any, *args: Any) -> list[str]:
@@ -108,7 +122,7 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
         if len(parts) != 2 or not all(parts):
             raise ConfigError(
                 f"override key {path!r} must be section.key (e.g. saliency.samples). "
-                f"Sections: {', '.join(SECTIONS)}"
+                f"Sections: {', '.join([*SECTIONS, 'beam'])}"
             )
         try:
             value = yaml.safe_load(raw)

@@ -9,6 +9,7 @@ SHARED = {
     "elements",
     "config",
     "config_files",
+    "config_beam",
     "validation",
 }  # bottom modules any room may import
 # room -> the package modules / rooms it may import (besides itself and SHARED)

@@ -18,10 +18,12 @@ nightly run audits old and new records together) with the in-process runner.
 import dataclasses
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
@@ -55,6 +57,7 @@ from pipeline.store.layout import (
     SUMMARY_NAME,
     join_path,
 )
+from pipeline.store.object_stores import configure
 
 _LOG = logging.getLogger(__name__)
 
@@ -206,15 +209,18 @@ class AuditResult:
     archived: str
 
 
-def run_audit(config: Config) -> AuditResult:
+def run_audit(config: Config, beam_args: Sequence[str] = ()) -> AuditResult:
     """Audit the published records of ``config.output.dir``: audit.json, rows.jsonl, the PNG
     maps, drift.json (run.audit_drift), report.html, the archive under audits/<timestamp>/
-    and index.html."""
+    and index.html. Runs in this process; ``beam_args`` give its filesystems their options
+    (e.g. --s3_endpoint_url), whatever runner they name."""
+    options = PipelineOptions(list(beam_args))
+    configure(options)
     out_dir = config.output.dir.rstrip("/")
     previous = latest_audit(out_dir) if config.run.audit_drift == "previous" else None
     delete_tree(join_path(out_dir, AUDIT_MAPS))  # this audit's maps only, none left over
     pattern = join_path(out_dir, f"{RECORDS_DIR}/*{RECORDS_SUFFIX}")
-    with beam.Pipeline(runner=FnApiRunner()) as p:
+    with beam.Pipeline(runner=FnApiRunner(), options=options) as p:
         decoded = (
             p
             | "ReadRecords" >> beam.io.ReadFromTFRecord(pattern)

@@ -31,6 +31,7 @@ from pipeline.store.listing import (
     normalise_pattern,
     split_patterns,
 )
+from pipeline.store.object_stores import configure
 
 with contextlib.suppress(ImportError):  # runner options that live beside their runners
     importlib.import_module("apache_beam.runners.portability.flink_runner")
@@ -177,6 +178,7 @@ def preflight(config: Config, beam_args: Sequence[str], our_flags: Sequence[str]
     """Every problem found, one line each ([] when the run can start)."""
     problems = flag_problems(beam_args, our_flags)
     options = PipelineOptions(list(beam_args))
+    configure(options)  # the inputs are listed below, before any pipeline exists
     runner = runner_problem(options.view_as(StandardOptions).runner)
     problems += [runner] if runner else []
     for problem in (

@@ -50,6 +50,7 @@ from pipeline.store.index import write_index
 from pipeline.store.layout import SUMMARY_NAME, counts_path, done_index_path, join_path, tmp_dir
 from pipeline.store.layout import staging_dir as staging_path
 from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
+from pipeline.store.object_stores import configure
 from pipeline.store.publish import (
     new_shard_set,
     output_lock,
@@ -299,11 +300,12 @@ def run(
     # Fail fast on a model that cannot load, before any data is read or any file touched.
     geometry = model_geometry(config.model)
     options = pipeline_options(beam_args)
+    configure(options)  # before the first object-store access (the lock, recovery)
     out_dir = config.output.dir.rstrip("/")
     created = is_local(out_dir) and not os.path.exists(out_dir)
     try:
-        with output_lock(out_dir):
-            summary = _locked_run(config, options, geometry, out_dir, progress_bar)
+        with output_lock(out_dir, ttl_s=config.run.lock_ttl_s, options=options) as held:
+            summary = _locked_run(config, options, geometry, out_dir, progress_bar, held)
     except ConfigError:
         if created:  # a run that did not start leaves no directory and no lock behind
             remove_empty_output(out_dir)
@@ -320,6 +322,7 @@ def _locked_run(
     geometry: Any,
     out_dir: str,
     progress_bar: bool | None,
+    held: Any,
 ) -> Summary:
     removed = recover_output(out_dir)
     if removed:
@@ -351,6 +354,7 @@ def _locked_run(
     if state not in (None, PipelineState.DONE):
         raise RuntimeError(f"the pipeline ended in state {state}; nothing was published")
     counts = read_json(counts_path(attempt.staging))
+    held.verify()  # a run whose lock was taken over publishes nothing
     published = publish(out_dir, shard_set=attempt.shard_set, carried=carried)
     summary = summarise(
         config,

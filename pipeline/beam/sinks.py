@@ -14,6 +14,9 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam import coders
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.tfrecordio import _TFRecordSink  # the sink WriteToTFRecord wraps
 
 from pipeline.beam.tags import FAILURES
 from pipeline.choices import ARTIFACT_VIEWS, DEFAULT_PERCENTILE
@@ -72,10 +75,24 @@ class WriteRecords(beam.PTransform):
             pcoll
             | "EncodeRecords" >> beam.Map(encode_record, self._include_image, self._percentile)
             | "WriteTFRecords"
-            >> beam.io.WriteToTFRecord(
-                self._prefix, file_name_suffix=RECORDS_SUFFIX, num_shards=self._num_shards
+            >> beam.io.Write(
+                RecordSink(
+                    self._prefix,
+                    coders.BytesCoder(),
+                    RECORDS_SUFFIX,
+                    self._num_shards,
+                    None,
+                    CompressionTypes.UNCOMPRESSED,
+                )
             )
         )
+
+
+class RecordSink(_TFRecordSink):
+    """Beam's TFRecord sink (what WriteToTFRecord uses), defined here so that every worker
+    running any of its steps (bundles, the empty shards of finalisation) unpickles it from
+    this package and so imports the object-store fixes (store.object_stores): Beam's own S3
+    upload cannot write an empty shard."""
 
 
 # --------------------------------------------------------------------------- artifacts

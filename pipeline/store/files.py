@@ -21,6 +21,12 @@ from collections.abc import Callable, Iterable
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.store import object_stores
+
+# Every process that touches our files (the launcher, each Beam worker unpickling our
+# DoFns or sinks) gets the object-store fixes before its first s3:// or gs:// access.
+object_stores.install()
+
 
 def is_local(path: str) -> bool:
     return FileSystems.get_scheme(path) is None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import logging
 import os
 import time
 import uuid
@@ -33,7 +34,9 @@ import tensorflow as tf
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil  # the format Beam's sink writes
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline.store import object_lock
 from pipeline.store.files import (
     delete_files,
     delete_tree,
@@ -57,6 +60,9 @@ from pipeline.store.layout import (
     shard_set_of,
     staging_dir,
 )
+from pipeline.store.object_lock import LockBusy, LockLost, ObjectLock
+
+_LOG = logging.getLogger(__name__)
 
 
 def manifest_sort_key(row: dict) -> tuple:
@@ -73,13 +79,43 @@ def new_shard_set() -> str:
     return time.strftime("%Y%m%d%H%M%S", time.gmtime()) + uuid.uuid4().hex[:8]
 
 
+class _Held:
+    """What output_lock yields: ``verify()`` raises OutputBusyError once the lock is lost."""
+
+    def __init__(self, lock: ObjectLock | None = None) -> None:
+        self._lock = lock
+
+    def verify(self) -> None:
+        if self._lock is not None:
+            try:
+                self._lock.verify()
+            except LockLost as exc:
+                raise OutputBusyError(f"output.dir: {exc}; nothing was published") from exc
+
+
 @contextlib.contextmanager
-def output_lock(output_dir: str) -> Iterator[None]:
-    """Hold ``output_dir`` for one run: a local directory is locked with flock (released
-    when the process ends, even by SIGKILL); object stores are not locked (one run per
-    output dir is then the scheduler's job)."""
+def output_lock(
+    output_dir: str, *, ttl_s: float = 120, options: PipelineOptions | None = None
+) -> Iterator[_Held]:
+    """Hold ``output_dir`` for one run. A local directory is locked with flock (released
+    when the process ends, even by SIGKILL); gs:// and s3:// with a lock object under a
+    lease of ``ttl_s`` seconds (store.object_lock). Other schemes are not locked (one run
+    per output dir is then the scheduler's job; a warning says so)."""
     if not is_local(output_dir):
-        yield
+        if not object_lock.supported(output_dir):
+            _LOG.warning("output.dir %s is not locked: one run at a time is up to you", output_dir)
+            yield _Held()
+            return
+        lock = ObjectLock(join_path(output_dir, LOCK_NAME), ttl_s=ttl_s,
+                          options=options or PipelineOptions([]))  # fmt: skip
+        try:
+            lock.acquire()
+        except LockBusy as exc:
+            raise OutputBusyError(
+                f"output.dir {output_dir!r} is in use by another run: {exc}"
+            ) from exc
+        with lock.held():
+            yield _Held(lock)
         return
     os.makedirs(output_dir, exist_ok=True)
     with open(os.path.join(output_dir, LOCK_NAME), "a+b") as handle:
@@ -91,7 +127,7 @@ def output_lock(output_dir: str) -> Iterator[None]:
                 "wait for it to finish or choose another output.dir"
             ) from exc
         try:
-            yield
+            yield _Held()
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
 

@@ -50,6 +50,9 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil  # the format Beam's sink writes
 from PIL import Image
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
@@ -361,11 +364,16 @@ def _boxes(f: _Fields) -> tuple[tuple[float, float, float, float], ...]:
 
 
 def read(pattern: str) -> Iterator[DecodedRecord]:
-    """Iterate over every record in the files matching ``pattern`` (sorted; gs:// works).
+    """Iterate over every record in the files matching ``pattern`` (sorted), on any Beam
+    filesystem (local, gs://, s3://: TensorFlow's own has no s3:// since 2.6).
 
     Raises FileNotFoundError at once when nothing matches.
     """
-    files = sorted(tf.io.gfile.glob(pattern))
+    try:
+        matched = FileSystems.match([pattern])[0].metadata_list
+    except BeamIOError:
+        matched = []
+    files = sorted(m.path for m in matched)
     if not files:
         raise FileNotFoundError(
             f"no TFRecord files match {pattern!r}: records are written to "
@@ -375,5 +383,7 @@ def read(pattern: str) -> Iterator[DecodedRecord]:
 
 
 def _iterate(files: list[str]) -> Iterator[DecodedRecord]:
-    for raw in tf.data.TFRecordDataset(files):
-        yield parse(raw.numpy())
+    for path in files:
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            while (raw := _TFRecordUtil.read_record(handle)) is not None:  # CRCs checked
+                yield parse(raw)
