@@ -1,6 +1,9 @@
 # Worker image for Dataflow / Flink GPU workers (and a self-contained launcher).
-#   docker build -t $REGION-docker.pkg.dev/$PROJECT/saliency/worker:latest .
-#   docker push $REGION-docker.pkg.dev/$PROJECT/saliency/worker:latest
+#   docker build -t $REGION-docker.pkg.dev/$PROJECT/saliency/worker:beam2.77.0-py3.11 .
+#   docker push $REGION-docker.pkg.dev/$PROJECT/saliency/worker:beam2.77.0-py3.11
+# The tag states the image's Beam and Python: the launcher refuses an image whose tag
+# differs from its own (Dataflow fails such a job on the workers). The ARG defaults below
+# are pipeline/versions.py's (tests/test_dataflow.py checks); change the versions there.
 # The Beam SDK image brings the boot entrypoint and a Python matching the SDK; TensorFlow's
 # CUDA libraries come from pip (tensorflow[and-cuda]), so no CUDA base image is needed.
 # The host (Dataflow: install-nvidia-driver) provides the NVIDIA driver.

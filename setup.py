@@ -1,6 +1,12 @@
 """Packaging for the saliency batch job (also what --setup_file ships to Beam workers)."""
 
+import re
+
 from setuptools import find_packages, setup
+
+# The launcher's Beam is the worker image's (pipeline/versions.py states it once).
+with open("pipeline/versions.py", encoding="utf-8") as handle:
+    BEAM = re.search(r'^BEAM_VERSION = "([^"]+)"', handle.read(), re.M).group(1)
 
 # TensorFlow is not a hard requirement (as in tensorflow-datasets): CPU machines take
 # tensorflow-cpu, GPU workers take tensorflow[and-cuda]. Pick one with an extra.
@@ -22,7 +28,7 @@ setup(
     package_data={"pipeline": ["assets/*", "assets/**/*"]},
     include_package_data=True,
     install_requires=[
-        "apache-beam>=2.60,<3",
+        f"apache-beam=={BEAM}",
         "google-crc32c>=1.5",  # TFRecord checksums without the slow pure-Python crcmod
         "isal>=1.6",  # ISA-L deflate for PNGs: ~7x zlib level 1 (pipeline/png.py)
         "keras>=3.3,<4",
@@ -34,9 +40,18 @@ setup(
     extras_require={
         "cpu": [TF_CPU],
         "gpu": [TF_GPU],
-        "gcp": ["apache-beam[gcp]>=2.60,<3"],
-        "aws": ["apache-beam[aws]>=2.60,<3"],
-        "test": [TF_CPU, "pytest>=8", "ruff>=0.6"],
+        "gcp": [f"apache-beam[gcp]=={BEAM}"],
+        "aws": [f"apache-beam[aws]=={BEAM}"],
+        # The object-store tests run against real servers on 127.0.0.1: moto's S3 server
+        # and gcp-storage-emulator (tests/_stores.py).
+        "test": [
+            TF_CPU,
+            "pytest>=8",
+            "ruff>=0.6",
+            f"apache-beam[gcp,aws]=={BEAM}",
+            "gcp-storage-emulator>=2024.8",
+            "moto[server]>=5.0",
+        ],
         # Peer libraries for benchmarks/ (versions measured in benchmarks/RESULTS.md). They
         # pull tensorflow<=2.20 and tf-keras through tensorflow-probability: install them in
         # a separate venv and point `python -m benchmarks.bench --peers-python` at it.

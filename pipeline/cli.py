@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "audit":
         with native_stderr_silenced(not args.verbose):
             from pipeline.beam.preflight import flag_problems
-        problems = flag_problems(beam_args, _our_flags(parser))
+        problems = flag_problems(beam_args, _our_flags(parser), [n for n, _ in config.beam.options])
         return _errors(problems) if problems else _audit(config, beam_args, to_stdout=True)
     check = getattr(args, "check", False) or getattr(args, "dry_run", False)
     if args.command == "validate" and not check:
@@ -170,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return EXIT_OK
     with native_stderr_silenced(not args.verbose):
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from pipeline.beam.dataflow import is_dataflow, is_dry_run
         from pipeline.beam.handler import ModelLoadError
         from pipeline.beam.preflight import preflight
         from pipeline.beam.run import run
@@ -177,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = preflight(config, beam_args, _our_flags(parser))
     if problems:
         return _errors(problems)
+    if is_dataflow(options := PipelineOptions(beam_args)) and (check or is_dry_run(options)):
+        return _dataflow_dry_run(config, beam_args, as_json=getattr(args, "json", False))
     if check:
         return _dry_run(config, beam_args)
     try:
@@ -322,6 +327,24 @@ def _dry_run(config, beam_args: Sequence[str]) -> int:
         f"incremental: {config.run.incremental}); runner: "
         f"{_runner(beam_args)}. Nothing was run or written."
     )
+    return EXIT_OK
+
+
+def _dataflow_dry_run(config, beam_args: Sequence[str], *, as_json: bool) -> int:
+    """Build the Dataflow job offline and say what it would start; submit nothing."""
+    from pipeline.beam.dataflow import describe
+
+    job = describe(config, beam_args)
+    if as_json:
+        print(json.dumps(job, indent=2))
+        return EXIT_OK
+    print(f"Dataflow job built, not submitted: {job['transforms']} transforms "
+          f"({', '.join(job['top_level_transforms'])})")  # fmt: skip
+    print(f"workers: up to {job['max_num_workers']} x {job['machine_type']}, "
+          f"{', '.join(job['service_options']) or 'no service options'}, "
+          f"one SDK process per VM: {job['one_sdk_process_per_vm']}")  # fmt: skip
+    print(f"image: {', '.join(job['container_images'])}")
+    print(f"project {job['project']}, region {job['region']}. Nothing was staged or run.")
     return EXIT_OK
 
 

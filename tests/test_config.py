@@ -143,3 +143,41 @@ def test_faithfulness_settings_change_the_fingerprint_only_when_the_audit_is_on(
     tuned = load_config(None, ["audit.enabled=true", "audit.neighbours=5"])
     assert tuned.fingerprint() == base.fingerprint()
     assert off.audit.faithfulness == 0 and more.audit.faithfulness == 20
+
+
+def test_beam_section_becomes_beam_flags_and_is_not_in_the_fingerprint():
+    data = {"beam": {"runner": "DataflowRunner", "experiments": ["a", "b=1"], "no_auth": True,
+                     "save_main_session": False, "max_num_workers": 8}}  # fmt: skip
+    config = config_from_dict(data)
+    assert config.beam.args() == [
+        "--runner=DataflowRunner", "--experiments=a", "--experiments=b=1", "--no_auth",
+        "--max_num_workers=8",
+    ]  # fmt: skip
+    assert config.to_dict()["beam"]["experiments"] == ["a", "b=1"]
+    assert config.fingerprint() == Config().fingerprint()  # where it runs, not what
+    overridden = load_config(None, ["beam.region=europe-west4"])
+    assert overridden.beam.args() == ["--region=europe-west4"]
+
+
+@pytest.mark.parametrize(
+    ("beam", "fragment"),
+    [
+        ({"--runner": "X"}, "'beam.--runner'"),
+        ({"runner": {"a": 1}}, "'beam.runner': got {'a': 1}"),
+        ("runner", "a mapping of Beam flags is required"),
+    ],
+)
+def test_bad_beam_section_names_the_key(beam, fragment):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"beam": beam})
+    assert fragment in str(info.value)
+
+
+def test_unknown_beam_option_in_the_config_is_named_with_its_key():
+    from pipeline.beam.preflight import flag_problems
+
+    config = config_from_dict({"beam": {"machne_type": "n1"}})
+    problems = flag_problems(config.beam.args(), [], [n for n, _ in config.beam.options])
+    assert problems == [
+        "config key 'beam.machne_type': not a Beam option. Did you mean beam.machine_type?"
+    ]

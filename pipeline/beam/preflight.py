@@ -13,7 +13,7 @@ import difflib
 import importlib
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import (
     _BeamArgumentParser,
 )
 
+from pipeline.beam.dataflow import dataflow_problems, is_dataflow, is_dry_run
 from pipeline.config import Config
 from pipeline.engine.model_files import model_file_problem
 from pipeline.store.decode import IMAGE_EXTENSIONS
@@ -62,8 +63,11 @@ def _option_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def flag_problems(beam_args: Sequence[str], our_flags: Sequence[str]) -> list[str]:
-    """Flags that neither we nor any Beam option know, each with a did-you-mean."""
+def flag_problems(
+    beam_args: Sequence[str], our_flags: Sequence[str], from_config: Collection[str] = ()
+) -> list[str]:
+    """Flags that neither we nor any Beam option know, each with a did-you-mean;
+    ``from_config``: the names that came from the config's beam: section."""
     parser = _option_parser()
     _, unknown = parser.parse_known_args(list(beam_args))
     known = sorted({s for a in parser._actions for s in a.option_strings} | set(our_flags))
@@ -75,6 +79,10 @@ def flag_problems(beam_args: Sequence[str], our_flags: Sequence[str]) -> list[st
             continue
         flag = arg.split("=", 1)[0]
         close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        if flag.removeprefix("--") in from_config:  # spelled in the config's beam: section
+            hint = f" Did you mean beam.{close[0][2:]}?" if close else ""
+            problems.append(f"config key 'beam.{flag[2:]}': not a Beam option.{hint}")
+            continue
         hint = f" Did you mean {close[0]}?" if close else " See run --help and Beam's options."
         problems.append(f"unknown flag {flag}.{hint}")
     return problems
@@ -176,7 +184,7 @@ def input_problems(config: Config) -> list[str]:
 
 def preflight(config: Config, beam_args: Sequence[str], our_flags: Sequence[str]) -> list[str]:
     """Every problem found, one line each ([] when the run can start)."""
-    problems = flag_problems(beam_args, our_flags)
+    problems = flag_problems(beam_args, our_flags, [n for n, _ in config.beam.options])
     options = PipelineOptions(list(beam_args))
     configure(options)  # the inputs are listed below, before any pipeline exists
     runner = runner_problem(options.view_as(StandardOptions).runner)
@@ -190,4 +198,8 @@ def preflight(config: Config, beam_args: Sequence[str], our_flags: Sequence[str]
     if not any(p.startswith("model.name") for p in problems):
         model = model_file_problem(config.model.name, config.model.custom_objects)
         problems += [model] if model else []
+    if is_dataflow(options):
+        problems += dataflow_problems(options)
+    if is_dry_run(options):  # Beam's --dry_run builds the job only: inputs are not read
+        return problems
     return problems + input_problems(config)
