@@ -150,3 +150,17 @@ def test_flex_template_parameters_start_the_same_job(gcs):
     proc = _cli(gcs, *args, "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["container_images"] == [IMAGE]
+
+
+def test_flink_config_names_the_job_server_of_the_pinned_beam():
+    from apache_beam.options.pipeline_options import FlinkRunnerOptions
+
+    with open(os.path.join(ROOT, "configs", "flink.yaml"), encoding="utf-8") as handle:
+        text = handle.read()
+    image = re.search(r"apache/beam_flink(\d+\.\d+)_job_server:(\S+)", text)
+    jar = re.search(r"beam-runners-flink-(\d+\.\d+)-job-server:(\S+)", text)
+    assert image and jar and image.groups() == jar.groups()
+    flink, beam_version = image.groups()
+    assert beam_version == versions.BEAM_VERSION
+    assert flink in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
+    assert f"Flink {flink}." in text.replace("\n#", "")
