@@ -156,17 +156,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
         return _errors(exc.errors)
-    # Beam flags from the config's beam: section first; the command line's come after them.
-    typed, beam_args = beam_args, [*config.beam.args(), *beam_args]
     if args.command == "audit":
         with native_stderr_silenced(not args.verbose):
             from pipeline.beam.preflight import flag_problems
-        problems = flag_problems(beam_args, _our_flags(parser), [n for n, _ in config.beam.options])
+        merged = config.beam.flags(beam_args)  # the config's beam: section, then these
+        problems = flag_problems(merged, _our_flags(parser), [n for n, _ in config.beam.options])
         return _errors(problems) if problems else _audit(config, beam_args, to_stdout=True)
     check = getattr(args, "check", False) or getattr(args, "dry_run", False)
     if args.command == "validate" and not check:
-        if typed:
-            return _errors([f"unknown flag {typed[0]} for validate. See validate --help."])
+        if beam_args:
+            return _errors([f"unknown flag {beam_args[0]} for validate. See validate --help."])
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         return EXIT_OK
     with native_stderr_silenced(not args.verbose):
@@ -180,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = preflight(config, beam_args, _our_flags(parser))
     if problems:
         return _errors(problems)
-    if is_dataflow(options := PipelineOptions(beam_args)) and (check or is_dry_run(options)):
+    options = PipelineOptions(config.beam.flags(beam_args))
+    if is_dataflow(options) and (check or is_dry_run(options)):
         return _dataflow_dry_run(config, beam_args, as_json=getattr(args, "json", False))
     if check:
         return _dry_run(config, beam_args)
@@ -325,7 +325,7 @@ def _dry_run(config, beam_args: Sequence[str]) -> int:
     print(
         f"would write: {config.output.dir} (records: {config.output.records}; {views}; "
         f"incremental: {config.run.incremental}); runner: "
-        f"{_runner(beam_args)}. Nothing was run or written."
+        f"{_runner(config.beam.flags(beam_args))}. Nothing was run or written."
     )
     return EXIT_OK
 
@@ -333,8 +333,12 @@ def _dry_run(config, beam_args: Sequence[str]) -> int:
 def _dataflow_dry_run(config, beam_args: Sequence[str], *, as_json: bool) -> int:
     """Build the Dataflow job offline and say what it would start; submit nothing."""
     from pipeline.beam.dataflow import describe
+    from pipeline.validation import ConfigError
 
-    job = describe(config, beam_args)
+    try:
+        job = describe(config, beam_args)
+    except ConfigError as exc:
+        return _errors(exc.errors)
     if as_json:
         print(json.dumps(job, indent=2))
         return EXIT_OK

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from pipeline.validation import fail
@@ -31,6 +32,11 @@ class BeamConfig:
             values = value if isinstance(value, (list, tuple)) else [value]
             if not values or not all(isinstance(v, _SCALARS) for v in values):
                 fail(key, value, "a string, number, true/false or a list of them is required")
+
+    def flags(self, command_line: Sequence[str] = ()) -> list[str]:
+        """This section's flags, then ``command_line``'s (which so win for one value). Every
+        function taking ``(config, beam_args)`` calls it once: pass only the command line."""
+        return [*self.args(), *command_line]
 
     def args(self) -> list[str]:
         """The options as Beam command-line flags (true: ``--flag``; false: left out)."""

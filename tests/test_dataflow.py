@@ -164,3 +164,11 @@ def test_flink_config_names_the_job_server_of_the_pinned_beam():
     assert beam_version == versions.BEAM_VERSION
     assert flink in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS
     assert f"Flink {flink}." in text.replace("\n#", "")
+
+
+def test_a_placeholder_project_is_a_config_error_with_the_fix(gcs):
+    sets = _sets(gcs, "beam.project=YOUR_PROJECT")
+    proc = _cli(gcs, "run", "--config", CONFIG, *sets, "--dry_run=True")
+    assert proc.returncode == EXIT_CONFIG, proc.stderr[-2000:]
+    assert "Invalid Project ID (YOUR_PROJECT)" in proc.stderr
+    assert "--set beam.project=" in proc.stderr and "Traceback" not in proc.stderr

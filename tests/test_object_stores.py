@@ -20,8 +20,9 @@ from PIL import Image
 
 from pipeline.cli import EXIT_BUSY
 from pipeline.store import records
+from pipeline.store.object_lock import LockBusy, LockLost, ObjectLock
 from pipeline.store.object_stores import configure
-from pipeline.store.publish import output_lock
+from pipeline.store.publish import OutputBusyError, _Held, output_lock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = {"cut.png": noise_png(99)[:60]}
@@ -182,3 +183,29 @@ def test_a_second_run_is_refused_while_the_lock_is_held_and_a_stale_lock_is_take
     done = _run(store, args)
     assert done.returncode == 0, done.stderr[-2000:]
     assert _check_complete(store, "lock/out")["summary"]["images_written"] == 1
+
+
+def test_a_run_whose_lock_was_taken_over_knows_it_and_leaves_the_new_lock():
+    # S3 only: gcp-storage-emulator ignores generation preconditions (real GCS honours them).
+    with SERVERS["s3"]() as s3:
+        lock = ObjectLock(s3.url("lost/.lock"), ttl_s=3, options=_options(s3))
+        lock.acquire()
+        taker = b'{"host": "elsewhere", "pid": 1, "expires": 9999999999}'
+        with lock.held():
+            lock.verify()  # held
+            s3.put("lost/.lock", taker)  # another run took it over while this one slept
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    lock.verify()
+                except LockLost:
+                    break
+                time.sleep(0.1)
+            with pytest.raises(LockLost):
+                lock.verify()
+            with pytest.raises(OutputBusyError, match="nothing was published"):
+                _Held(lock).verify()
+        assert s3.get("lost/.lock") == taker  # the new holder's lock is not deleted
+        second = ObjectLock(s3.url("lost/.lock"), ttl_s=3, options=_options(s3))
+        with pytest.raises(LockBusy, match="elsewhere"):
+            second.acquire()

@@ -214,7 +214,7 @@ def run_audit(config: Config, beam_args: Sequence[str] = ()) -> AuditResult:
     maps, drift.json (run.audit_drift), report.html, the archive under audits/<timestamp>/
     and index.html. Runs in this process; ``beam_args`` give its filesystems their options
     (e.g. --s3_endpoint_url), whatever runner they name."""
-    options = PipelineOptions(list(beam_args))
+    options = PipelineOptions(config.beam.flags(beam_args))
     configure(options)
     out_dir = config.output.dir.rstrip("/")
     previous = latest_audit(out_dir) if config.run.audit_drift == "previous" else None

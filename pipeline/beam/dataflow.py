@@ -27,6 +27,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline.beam.run import build_pipeline
 from pipeline.config import Config
+from pipeline.validation import ConfigError
 from pipeline.versions import WORKER_TAG
 
 _OURS = re.compile(r"beam(?P<beam>\d+\.\d+\.\d+)-py(?P<py>\d+\.\d+)")
@@ -91,9 +92,16 @@ def describe(config: Config, beam_args: Sequence[str]) -> dict:
     it. Nothing is staged, submitted, read or written."""
     from apache_beam.runners.dataflow.internal import apiclient
 
-    options = PipelineOptions([*beam_args, "--dry_run=True"])
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, config)
+    options = PipelineOptions([*config.beam.flags(beam_args), "--dry_run=True"])
+    try:
+        p = beam.Pipeline(options=options)
+        build_pipeline(p, config)
+    except ValueError as exc:  # Beam's option validation, e.g. a placeholder project id
+        raise ConfigError(
+            " ".join(str(exc).split()) + " Fix: give the real values of the placeholders in "
+            "the beam: section, e.g. --set beam.project=my-project --set "
+            "beam.temp_location=gs://my-bucket/tmp"
+        ) from exc
     job = p.run().job
     environment = apiclient.Environment(
         packages=[],

@@ -299,7 +299,7 @@ def run(
     """
     # Fail fast on a model that cannot load, before any data is read or any file touched.
     geometry = model_geometry(config.model)
-    options = pipeline_options(beam_args)
+    options = pipeline_options(config.beam.flags(beam_args))
     configure(options)  # before the first object-store access (the lock, recovery)
     out_dir = config.output.dir.rstrip("/")
     created = is_local(out_dir) and not os.path.exists(out_dir)
@@ -329,8 +329,8 @@ def _locked_run(
         _LOG.warning("removed %d files left by an interrupted run in %s", removed, out_dir)
     attempt = new_attempt(config)
     start = time.monotonic()
-    p = beam.Pipeline(runner=make_runner(options), options=options)
     try:
+        p = beam.Pipeline(runner=make_runner(options), options=options)
         build_pipeline(p, config, attempt=attempt)
     except ValueError as exc:  # what the config names cannot be read: nothing ran
         raise ConfigError(str(exc)) from exc
