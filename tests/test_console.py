@@ -2,6 +2,7 @@
 clear line (exit 2, nothing left behind) for every bad environment."""
 
 import fcntl
+import importlib
 import json
 import os
 import pty
@@ -13,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline import __version__
 from pipeline.beam.handler import SaliencyModelHandler
+from pipeline.beam.preflight import FILESYSTEM_PACKAGES
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,12 +93,13 @@ BAD_ENVIRONMENTS = [
 ]  # fmt: skip
 
 
-def _missing_scheme() -> str:
-    for scheme in ("gs", "s3", "azfs"):
+def _missing_scheme() -> tuple[str, str]:
+    """A scheme whose client library is not installed here, and what installs it."""
+    for scheme, (module, package) in FILESYSTEM_PACKAGES.items():
         try:
-            FileSystems.get_filesystem(f"{scheme}://bucket/x")
-        except ValueError:
-            return scheme
+            importlib.import_module(module)
+        except ImportError:
+            return scheme, package
     raise AssertionError("every object-store filesystem is installed; none to test with")
 
 
@@ -105,7 +107,7 @@ def _bad_environments(tmp: Path) -> dict[str, tuple[list[str], str]]:
     (tmp / "a_file").write_text("x")
     (tmp / "corrupt.keras").write_bytes(MODEL.read_bytes()[:1000])
     (tmp / "empty").mkdir()
-    scheme = _missing_scheme()
+    scheme, package = _missing_scheme()
     return {
         "misspelled flag": (["--runer=DataflowRunner"], "flag --runer. Did you mean --runner?"),
         "misspelled --set": (["--sett", "source.limit=2"], "Did you mean --set?"),
@@ -119,7 +121,7 @@ def _bad_environments(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "file as parent": (["--set", f"output.dir={tmp}/a_file/out"], "is a file"),
         "missing extra": (
             ["--set", f"output.dir={scheme}://bucket/out"],
-            f"no filesystem for {scheme}:// is installed. Fix: pip install 'saliency-pipeline[",
+            f"no filesystem for {scheme}:// is installed. Fix: pip install '{package}'.",
         ),
         "missing model": (["--set", f"model.name={tmp}/nope.keras"], "no such file"),
         "corrupt model": (["--set", f"model.name={tmp}/corrupt.keras"], "not a valid .keras"),

@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Collection, Sequence
 
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     PipelineOptions,
@@ -38,8 +39,14 @@ with contextlib.suppress(ImportError):  # runner options that live beside their 
     importlib.import_module("apache_beam.runners.portability.flink_runner")
     importlib.import_module("apache_beam.runners.portability.spark_runner")
 
-# scheme -> the extra that installs its Beam filesystem
-FILESYSTEM_EXTRAS = {"gs": "gcp", "s3": "aws", "azfs": "azure", "hdfs": "hadoop"}
+# scheme -> (the client library its Beam filesystem needs, what installs it). Beam registers
+# every filesystem class whether or not its library is there, so the library is checked.
+FILESYSTEM_PACKAGES = {
+    "gs": ("google.cloud.storage", "saliency-pipeline[gcp]"),
+    "s3": ("boto3", "saliency-pipeline[aws]"),
+    "azfs": ("azure.storage.blob", "apache-beam[azure]"),
+    "hdfs": ("hdfs", "apache-beam[hadoop]"),
+}
 _RUNNER_EXTRAS = {"dataflow": "gcp", "interactive": "interactive"}
 REFUSED_RUNNERS = {
     "daskrunner": (
@@ -120,15 +127,13 @@ def filesystem_problem(path: str, field: str) -> str | None:
     scheme = FileSystems.get_scheme(path)
     if scheme is None:
         return None
+    module, package = FILESYSTEM_PACKAGES.get(scheme, (None, None))
     try:
         FileSystems.get_filesystem(path)
-    except ValueError:
-        extra = FILESYSTEM_EXTRAS.get(scheme)
-        fix = (
-            f"pip install 'saliency-pipeline[{extra}]'"
-            if extra
-            else "install the Beam filesystem for it"
-        )
+        if module:
+            importlib.import_module(module)
+    except (ValueError, ImportError, BeamIOError):
+        fix = f"pip install '{package}'" if package else "install the Beam filesystem for it"
         return f"{field} {path!r}: no filesystem for {scheme}:// is installed. Fix: {fix}."
     return None
 
