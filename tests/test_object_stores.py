@@ -100,6 +100,16 @@ def _check_complete(store: Store, prefix: str) -> dict:
         for views in row["artifacts"].values():
             for rel in views.values():
                 Image.open(io.BytesIO(store.get(f"{prefix}/{rel}"))).load()
+    for key in objects:  # every object whole: what a reader of the bucket gets
+        data = store.get(key)
+        if key.endswith(".png"):
+            Image.open(io.BytesIO(data)).load()
+        elif key.endswith(".json"):
+            json.loads(data)
+        elif key.endswith(".jsonl"):
+            [json.loads(line) for line in data.splitlines()]
+        elif key.endswith(".html"):
+            assert data.decode("utf-8").rstrip().endswith("</html>"), key
     failures = [json.loads(line) for line in store.get(f"{prefix}/failures.jsonl").splitlines()]
     summary = json.loads(store.get(f"{prefix}/summary.json"))
     return {"records": recs, "failures": failures, "summary": summary, "objects": objects}
