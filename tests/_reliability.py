@@ -7,6 +7,9 @@ import glob
 import io
 import json
 import os
+import signal
+import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -70,6 +73,18 @@ def base_overrides(model: str, pattern: str, out: str) -> list[str]:
         "output.views=[heatmap]",
         "run.progress_every=0",
     ]
+
+
+def kill_when(proc, ready: Callable[[], bool], *, timeout: float = 180) -> None:
+    """SIGKILL ``proc``'s process group once ``ready()`` (polled) or ``timeout`` s passed,
+    then reap it; a run started with start_new_session=True dies with all its children."""
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline and not ready():
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
 
 
 def read_records(out: str) -> list[records.DecodedRecord]:

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from _reliability import noise_png, save_tiny_model
+from _reliability import base_overrides, kill_when, noise_png, save_tiny_model
 from _stores import SERVERS, Store
 from PIL import Image
 
@@ -52,20 +52,7 @@ def _upload(store: Store, prefix: str, files: dict[str, bytes]) -> str:
 
 
 def _overrides(store: Store, model: str, pattern: str, out: str, *extra: str) -> list[str]:
-    sets = [
-        f"model.name={model}",
-        "model.preprocessing=unit",
-        f"source.pattern={pattern}",
-        "saliency.methods=[vanilla]",
-        "saliency.precision=float32",
-        "batch.max_batch_size=4",
-        f"output.dir={out}",
-        "output.views=[heatmap]",
-        "output.num_shards=3",
-        "run.progress_every=0",
-        *store.overrides,
-        *extra,
-    ]
+    sets = [*base_overrides(model, pattern, out), "output.num_shards=3", *store.overrides, *extra]
     return [arg for s in sets for arg in ("--set", s)]
 
 
@@ -151,18 +138,13 @@ def test_sigkill_mid_run_then_rerun_on_the_store(store, model, tmp_path):
         store, model, pattern, out, "saliency.methods=[smoothgrad]", "saliency.samples=1000",
         "saliency.sample_batch_size=100", "batch.max_batch_size=2",
     )  # fmt: skip
+
+    def mid_way() -> bool:  # some artifacts are on the bucket, most are not
+        return sum(k.endswith(".png") for k in store.sizes("kill/out/artifacts/")) >= 6
+
     with open(tmp_path / "killed.log", "wb") as log:
         proc = _cli(store, args, stdout=log, stderr=log)
-        deadline = time.monotonic() + 180
-        try:
-            while proc.poll() is None and time.monotonic() < deadline:
-                pngs = [k for k in store.sizes("kill/out/artifacts/") if k.endswith(".png")]
-                if len(pngs) >= 6:  # mid-way
-                    break
-                time.sleep(0.2)
-            os.killpg(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=30)
+        kill_when(proc, mid_way)
     assert proc.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
     left = store.sizes("kill/out/")
     assert "kill/out/manifest.jsonl" not in left  # nothing of it was published
