@@ -12,7 +12,8 @@ into ``records/`` first, then ``manifest.jsonl`` is replaced (the commit), then 
 no manifest row references are deleted. :func:`recover_output`, run before every run,
 removes what a killed run left (staging directories, uncommitted shards, temp files), so a
 crash at any moment followed by a rerun ends with each record exactly once.
-:func:`output_lock` keeps a second run out of a local output directory.
+:func:`output_lock` keeps a second run out of an output directory (flock locally, a lock
+object with a lease on gs:// and s3://).
 
 Single files are written whole (:func:`write_atomic`): locally to a temporary name (hidden,
 in the same directory or in the staging directory) and renamed; on object stores directly
