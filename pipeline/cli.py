@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with native_stderr_silenced(not args.verbose):
             from pipeline.beam.preflight import flag_problems
         merged = config.beam.flags(beam_args)  # the config's beam: section, then these
-        problems = flag_problems(merged, _our_flags(parser), [n for n, _ in config.beam.options])
+        problems = flag_problems(merged, _our_flags(parser), config.beam.names)
         return _errors(problems) if problems else _audit(config, beam_args, to_stdout=True)
     check = getattr(args, "check", False) or getattr(args, "dry_run", False)
     if args.command == "validate" and not check:

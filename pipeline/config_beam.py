@@ -33,6 +33,11 @@ class BeamConfig:
             if not values or not all(isinstance(v, _SCALARS) for v in values):
                 fail(key, value, "a string, number, true/false or a list of them is required")
 
+    @property
+    def names(self) -> list[str]:
+        """The flag names this section sets (for error messages that name the config key)."""
+        return [name for name, _ in self.options]
+
     def flags(self, command_line: Sequence[str] = ()) -> list[str]:
         """This section's flags, then ``command_line``'s (which so win for one value). Every
         function taking ``(config, beam_args)`` calls it once: pass only the command line."""

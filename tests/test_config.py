@@ -177,7 +177,7 @@ def test_unknown_beam_option_in_the_config_is_named_with_its_key():
     from pipeline.beam.preflight import flag_problems
 
     config = config_from_dict({"beam": {"machne_type": "n1"}})
-    problems = flag_problems(config.beam.args(), [], [n for n, _ in config.beam.options])
+    problems = flag_problems(config.beam.args(), [], config.beam.names)
     assert problems == [
         "config key 'beam.machne_type': not a Beam option. Did you mean beam.machine_type?"
     ]

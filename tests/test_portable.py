@@ -16,7 +16,8 @@ import sys
 import pytest
 from _reliability import noise_png, save_tiny_model, write_files
 from _stores import _free_port, _wait_for
-from apache_beam.io.tfrecordio import _TFRecordUtil
+
+from pipeline.store import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,12 +70,9 @@ def _run(config: str, out: str, *beam: str) -> None:
 
 
 def _records(out: str) -> list[bytes]:
-    raw = []
-    for path in sorted(glob.glob(os.path.join(out, "records", "*.tfrecord"))):
-        with open(path, "rb") as handle:
-            while (record := _TFRecordUtil.read_record(handle)) is not None:
-                raw.append(record)
-    return sorted(raw)  # shards split the records by bundle, which differs by runner
+    # Sorted: shards split the records by bundle, which differs by runner.
+    paths = glob.glob(os.path.join(out, "records", "*.tfrecord"))
+    return sorted(raw for path in paths for raw in records.read_raw(path))
 
 
 def _manifest(out: str) -> bytes:

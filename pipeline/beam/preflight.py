@@ -190,7 +190,7 @@ def input_problems(config: Config) -> list[str]:
 def preflight(config: Config, beam_args: Sequence[str], our_flags: Sequence[str]) -> list[str]:
     """Every problem found, one line each ([] when the run can start)."""
     beam_args = config.beam.flags(beam_args)  # the config's beam: section, then these
-    problems = flag_problems(beam_args, our_flags, [n for n, _ in config.beam.options])
+    problems = flag_problems(beam_args, our_flags, config.beam.names)
     options = PipelineOptions(beam_args)
     configure(options)  # the inputs are listed below, before any pipeline exists
     runner = runner_problem(options.view_as(StandardOptions).runner)

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.store.object_stores import s3_client, s3_settings
@@ -131,7 +132,7 @@ _BACKENDS: dict[str, Callable[[str, PipelineOptions], object]] = {"gs": _Gcs, "s
 
 def supported(path: str) -> bool:
     """Whether ``path`` is on an object store this module can lock."""
-    return path.split("://", 1)[0] in _BACKENDS if "://" in path else False
+    return FileSystems.get_scheme(path) in _BACKENDS
 
 
 def _pid_alive(pid: int) -> bool:
@@ -152,7 +153,7 @@ class ObjectLock:
     def __init__(self, path: str, *, ttl_s: float, options: PipelineOptions) -> None:
         self.path = path
         self._ttl = float(ttl_s)
-        self._store = _BACKENDS[path.split("://", 1)[0]](path, options)
+        self._store = _BACKENDS[FileSystems.get_scheme(path)](path, options)
         self._me = {"owner": uuid.uuid4().hex, "host": socket.gethostname(), "pid": os.getpid()}
         self._version: str | None = None
         self._lost = threading.Event()

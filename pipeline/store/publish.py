@@ -37,12 +37,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil  # the format Beam's sink writes
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.store import object_lock
+from pipeline.store import object_lock, records
 from pipeline.store.files import (
     delete_files,
     delete_tree,
     is_local,
     list_files,
+    read_bytes,
     read_jsonl,
     rename,
     write_atomic,
@@ -208,12 +209,10 @@ def _compact(output_dir: str, staging: str, shard_set: str, drop_keys: set[str])
     new_set = new_shard_set()
     tmp = join_path(staging, f"compact/saliency-{new_set}-00000-of-00001{RECORDS_SUFFIX}")
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
-        for shard in shards:
-            with FileSystems.open(shard, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                while (raw := _TFRecordUtil.read_record(f)) is not None:
-                    feature = tf.train.Example.FromString(raw).features.feature["image/key"]
-                    if feature.bytes_list.value[0].decode("utf-8") not in drop_keys:
-                        _TFRecordUtil.write_record(out, raw)
+        for raw in (raw for shard in shards for raw in records.read_raw(shard)):
+            feature = tf.train.Example.FromString(raw).features.feature["image/key"]
+            if feature.bytes_list.value[0].decode("utf-8") not in drop_keys:
+                _TFRecordUtil.write_record(out, raw)
     rename(tmp, join_path(output_dir, f"{RECORDS_DIR}/{tmp.rsplit('/', 1)[-1]}"))
     return new_set
 
@@ -251,10 +250,8 @@ def publish(output_dir: str, *, shard_set: str, carried: Sequence[dict]) -> Publ
             moved += 1
     rows = kept + new_rows
     write_sorted_jsonl(join_path(output_dir, MANIFEST_NAME), rows, sort_key=manifest_sort_key)
-    with FileSystems.open(
-        join_path(staging, FAILURES_NAME), compression_type=CompressionTypes.UNCOMPRESSED
-    ) as handle:
-        write_atomic(join_path(output_dir, FAILURES_NAME), handle.read())
+    failures = read_bytes(join_path(staging, FAILURES_NAME))
+    write_atomic(join_path(output_dir, FAILURES_NAME), failures)
     referenced = {str(row["shard_set"]) for row in rows}
     delete_files(_stale_record_files(output_dir, referenced))
     delete_tree(staging)

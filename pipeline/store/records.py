@@ -384,6 +384,12 @@ def read(pattern: str) -> Iterator[DecodedRecord]:
 
 def _iterate(files: list[str]) -> Iterator[DecodedRecord]:
     for path in files:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            while (raw := _TFRecordUtil.read_record(handle)) is not None:  # CRCs checked
-                yield parse(raw)
+        yield from (parse(raw) for raw in read_raw(path))
+
+
+def read_raw(path: str) -> Iterator[bytes]:
+    """The serialized records of one TFRecord file, in order, on any Beam filesystem (each
+    record's CRCs checked)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        while (raw := _TFRecordUtil.read_record(handle)) is not None:
+            yield raw
