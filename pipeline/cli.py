@@ -232,8 +232,12 @@ def _audit(config, beam_args: Sequence[str], *, to_stdout: bool) -> int:
     whose own summary is the one line on stdout)."""
     with native_stderr_silenced():
         from pipeline.audit.pipeline import run_audit
+        from pipeline.store.publish import OutputBusyError
     try:
         result = run_audit(config, beam_args)
+    except OutputBusyError as exc:
+        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_BUSY
     except (OSError, ValueError) as exc:
         print(f"error: the audit failed: {_first_line(exc)}", file=sys.stderr)
         return EXIT_FAILED

@@ -255,10 +255,15 @@ class OutputConfig:
     # PNG artifacts are upscaled (nearest neighbour, by an integer factor) until the
     # image's shorter side is at least this many pixels: small models' maps stay visible.
     min_artifact_size: int = 192
+    # Local output dirs: flush what the run wrote and sync each file and directory entry
+    # before the publish renames that depend on them, so a power loss cannot leave a
+    # manifest naming lost files (benchmarks/RESULTS.md: its cost). Object stores: an
+    # upload is durable once it completes; nothing to do.
+    fsync: bool = True
 
     def __post_init__(self) -> None:
         check_str("output.dir", self.dir)
-        for flag in ("records", "artifacts", "include_image"):
+        for flag in ("records", "artifacts", "include_image", "fsync"):
             if not isinstance(getattr(self, flag), bool):
                 fail(f"output.{flag}", getattr(self, flag), "true or false is required")
         views = self.views

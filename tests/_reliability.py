@@ -3,7 +3,6 @@ a tiny guided-patchable classifier saved as .keras, small images, output checks.
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import os
@@ -82,14 +81,16 @@ def kill_when(proc, ready: Callable[[], bool], *, timeout: float = 180) -> None:
     try:
         while proc.poll() is None and time.monotonic() < deadline and not ready():
             time.sleep(0.05)
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:  # a run that already ended is not killed (returncode says)
+            os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
 
 
 def read_records(out: str) -> list[records.DecodedRecord]:
-    files = glob.glob(os.path.join(out, "records", "*.tfrecord"))
-    return list(records.read(os.path.join(out, "records", "*.tfrecord"))) if files else []
+    """The committed records of an output dir, as a reader gets them ([] before the first
+    publish): only the shard sets the manifest names."""
+    return list(records.read(out)) if os.path.exists(os.path.join(out, "manifest.jsonl")) else []
 
 
 def check_complete(out: str) -> dict:

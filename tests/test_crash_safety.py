@@ -8,7 +8,10 @@ pipeline) is cut at each of its steps in-process, then rerun.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +28,7 @@ from _reliability import (
 )
 from PIL import Image
 
+from pipeline.beam import run as run_module
 from pipeline.beam.run import run
 from pipeline.config_files import load_config
 from pipeline.store import files as outputs
@@ -190,3 +194,94 @@ def test_publish_cut_at_any_step_then_rerun_is_exact(
     assert summary.reconciled
     if incremental:  # the uncommitted attempt's two images were done again, not skipped
         assert (summary.images_written, summary.images_skipped) == (2, 6)
+
+
+# publish's file-system mutations, in the order it may call them (each a kill point)
+_MUTATIONS = ("sync_filesystem", "rename", "fsync_dir", "write_sorted_jsonl", "write_atomic",
+              "delete_files", "delete_tree")  # fmt: skip
+
+
+def _die_before(monkeypatch, step: int) -> list[str]:
+    """Make publish die just before its ``step``-th mutation (1-based); returns the
+    mutations called so far (fewer than ``step``: publish finished)."""
+    calls: list[str] = []
+
+    def dying(name: str, real):
+        def mutation(*args, **kwargs):
+            calls.append(name)
+            if len(calls) == step:
+                raise _Killed(name)
+            return real(*args, **kwargs)
+
+        return mutation
+
+    for name in _MUTATIONS:
+        monkeypatch.setattr(publish, name, dying(name, getattr(publish, name)))
+    return calls
+
+
+def _committed_view_is_exact(out: str) -> list[dict]:
+    """What a reader sees is exactly the committed manifest: each record once, the content
+    the manifest row names, whatever else records/ holds at that moment."""
+    rows = outputs.read_jsonl(os.path.join(out, "manifest.jsonl"))
+    recs = read_records(out)
+    assert sorted(r.record_id for r in recs) == sorted(row["record_id"] for row in rows)
+    sha = {row["record_id"]: row["sha256"] for row in rows}
+    assert all(r.sha256 == sha[r.record_id] for r in recs)
+    return rows
+
+
+@pytest.mark.slow
+def test_kill_before_each_step_of_publish_then_rerun(tmp_path, model, monkeypatch):
+    """An incremental publish with new images, a changed one (its old shard set rewritten)
+    and another shard count, killed before each of its file-system steps in turn: readers
+    see the old or the new committed records, each once; a rerun ends exact."""
+    bucket = _bucket(str(tmp_path / "bucket"), n=6)
+    out, snapshot = str(tmp_path / "out"), str(tmp_path / "snapshot")
+    extra = ["run.incremental=true", "run.max_failure_fraction=0.5", "output.num_shards=1"]
+    run(load_config(None, [*base_overrides(model, f"{bucket}/*", out), *extra]))
+    old = _committed_view_is_exact(out)
+    write_files(bucket, {GOOD[6]: noise_png(6), GOOD[7]: noise_png(7), GOOD[0]: noise_png(100)})
+    second = load_config(
+        None, [*base_overrides(model, f"{bucket}/*", out), *extra, "output.num_shards=2"]
+    )
+    captured: dict = {}
+    real_publish = publish.publish
+
+    def capture(output_dir, **kwargs):  # the state publish starts from, kept aside
+        shutil.copytree(output_dir, snapshot, symlinks=True)
+        captured.update(kwargs)
+        return real_publish(output_dir, **kwargs)
+
+    monkeypatch.setattr(run_module, "publish", capture)
+    run(second)
+    monkeypatch.setattr(run_module, "publish", real_publish)
+    new = _committed_view_is_exact(out)
+    assert captured["fsync"] is True and len(new) == 8
+
+    step, seen = 0, []
+    while True:
+        step += 1
+        shutil.rmtree(out)
+        shutil.copytree(snapshot, out, symlinks=True)
+        with monkeypatch.context() as patch:
+            calls = _die_before(patch, step)
+            with contextlib.suppress(_Killed):
+                publish.publish(out, **captured)
+        if len(calls) < step:
+            break  # publish ran to its end: every step was cut once
+        seen.append(calls[-1])
+        rows = _committed_view_is_exact(out)
+        assert [r["record_id"] for r in rows] in ([r["record_id"] for r in old],
+                                                  [r["record_id"] for r in new])  # fmt: skip
+        summary = run(second)
+        got = check_complete(out)
+        assert sorted(r.key for r in got["records"]) == GOOD[:8]
+        changed = next(r for r in got["records"] if r.key == GOOD[0])
+        assert changed.sha256 == hashlib.sha256(noise_png(100)).hexdigest()
+        assert summary.reconciled
+    # the compaction's rename, the shard renames, their directory sync, the manifest
+    # (the commit), failures, the stale-shard deletion and the staging removal
+    assert {"sync_filesystem", "rename", "fsync_dir", "write_sorted_jsonl", "write_atomic",
+            "delete_files", "delete_tree"} <= set(seen), seen  # fmt: skip
+    assert seen.count("rename") >= 3

@@ -430,6 +430,28 @@ def test_tfds_pipeline(tfds_dir):
         )  # fmt: skip
 
 
+def test_tfds_overlapping_slices_read_each_example_once(tfds_dir):
+    """train[0:3]+train[1:4] names examples 1 and 2 twice: each is explained once and each
+    extra copy is a read failure (store.duplicates), the same on every run."""
+    with _pipeline() as p:
+        read = p | S.ReadImages(
+            kind="tfds",
+            tfds_name="tiny_images",
+            tfds_data_dir=tfds_dir,
+            tfds_split="train[0:3]+train[1:4]",
+        )
+        assert_that(
+            read.images | "Keys" >> beam.Map(_key),
+            equal_to([f"tiny_images/train/{i}" for i in range(4)]),
+            label="CheckImages",
+        )
+        assert_that(
+            read.failures | "Failures" >> beam.Map(_key_stage),
+            equal_to([(f"tiny_images/train/{i}.copy-2", "read") for i in (1, 2)]),
+            label="CheckCopies",
+        )
+
+
 def _item_sha(item) -> tuple:
     return item.key, item.label, item.sha256
 

@@ -42,7 +42,13 @@ from pipeline.store.files import (
     write_atomic,
     write_json,
 )
-from pipeline.store.history import archive_audit, latest_audit, stamp
+from pipeline.store.history import (
+    archive_audit,
+    latest_audit,
+    latest_name,
+    recover_audits,
+    stamp,
+)
 from pipeline.store.index import write_index
 from pipeline.store.layout import (
     AUDIT_DRIFT_JSON,
@@ -52,12 +58,12 @@ from pipeline.store.layout import (
     AUDIT_ROWS,
     FAILURES_NAME,
     MANIFEST_NAME,
-    RECORDS_DIR,
-    RECORDS_SUFFIX,
     SUMMARY_NAME,
     join_path,
 )
+from pipeline.store.manifest import committed_shards
 from pipeline.store.object_stores import configure
+from pipeline.store.publish import output_lock
 
 _LOG = logging.getLogger(__name__)
 
@@ -213,17 +219,35 @@ def run_audit(config: Config, beam_args: Sequence[str] = ()) -> AuditResult:
     """Audit the published records of ``config.output.dir``: audit.json, rows.jsonl, the PNG
     maps, drift.json (run.audit_drift), report.html, the archive under audits/<timestamp>/
     and index.html. Runs in this process; ``beam_args`` give its filesystems their options
-    (e.g. --s3_endpoint_url), whatever runner they name."""
+    (e.g. --s3_endpoint_url), whatever runner they name.
+
+    Holds the output lock (a run cannot publish under it, nor another audit write), and
+    first removes what a killed audit left (store.history.recover_audits)."""
     options = PipelineOptions(config.beam.flags(beam_args))
     configure(options)
     out_dir = config.output.dir.rstrip("/")
+    with output_lock(out_dir, ttl_s=config.run.lock_ttl_s, options=options) as held:
+        removed = recover_audits(out_dir)
+        if removed:
+            _LOG.info("removed %d file(s) left by an interrupted audit", removed)
+        return _audit_locked(config, options, out_dir, held)
+
+
+def _audit_locked(config: Config, options: PipelineOptions, out_dir: str, held) -> AuditResult:
     previous = latest_audit(out_dir) if config.run.audit_drift == "previous" else None
     delete_tree(join_path(out_dir, AUDIT_MAPS))  # this audit's maps only, none left over
-    pattern = join_path(out_dir, f"{RECORDS_DIR}/*{RECORDS_SUFFIX}")
+    # Only the shard sets the manifest commits: never a half-published attempt's shards.
+    shards = committed_shards(out_dir)
+    if not shards:
+        raise FileNotFoundError(
+            f"{out_dir} has no published records (no shard named by {MANIFEST_NAME}): run "
+            "`python -m pipeline run` with output.records: true first"
+        )
     with beam.Pipeline(runner=FnApiRunner(), options=options) as p:
         decoded = (
             p
-            | "ReadRecords" >> beam.io.ReadFromTFRecord(pattern)
+            | "Shards" >> beam.Create(shards)
+            | "ReadRecords" >> beam.io.ReadAllFromTFRecord()
             | "ParseRecords" >> beam.Map(records.parse)
         )
         _ = build_audit(decoded, config)
@@ -237,9 +261,10 @@ def run_audit(config: Config, beam_args: Sequence[str] = ()) -> AuditResult:
     elif FileSystems.exists(join_path(out_dir, AUDIT_DRIFT_JSON)):
         delete_files([join_path(out_dir, AUDIT_DRIFT_JSON)])  # not of this audit
     write_report(config, audit, drift)
-    name = stamp()
-    if previous is not None and name <= previous[0]:  # two audits in one second
-        name = f"{previous[0]}-1"
+    held.verify()  # the lock was taken over: archive nothing
+    name, last = stamp(), latest_name(out_dir)
+    if last is not None and name <= last:  # two audits in one second
+        name = f"{last}-1"
     archived = archive_audit(out_dir, name)
     write_index(out_dir, title=f"{audit['records']} records - {config.model.name}")  # links it
     return AuditResult(audit, drift, broken, archived)

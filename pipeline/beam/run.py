@@ -50,12 +50,12 @@ from pipeline.store.index import write_index
 from pipeline.store.layout import SUMMARY_NAME, counts_path, done_index_path, join_path, tmp_dir
 from pipeline.store.layout import staging_dir as staging_path
 from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
+from pipeline.store.manifest import read_manifest
 from pipeline.store.object_stores import configure
 from pipeline.store.publish import (
     new_shard_set,
     output_lock,
     publish,
-    read_manifest,
     recover_output,
     remove_empty_output,
 )
@@ -355,7 +355,9 @@ def _locked_run(
         raise RuntimeError(f"the pipeline ended in state {state}; nothing was published")
     counts = read_json(counts_path(attempt.staging))
     held.verify()  # a run whose lock was taken over publishes nothing
-    published = publish(out_dir, shard_set=attempt.shard_set, carried=carried)
+    published = publish(
+        out_dir, shard_set=attempt.shard_set, carried=carried, fsync=config.output.fsync
+    )
     summary = summarise(
         config,
         counts,
@@ -364,7 +366,9 @@ def _locked_run(
         records_total=published.records_total,
         start=start,
     )
-    write_json(join_path(out_dir, SUMMARY_NAME), dataclasses.asdict(summary))
+    write_json(
+        join_path(out_dir, SUMMARY_NAME), dataclasses.asdict(summary), fsync=config.output.fsync
+    )
     write_index(out_dir, title=f"{summary.records_total} records - {config.model.name}")
     return summary
 

@@ -10,12 +10,12 @@ pattern names, their keys) and :mod:`pipeline.store.decode` (bytes -> pixels).
 """
 
 import os
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import ReadAllFromTFRecord
 from apache_beam.pvalue import TaggedOutput
 
 from pipeline.beam.tags import FAILURES
@@ -23,6 +23,7 @@ from pipeline.beam.tfds_input import read_tfds
 from pipeline.choices import BOX_FEATURES, SOURCE_KINDS
 from pipeline.elements import EncodedImage, Failure
 from pipeline.store.decode import sha256_hex, short_error
+from pipeline.store.duplicates import resolve
 from pipeline.store.geometry import normalised_boxes
 from pipeline.store.listing import (
     IMAGE_EXTENSIONS,
@@ -35,6 +36,7 @@ from pipeline.store.listing import (
     relative_key,
     split_patterns,
 )
+from pipeline.store.tfrecord_scan import Corrupt, scan_file
 
 __all__ = ["Read", "ReadImages"]
 
@@ -86,6 +88,50 @@ class _ReadFileFn(beam.DoFn):
             yield TaggedOutput(FAILURES, failure)
             return
         yield EncodedImage(key=key, source=printable(path), data=data)
+
+
+def _shard_paths(pattern: str) -> list[str]:
+    """The TFRecord files a pattern matches (any name), sorted."""
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+class _ReadShardFn(beam.DoFn):
+    """TFRecord file -> (file, serialized record) for each readable record; each damaged
+    record or unreadable rest of the file -> Failure "read" keyed "<file>@<byte offset>"
+    (store.tfrecord_scan says what is resumed)."""
+
+    def __init__(self) -> None:
+        self._failed = beam.metrics.Metrics.counter("sources", "corrupt_records")
+
+    def process(self, path: str):
+        for offset, item in scan_file(path):
+            if isinstance(item, Corrupt):
+                self._failed.inc()
+                error = f"corrupt TFRecord at byte {offset}: {item.reason}"
+                yield TaggedOutput(FAILURES, Failure(f"{path}@{offset}", path, "read", error))
+            else:
+                yield path, item
+
+
+class _ResolveDuplicatesFn(beam.DoFn):
+    """(key, inputs read under it) -> inputs with unique keys; extra copies -> Failure
+    (the rule: store.duplicates)."""
+
+    def __init__(self) -> None:
+        self._renamed = beam.metrics.Metrics.counter("sources", "duplicate_keys")
+
+    def process(self, element: tuple[str, Iterable[EncodedImage]]):
+        key, images = element
+        kept, copies = resolve(key, images)
+        if len(kept) > 1 or copies:
+            self._renamed.inc()
+        yield from kept
+        for failure in copies:
+            yield TaggedOutput(FAILURES, failure)
+
+
+def _keyed(image: EncodedImage) -> tuple[str, EncodedImage]:
+    return image.key, image
 
 
 def _feature_values(example, name: str) -> list:
@@ -185,6 +231,19 @@ class Read(NamedTuple):
     failures: beam.PCollection  # of Failure
 
 
+class UniqueKeys(beam.PTransform):
+    """PCollection[EncodedImage] -> :class:`Read`: one input per key (store.duplicates)."""
+
+    def expand(self, images):
+        resolved = (
+            images
+            | "ByKey" >> beam.Map(_keyed)
+            | "GroupByKey" >> beam.GroupByKey()
+            | "Resolve" >> beam.ParDo(_ResolveDuplicatesFn()).with_outputs(FAILURES, main="images")
+        )
+        return Read(images=resolved.images, failures=resolved[FAILURES])
+
+
 class ReadImages(beam.PTransform):
     """PBegin -> :class:`Read` (images: PCollection[EncodedImage], failures).
 
@@ -281,21 +340,27 @@ class ReadImages(beam.PTransform):
         patterns = [normalise_pattern(p) for p in split_patterns(self._pattern)]
         for pattern in patterns:
             check_files_exist(pattern)
-        parsed = (
+        shards = (
             pbegin
             | "Patterns" >> beam.Create(patterns)
-            | "ReadTFRecords" >> ReadAllFromTFRecord(with_filename=True)
-            | "ParseExamples"
-            >> beam.ParDo(
-                _ParseExampleFn(
-                    image_key=self._image_key, label_key=self._label_key, key_key=self._key_key
-                )
-            ).with_outputs(FAILURES, main="images")
+            | "ListShards" >> beam.FlatMap(_shard_paths)
+            # one read per shard even when patterns overlap; also spreads the shards
+            | "OnePerShard" >> beam.Distinct()
+            | "ReadShards" >> beam.ParDo(_ReadShardFn()).with_outputs(FAILURES, main="records")
         )
-        images = parsed.images
+        parsed = shards.records | "ParseExamples" >> beam.ParDo(
+            _ParseExampleFn(
+                image_key=self._image_key, label_key=self._label_key, key_key=self._key_key
+            )
+        ).with_outputs(FAILURES, main="images")
+        unique = parsed.images | "UniqueKeys" >> UniqueKeys()
+        failures = (shards[FAILURES], parsed[FAILURES], unique.failures) | (
+            "ReadFailures" >> beam.Flatten()
+        )
+        images = unique.images
         if self._limit is not None:
             images = _smallest(images, self._limit, _image_sort_key, "Limit")
-        return Read(images=images, failures=parsed[FAILURES])
+        return Read(images=images, failures=failures)
 
     def _expand_tfds(self, pbegin) -> Read:
         name, split, data_dir, image_feature, label_feature = self._tfds
@@ -307,6 +372,9 @@ class ReadImages(beam.PTransform):
             image_feature=image_feature,
             label_feature=label_feature,
         )
+        unique = images | "UniqueKeys" >> UniqueKeys()
+        failures = (failures, unique.failures) | "ReadFailures" >> beam.Flatten()
+        images = unique.images
         if self._limit is not None:
             images = _smallest(images, self._limit, _image_sort_key, "Limit")
         return Read(images=images, failures=failures)

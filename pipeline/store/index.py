@@ -5,7 +5,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.maps.contact_sheet import contact_sheet
 from pipeline.store.files import write_atomic
 from pipeline.store.layout import AUDIT_REPORT, index_page, join_path
-from pipeline.store.publish import read_manifest
+from pipeline.store.manifest import read_manifest
 
 
 def write_index(output_dir: str, *, title: str) -> list[str]:

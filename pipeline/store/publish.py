@@ -41,11 +41,14 @@ from pipeline.store import object_lock, records
 from pipeline.store.files import (
     delete_files,
     delete_tree,
+    fsync_dir,
+    fsync_file,
     is_local,
     list_files,
     read_bytes,
     read_jsonl,
     rename,
+    sync_filesystem,
     write_atomic,
     write_sorted_jsonl,
 )
@@ -62,6 +65,7 @@ from pipeline.store.layout import (
     shard_set_of,
     staging_dir,
 )
+from pipeline.store.manifest import read_manifest
 from pipeline.store.object_lock import LockBusy, LockLost, ObjectLock
 
 _LOG = logging.getLogger(__name__)
@@ -134,21 +138,6 @@ def output_lock(
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_manifest(output_dir: str) -> list[dict]:
-    """The committed manifest rows ([] before the first successful run)."""
-    path = join_path(output_dir, MANIFEST_NAME)
-    if not FileSystems.exists(path):
-        return []
-    try:
-        return read_jsonl(path)
-    except ValueError as exc:
-        raise ValueError(
-            f"{path} is not valid JSON lines ({exc}); it is only ever replaced whole, so it "
-            f"was edited by hand: restore it, or delete it together with {RECORDS_DIR}/ to "
-            "start this output directory over"
-        ) from exc
-
-
 def _records_dir(output_dir: str) -> str:
     return join_path(output_dir, RECORDS_DIR)
 
@@ -200,7 +189,9 @@ def _shard_files(output_dir: str, shard_set: str) -> list[str]:
     return [p for p in list_files(root) if shard_set_of(p[len(root) :]) == shard_set]
 
 
-def _compact(output_dir: str, staging: str, shard_set: str, drop_keys: set[str]) -> str | None:
+def _compact(
+    output_dir: str, staging: str, shard_set: str, drop_keys: set[str], durable: bool
+) -> str | None:
     """Copy the records of ``shard_set`` whose key is not in ``drop_keys`` into a new shard
     set (renamed into records/, not yet referenced); returns its id, None when no shard."""
     shards = _shard_files(output_dir, shard_set)
@@ -213,15 +204,23 @@ def _compact(output_dir: str, staging: str, shard_set: str, drop_keys: set[str])
             feature = tf.train.Example.FromString(raw).features.feature["image/key"]
             if feature.bytes_list.value[0].decode("utf-8") not in drop_keys:
                 _TFRecordUtil.write_record(out, raw)
+    if durable:
+        fsync_file(tmp)
     rename(tmp, join_path(output_dir, f"{RECORDS_DIR}/{tmp.rsplit('/', 1)[-1]}"))
     return new_set
 
 
-def publish(output_dir: str, *, shard_set: str, carried: Sequence[dict]) -> Published:
+def publish(
+    output_dir: str, *, shard_set: str, carried: Sequence[dict], fsync: bool = False
+) -> Published:
     """Make the attempt staged in ``.staging/<shard_set>`` the output of ``output_dir``.
 
     ``carried``: committed rows to keep (incremental runs: those of the same model and
-    settings; else none). Steps, each safe to be cut short (recover_output cleans up):
+    settings; else none). ``fsync`` (local directories): everything the attempt wrote
+    (shards, PNGs, staged rows) is flushed first, and each file and directory entry is
+    synced before the rename that depends on it, so after a power loss the manifest names
+    only shards and artifacts that are whole. Steps, each safe to be cut short
+    (recover_output cleans up):
 
     1. earlier rows for keys this attempt recomputed are superseded: their shard sets are
        rewritten without those records (a new set; rare: a file changed under its key);
@@ -230,13 +229,20 @@ def publish(output_dir: str, *, shard_set: str, carried: Sequence[dict]) -> Publ
     4. failures.jsonl replaced; shards no row references deleted; staging deleted.
     """
     staging = staging_dir(output_dir, shard_set)
+    durable = fsync and is_local(output_dir)
+    if durable:  # the workers' shards and PNGs, in one call
+        sync_filesystem(output_dir)
     new_rows = read_jsonl(join_path(staging, MANIFEST_NAME))
     new_keys = {row["key"] for row in new_rows}
     kept = [dict(row) for row in carried if row["key"] not in new_keys]
     superseded = len(carried) - len(kept)
     kept_sets = {str(row["shard_set"]) for row in kept}
     for old_set in sorted({str(r["shard_set"]) for r in carried if r["key"] in new_keys}):
-        new_set = _compact(output_dir, staging, old_set, new_keys) if old_set in kept_sets else None
+        new_set = (
+            _compact(output_dir, staging, old_set, new_keys, durable)
+            if old_set in kept_sets
+            else None
+        )
         for row in kept:
             if new_set and row["shard_set"] == old_set:
                 row["shard_set"] = new_set
@@ -248,10 +254,13 @@ def publish(output_dir: str, *, shard_set: str, carried: Sequence[dict]) -> Publ
             name = f"saliency-{shard_set}-{m['n']}{RECORDS_SUFFIX}"
             rename(path, join_path(output_dir, f"{RECORDS_DIR}/{name}"))
             moved += 1
+    if durable:  # the renamed shards' entries, before the manifest that names them
+        fsync_dir(_records_dir(output_dir))
     rows = kept + new_rows
-    write_sorted_jsonl(join_path(output_dir, MANIFEST_NAME), rows, sort_key=manifest_sort_key)
+    write_sorted_jsonl(join_path(output_dir, MANIFEST_NAME), rows, sort_key=manifest_sort_key,
+                       fsync=durable)  # fmt: skip
     failures = read_bytes(join_path(staging, FAILURES_NAME))
-    write_atomic(join_path(output_dir, FAILURES_NAME), failures)
+    write_atomic(join_path(output_dir, FAILURES_NAME), failures, fsync=durable)
     referenced = {str(row["shard_set"]) for row in rows}
     delete_files(_stale_record_files(output_dir, referenced))
     delete_tree(staging)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -60,6 +61,7 @@ from pipeline.choices import BOX_FEATURES, DEFAULT_PERCENTILE, RECORD_VIEWS
 from pipeline.elements import SaliencyRecord
 from pipeline.maps import render
 from pipeline.maps import views as maps
+from pipeline.store import manifest
 
 FEATURES = {
     "image/key": tf.io.FixedLenFeature([], tf.string),
@@ -131,6 +133,9 @@ class DecodedRecord:
     def record_id(self) -> str:
         """Same as SaliencyRecord.record_id: the key, plus the target for further targets."""
         return self.key if self.target_rank == 0 else f"{self.key}#target={self.target_class}"
+
+
+_WILDCARDS = re.compile(r"[*?\[]")
 
 
 def _check_method(method: str) -> str:
@@ -363,21 +368,28 @@ def _boxes(f: _Fields) -> tuple[tuple[float, float, float, float], ...]:
     return tuple(tuple(float(v) for v in box) for box in zip(*sides))
 
 
-def read(pattern: str) -> Iterator[DecodedRecord]:
-    """Iterate over every record in the files matching ``pattern`` (sorted), on any Beam
-    filesystem (local, gs://, s3://: TensorFlow's own has no s3:// since 2.6).
+def read(source: str) -> Iterator[DecodedRecord]:
+    """Iterate over the records of an output directory, or of the files matching a
+    pattern (sorted), on any Beam filesystem (local, gs://, s3://: TensorFlow's own has no
+    s3:// since 2.6).
+
+    An output directory (one with a manifest.jsonl) gives exactly its committed records:
+    only the shard sets the manifest names, whatever else records/ holds for a moment (a
+    publish cut short). A pattern reads every matching file as it is.
 
     Raises FileNotFoundError at once when nothing matches.
     """
+    if not _WILDCARDS.search(source) and manifest.has_manifest(source):
+        return _iterate(manifest.committed_shards(source))
     try:
-        matched = FileSystems.match([pattern])[0].metadata_list
+        matched = FileSystems.match([source])[0].metadata_list
     except BeamIOError:
         matched = []
     files = sorted(m.path for m in matched)
     if not files:
         raise FileNotFoundError(
-            f"no TFRecord files match {pattern!r}: records are written to "
-            "<output_dir>/records/saliency-*.tfrecord."
+            f"no TFRecord files match {source!r}: give an output directory (its committed "
+            "records) or a pattern such as <output_dir>/records/saliency-*.tfrecord."
         )
     return _iterate(files)
 

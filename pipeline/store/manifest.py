@@ -1,0 +1,49 @@
+"""The committed manifest and what it names: the one source of truth for readers.
+
+``manifest.jsonl`` is replaced whole by publish (the commit point); each row names the
+shard set holding its record. A folder can hold shards of other sets for a moment (a
+publish cut short, until the next run's recovery): readers that go through
+:func:`committed_shards` never see them.
+"""
+
+from __future__ import annotations
+
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.store.files import list_files, read_jsonl
+from pipeline.store.layout import MANIFEST_NAME, RECORDS_DIR, join_path, shard_set_of
+
+__all__ = ["committed_shards", "has_manifest", "read_manifest"]
+
+
+def has_manifest(output_dir: str) -> bool:
+    """Whether ``output_dir`` has a committed manifest (a run published there)."""
+    return FileSystems.exists(join_path(output_dir, MANIFEST_NAME))
+
+
+def read_manifest(output_dir: str) -> list[dict]:
+    """The committed manifest rows ([] before the first successful run)."""
+    path = join_path(output_dir, MANIFEST_NAME)
+    if not FileSystems.exists(path):
+        return []
+    try:
+        return read_jsonl(path)
+    except ValueError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON lines ({exc}); it is only ever replaced whole, so it "
+            f"was edited by hand: restore it, or delete it together with {RECORDS_DIR}/ to "
+            "start this output directory over"
+        ) from exc
+
+
+def committed_shards(output_dir: str, rows: list[dict] | None = None) -> list[str]:
+    """The record shards of the shard sets the committed manifest (or ``rows``) names,
+    sorted; shards of any other set in records/ are left out."""
+    rows = read_manifest(output_dir) if rows is None else rows
+    wanted = {str(row["shard_set"]) for row in rows if row.get("shard_set")}
+    root = join_path(output_dir, RECORDS_DIR).rstrip("/") + "/"
+    return [
+        path
+        for path in list_files(root)
+        if shard_set_of(path[len(root) :] if path.startswith(root) else path) in wanted
+    ]
