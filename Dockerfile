@@ -18,10 +18,12 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /opt/saliency
 # Dependencies first so code edits do not invalidate the heavy layer.
-COPY setup.py pyproject.toml README.md ./
+# constraints.txt pins every version CI tested, so two builds resolve the same.
+COPY setup.py pyproject.toml README.md constraints.txt ./
 COPY pipeline/__init__.py pipeline/__init__.py
+COPY pipeline/versions.py pipeline/versions.py
 RUN pip install --upgrade pip \
- && pip install ".[gpu,gcp,aws]" \
+ && pip install -c constraints.txt ".[gpu,gcp,aws]" \
  && pip uninstall -y saliency-pipeline
 COPY pipeline pipeline
 COPY configs configs

@@ -9,9 +9,12 @@ with open("pipeline/versions.py", encoding="utf-8") as handle:
     BEAM = re.search(r'^BEAM_VERSION = "([^"]+)"', handle.read(), re.M).group(1)
 
 # TensorFlow is not a hard requirement (as in tensorflow-datasets): CPU machines take
-# tensorflow-cpu, GPU workers take tensorflow[and-cuda]. Pick one with an extra.
-TF_CPU = "tensorflow-cpu>=2.16,<3"
-TF_GPU = "tensorflow[and-cuda]>=2.16,<3"
+# tensorflow-cpu, GPU workers take tensorflow[and-cuda]. Pick one with an extra. The ranges
+# are what CI tests (constraints.txt pins the exact versions): the engine uses Keras
+# internals (graph rewriting), so a new minor of either is a change to test first.
+TF_CPU = "tensorflow-cpu>=2.21,<2.22"
+TF_GPU = "tensorflow[and-cuda]>=2.21,<2.22"
+TFDS = "tensorflow-datasets>=4.9.10,<5"
 
 with open("README.md", encoding="utf-8") as handle:
     README = handle.read()
@@ -25,29 +28,31 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
-    package_data={"pipeline": ["assets/*", "assets/**/*"]},
-    include_package_data=True,
     install_requires=[
         f"apache-beam=={BEAM}",
         "google-crc32c>=1.5",  # TFRecord checksums without the slow pure-Python crcmod
-        "isal>=1.6",  # ISA-L deflate for PNGs: ~7x zlib level 1 (pipeline/png.py)
-        "keras>=3.3,<4",
-        "numpy>=1.26",
+        "isal>=1.6",  # ISA-L deflate for PNGs: ~7x zlib level 1 (pipeline/maps/png.py)
+        "jinja2>=3.1",  # the audit report's templates (autoescaped)
+        "keras>=3.15,<3.16",
+        "numpy>=1.26,<3",
         "pillow>=10",
         "pyyaml>=6",
-        "tensorflow-datasets>=4.9",
+        "tqdm>=4.66",  # the progress bar (pipeline/beam/progress.py)
     ],
     extras_require={
         "cpu": [TF_CPU],
         "gpu": [TF_GPU],
+        # source.kind: tfds (pipeline/beam/tfds_input.py); preflight says so when missing
+        "tfds": [TFDS],
         "gcp": [f"apache-beam[gcp]=={BEAM}"],
         "aws": [f"apache-beam[aws]=={BEAM}"],
         # The object-store tests run against real servers on 127.0.0.1: moto's S3 server
         # and gcp-storage-emulator (tests/_stores.py).
         "test": [
             TF_CPU,
+            TFDS,
             "pytest>=8",
-            "ruff>=0.6",
+            "ruff==0.17.6",  # CI checks formatting: one ruff for everyone
             f"apache-beam[gcp,aws]=={BEAM}",
             "gcp-storage-emulator>=2024.8",
             "moto[server]>=5.0",

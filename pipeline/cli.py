@@ -172,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from apache_beam.options.pipeline_options import PipelineOptions
 
         from pipeline.beam.dataflow import is_dataflow, is_dry_run
-        from pipeline.beam.handler import ModelLoadError
         from pipeline.beam.preflight import preflight
         from pipeline.beam.run import run
+        from pipeline.engine.geometry import ModelLoadError
         from pipeline.store.publish import OutputBusyError
     problems = preflight(config, beam_args, _our_flags(parser))
     if problems:
@@ -295,12 +295,14 @@ def _first_line(exc: BaseException) -> str:
 
 def _dry_run(config, beam_args: Sequence[str]) -> int:
     """Load the model, list the first inputs, say what a run would do; write nothing."""
-    from pipeline.beam.handler import ModelLoadError, model_geometry
     from pipeline.beam.run import input_total
+    from pipeline.engine.geometry import ModelLoadError, model_geometry
+    from pipeline.store.class_names import configured_class_names
     from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
 
     try:
-        geometry = model_geometry(config.model)
+        names = configured_class_names(config.model.class_names)
+        geometry = model_geometry(config.model, class_names=names)
     except ModelLoadError as exc:
         print(f"error: the model could not be loaded: {exc}", file=sys.stderr)
         return EXIT_MODEL

@@ -35,10 +35,10 @@ from pipeline.choices import (
     SOURCE_KINDS,
     TARGET_MODES,
 )
+from pipeline.config_audit import AuditConfig
 from pipeline.config_beam import BeamConfig
 from pipeline.validation import (
     check_choice,
-    check_faithfulness,
     check_int,
     check_number,
     check_str,
@@ -50,20 +50,25 @@ from pipeline.validation import (
 class ModelConfig:
     """Which classifier to explain and how its inputs are prepared."""
 
-    # A keras.applications name (e.g. "MobileNetV2") or a .keras / .h5 / SavedModel path.
+    # A keras.applications name (`MobileNetV2`, `ResNet50`, `EfficientNetB0`, ...) or a
+    # `.keras` / `.h5` / SavedModel path (local, gs://, s3://).
     name: str = "examples/model/shapes_cnn.keras"
-    # "imagenet", null (random, for tests) or a local weights file; named models only.
+    # Named models only: `imagenet`, null (random weights, for tests) or a local weights file.
     weights: str | None = "imagenet"
-    # How raw pixels 0..255 become model input; "auto" only for keras.applications names.
+    # How raw pixels 0..255 become model input: `none` (0..255), `unit` (/255), `symmetric`
+    # ([-1, 1]), `caffe`, `torch`, `auto` (a keras.applications model's `preprocess_input`).
     preprocessing: str = "unit"
-    # (height, width); null: read from the model.
+    # `[height, width]`; null: read from the model.
     input_size: tuple[int, int] | None = None
-    # Keras safe mode for model files: arbitrary Lambda code only when set to false.
+    # Keras safe mode for model files: Lambda code runs only when set to false.
     safe_mode: bool = True
-    # Import paths "module:attr" of the custom layers / functions a model file needs.
+    # Import paths `module:attr` of the custom layers / functions a model file needs
+    # (loaded in safe mode).
     custom_objects: tuple[str, ...] = ()
-    # Class names: a list, or a file (one name per line, a JSON list, or Keras's
-    # imagenet_class_index.json {"0": ["n01440764", "tench"], ...}); empty: class ids only.
+    # A list, or a file: one name per line, a JSON list, or Keras's
+    # `imagenet_class_index.json` (`{"0": ["n01440764", "tench"], ...}`: keep a local copy,
+    # Keras downloads it). Must match the model's class count (checked before any data is
+    # read). Empty: class ids only.
     class_names: tuple[str, ...] | str = ()
 
     def __post_init__(self) -> None:
@@ -118,22 +123,36 @@ class ModelConfig:
 class SourceConfig:
     """Where the images come from and how they are decoded and resized."""
 
+    # `files`, `tfrecord` (of tf.train.Example) or `tfds` (a prepared dataset; needs the
+    # `[tfds]` extra).
     kind: str = "files"
-    # files: comma-separated glob(s) on any Beam filesystem (local, gs://, s3://; ** recurses).
-    # tfrecord: glob of TFRecord files of tf.train.Example.
+    # files: comma-separated globs on any Beam filesystem (local, gs://, s3://); `*` stays in
+    # a directory, `**` recurses, a trailing `/` means everything below. tfrecord: globs of
+    # TFRecord files (`.gz` read by name).
     pattern: str = "examples/images/*"
+    # tfrecord: the feature holding the encoded image.
     image_key: str = "image/encoded"
+    # tfrecord: the int64 label feature (absent: -1; "" for none).
     label_key: str = "image/class/label"
+    # tfrecord: the feature holding each image's key; "" or absent: the image's sha256.
     key_key: str = ""
+    # tfds: the dataset name (prepared under `tfds_data_dir`; never downloaded).
     tfds_name: str = ""
+    # tfds: the split, slicing included (`train[:10%]+test`).
     tfds_split: str = "train"
+    # tfds: where the dataset was prepared; null: TFDS's default.
     tfds_data_dir: str | None = None
+    # tfds: the image feature.
     tfds_image_feature: str = "image"
+    # tfds: the label feature (absent from the dataset: labels -1).
     tfds_label_feature: str = "label"
+    # `resize` (plain bilinear to the input size) or `center_crop` (the shorter side to the
+    # input size, then the centre).
     resize: str = DEFAULT_RESIZE
-    # Inputs larger than this many pixels are rejected before a full decode (bombs).
+    # Larger images are rejected from their header, before a full decode (decompression
+    # bombs); Pillow's own limit follows it.
     max_pixels: int = DEFAULT_MAX_PIXELS
-    # Take only the first N inputs (by key) for a smoke run; null for all.
+    # Only the first N inputs (by key), for a smoke run; null: all.
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -156,19 +175,32 @@ class SourceConfig:
 class SaliencyConfig:
     """Which maps to compute, for which class, and how."""
 
+    # Any of `vanilla`, `guided`, `smoothgrad`, `guided_smoothgrad`, `integrated_gradients`.
     methods: tuple[str, ...] = ("vanilla", "guided", "smoothgrad")
-    # predicted | label (ground truth) | class (target_class for every image) | top_k
+    # The class each map explains: `predicted`, `label` (ground truth), `class` (with
+    # `target_class`, for every image) or `top_k` (k records per image).
     target: str = "predicted"
+    # target `class`: the class index.
     target_class: int | None = None
+    # target `top_k`: how many classes per image.
     top_k: int = 1
+    # SmoothGrad: noisy copies per image (N).
     samples: int = DEFAULT_SAMPLES
+    # SmoothGrad: sigma = noise x (max - min) of the input, in the model's input space.
     noise: float = DEFAULT_NOISE
+    # Mixed into every image's noise seed (noise is seeded per image from its content).
     seed: int = DEFAULT_SEED
+    # `float32` (exact), `mixed_float16`, `mixed_bfloat16` or `auto` (mixed_float16 on a GPU;
+    # on a CPU with native bf16 mixed_bfloat16, but float32 for depthwise / separable
+    # convolutions; else float32). A non-finite map is redone in float32.
     precision: str = DEFAULT_PRECISION
-    # Model inputs per forward/backward chunk (SmoothGrad samples and IG steps are chunked).
+    # Model inputs per SmoothGrad / IG chunk inside one compiled function (memory bound).
     sample_batch_size: int = DEFAULT_SAMPLE_BATCH_SIZE
+    # Integrated gradients: midpoint-rule steps.
     ig_steps: int = DEFAULT_IG_STEPS
+    # Integrated gradients: the baseline, `zeros` (in model space) or `black` (pixels 0).
     ig_baseline: str = DEFAULT_IG_BASELINE
+    # Jit-compile the gradient functions with XLA (helps on GPUs; same maps).
     xla: bool = False
 
     def __post_init__(self) -> None:
@@ -220,6 +252,7 @@ class SaliencyConfig:
 class BatchConfig:
     """How many images go through the model together (the GPU-sized batch)."""
 
+    # Images per model batch (the GPU-sized batch).
     max_batch_size: int = 32
     # null: equal to max_batch_size. Full batches keep one compiled shape busy; a smaller
     # minimum lets BatchElements start with small batches (each padded to the max).
@@ -246,19 +279,26 @@ class BatchConfig:
 class OutputConfig:
     """What is written where."""
 
+    # A local path, gs:// or s3://.
     dir: str = "out/local"
+    # Write the TFRecords.
     records: bool = True
+    # Write the PNG artifacts.
     artifacts: bool = True
+    # Which PNGs per image and method: `heatmap`, `overlay`, `grid`.
     views: tuple[str, ...] = ARTIFACT_VIEWS
-    num_shards: int = 0  # 0: let the runner choose
-    include_image: bool = True  # the model-input-size image as PNG inside each record
-    # PNG artifacts are upscaled (nearest neighbour, by an integer factor) until the
-    # image's shorter side is at least this many pixels: small models' maps stay visible.
+    # TFRecord shards; 0: the runner decides.
+    num_shards: int = 0
+    # Store the model-input-size image as PNG inside each record.
+    include_image: bool = True
+    # PNG artifacts are upscaled (nearest neighbour, by the integer factor
+    # ceil(min_artifact_size / min(H, W)); 1 when the input is that large already), so that
+    # small models' maps stay visible.
     min_artifact_size: int = 192
-    # Local output dirs: flush what the run wrote and sync each file and directory entry
-    # before the publish renames that depend on them, so a power loss cannot leave a
-    # manifest naming lost files (benchmarks/RESULTS.md: its cost). Object stores: an
-    # upload is durable once it completes; nothing to do.
+    # Local output dirs: what the run wrote is flushed and each file and directory entry
+    # synced before the publish renames that depend on them, so a power loss cannot leave a
+    # manifest naming lost files (cost: benchmarks/RESULTS.md, 2026-12-03). Object stores:
+    # an upload is durable once complete; ignored.
     fsync: bool = True
 
     def __post_init__(self) -> None:
@@ -287,9 +327,9 @@ class RunConfig:
     max_failure_fraction: float = 0.25
     # Skip images already done for the same (content, model, method settings).
     incremental: bool = False
-    # Print progress every N explained images (0: off).
+    # Without a terminal: a progress line every N images (per worker process; 0: off).
     progress_every: int = 100
-    # "previous": compare each audit with the last one under output.dir/audits/ (drift in
+    # `previous`: compare each audit with the latest under output.dir/audits/ (drift in
     # audit/drift.json and the report); "": no comparison.
     audit_drift: str = ""
     # Drift rules (METRIC[@METHOD]:CHANGE, e.g. pointing:-0.05, energy_in_box:-10%); a
@@ -316,50 +356,6 @@ class RunConfig:
             if not isinstance(rule, str) or not re.match(DRIFT_RULE, rule.strip()):
                 fail("run.audit_fail_on", rule, "a rule is METRIC[@METHOD]:CHANGE",
                      "write e.g. pointing:-0.05 or energy_in_box:-10%")  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class AuditConfig:
-    """The dataset audit over a run's published records (``python -m pipeline audit``, or
-    after every run when enabled)."""
-
-    enabled: bool = False
-    # JSONL sidecar, one row per image: {"key", "boxes": [[ymin, xmin, ymax, xmax], ...] in
-    # the ORIGINAL image's pixels (max exclusive), optional "label"}. "": no annotations.
-    annotations: str = ""
-    map_size: int = 16  # maps are aggregated and clustered at map_size x map_size
-    reservoir: int = 512  # maps kept per (class, method) for strategy discovery
-    neighbours: int = 10  # kNN graph of the clustering
-    max_clusters: int = 8
-    # Deletion / insertion curves, computed in the model handler during the run (0: off).
-    faithfulness_steps: int = 10
-    faithfulness_baseline: float = 0.0  # the removed pixels' value, in the model's input space
-    # Of the records (chosen by key hash, the same on every rerun): the curves cost
-    # 2 * (steps - 1) forward passes per method and image (10%: the audit's per-image cost
-    # stays within 1.25x of the run's, benchmarks/RESULTS.md).
-    faithfulness_fraction: float = 0.1
-    sanity_samples: int = 16  # images in the cascading-randomisation check (0: off)
-    sanity_layers: int = 3  # top layers randomised, one more per step
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.enabled, bool):
-            fail("audit.enabled", self.enabled, "true or false is required")
-        check_str("audit.annotations", self.annotations, empty_ok=True)
-        check_int("audit.map_size", self.map_size, minimum=4, maximum=256)
-        check_int("audit.reservoir", self.reservoir, minimum=2, maximum=100_000)
-        check_int("audit.neighbours", self.neighbours, minimum=1, maximum=1000)
-        check_int("audit.max_clusters", self.max_clusters, minimum=1, maximum=64)
-        check_faithfulness(
-            "audit.", self.faithfulness_steps, self.faithfulness_baseline,
-            self.faithfulness_fraction,
-        )  # fmt: skip
-        check_int("audit.sanity_samples", self.sanity_samples, minimum=0, maximum=10_000)
-        check_int("audit.sanity_layers", self.sanity_layers, minimum=1, maximum=1000)
-
-    @property
-    def faithfulness(self) -> int:
-        """Deletion / insertion steps the run computes: 0 when the audit or they are off."""
-        return self.faithfulness_steps if self.enabled else 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

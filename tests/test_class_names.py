@@ -6,6 +6,7 @@ import json
 import pytest
 
 from pipeline.config import ModelConfig
+from pipeline.engine.geometry import model_geometry
 from pipeline.store.class_names import class_name, load_class_names
 from pipeline.validation import ConfigError
 
@@ -32,7 +33,6 @@ def test_names_from_a_list_lines_json_and_the_keras_imagenet_index(tmp_path):
 
 
 def test_a_names_count_that_does_not_match_the_model_is_refused_before_reading(tmp_path):
-    from pipeline.beam.handler import model_geometry
-
+    m = ModelConfig(class_names=("a", "b", "c"))
     with pytest.raises(ConfigError, match="3 names for a model with 5 classes"):
-        model_geometry(ModelConfig(class_names=("a", "b", "c")))
+        model_geometry(m, class_names=m.class_names)

@@ -10,6 +10,8 @@ SHARED = {
     "config",
     "config_files",
     "config_beam",
+    "config_audit",
+    "config_reference",
     "validation",
 }  # bottom modules any room may import
 # room -> the package modules / rooms it may import (besides itself and SHARED)

@@ -37,6 +37,7 @@ from pipeline.beam import handler, sinks
 from pipeline.beam.run import run
 from pipeline.config_files import load_config
 from pipeline.elements import ImageItem, SaliencyRecord
+from pipeline.engine.geometry import model_geometry
 from pipeline.validation import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,8 +259,8 @@ def test_incremental_runs_do_only_new_work_and_recompute_on_changes(tmp_path, mo
     assert len({r.model_fingerprint for r in got["records"]}) == 1
     assert (
         got["records"][0].model_fingerprint
-        == handler.model_geometry(
-            load_config(None, base_overrides(other, "x", out)).model
+        == model_geometry(
+            load_config(None, base_overrides(other, "x", out)).model, class_names=()
         ).fingerprint
     )
 

@@ -1,5 +1,10 @@
 """SaliencyModelHandler: the RunInference model handler, the one joint of Beam and engine.
 
+Its jobs: hold the worker's Engine (model, explainer, class names), run a batch through it
+into records, and keep one bad image from failing its batch. The model's geometry and class
+names are engine.geometry's, probabilities and targets engine.targets', the deletion /
+insertion curves audit.curves'.
+
 RunInference loads the handler's model once per worker process (its threads share it) and
 feeds it batches from BatchElements. The handler turns a batch of ImageItem into one
 SaliencyRecord per (image, target); the gradient maths stays in pipeline.engine.
@@ -12,7 +17,6 @@ NaN or Inf is ever handed to a sink.
 """
 
 import dataclasses
-import functools
 import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -21,34 +25,18 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.audit.aggregates import key_priority
-from pipeline.audit.metrics.faithfulness import deletion_and_insertion, end_scores
-from pipeline.audit.metrics.relevance import relevance
+from pipeline.audit.curves import Faithfulness, method_curves
 from pipeline.beam.progress import REPORTER, Counters, report
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import Failure, ImageItem, SaliencyRecord
 from pipeline.engine.explainer import Explainer
-from pipeline.engine.from_config import explainer_options, model_spec
-from pipeline.engine.models import LoadedModel, load_model
-from pipeline.engine.precision import configure_gpus
-from pipeline.engine.targets import resolve_targets
-from pipeline.store.class_names import class_name, load_class_names
-from pipeline.validation import ConfigError
+from pipeline.engine.from_config import explainer_options
+from pipeline.engine.geometry import check_class_names, load_once
+from pipeline.engine.models import LoadedModel
+from pipeline.engine.targets import resolve_targets, softmax, top_classes
+from pipeline.store.class_names import class_name, configured_class_names
 
 _LOG = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Faithfulness:
-    """The deletion / insertion curves the handler adds to each record (audit section)."""
-
-    steps: int
-    baseline: float
-    fraction: float = 1.0  # of the records, chosen by key hash (the same on every rerun)
-
-    def chosen(self, key: str) -> bool:
-        """Whether this record's curves are computed."""
-        return self.fraction >= 1.0 or key_priority(key) < self.fraction * 2.0**64
 
 
 @dataclasses.dataclass
@@ -68,49 +56,6 @@ def make_explainer(loaded: LoadedModel, s: SaliencyConfig, *, pad_to: int) -> Ex
     return Explainer(loaded.model, pad_to=pad_to, **explainer_options(loaded, s))
 
 
-class ModelLoadError(RuntimeError):
-    """The configured model could not be loaded (raised before any data is read)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelGeometry:
-    """What the pipeline must know of the model before it is built."""
-
-    name: str
-    input_size: tuple[int, int]
-    channels: int
-    fingerprint: str
-
-
-@functools.lru_cache(maxsize=2)
-def _load_once(m: ModelConfig) -> LoadedModel:
-    """One load per process and model config: the launcher's check and an in-process
-    worker (DirectRunner) share it instead of loading the model twice."""
-    configure_gpus()  # memory growth before any TF op touches the GPU
-    return load_model(model_spec(m))
-
-
-def model_geometry(m: ModelConfig) -> ModelGeometry:
-    """Load the model in the launching process: fails fast on a bad model, and gives
-    the input size the decoder resizes to."""
-    try:
-        loaded = _load_once(m)
-    except Exception as exc:
-        lines = str(exc).strip().splitlines() or [""]
-        first = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
-        raise ModelLoadError(f"model {m.name!r}: {type(exc).__name__}: {first}") from exc
-    try:
-        checked_class_names(m, loaded.num_classes)  # fail fast, before any data is read
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"model.class_names: {exc}") from exc
-    return ModelGeometry(
-        name=loaded.name,
-        input_size=tuple(loaded.input_size),
-        channels=loaded.channels,
-        fingerprint=loaded.fingerprint,
-    )
-
-
 def load_engine(
     model: ModelConfig,
     saliency: SaliencyConfig,
@@ -120,7 +65,7 @@ def load_engine(
     faithfulness: Faithfulness | None = None,
 ) -> Engine:
     """Load the model and build the explainer (what each worker process does once)."""
-    loaded = _load_once(model)
+    loaded = load_once(model)
     explainer = make_explainer(loaded, saliency, pad_to=batch.max_batch_size)
     if any("guided" in m for m in saliency.methods):
         explainer.guided_report()  # build the guided clone now: fail fast, once per process
@@ -131,25 +76,10 @@ def load_engine(
         explainer=explainer,
         saliency=saliency,
         faithfulness=faithfulness,
-        class_names=checked_class_names(model, loaded.num_classes),
+        class_names=check_class_names(
+            configured_class_names(model.class_names), loaded.num_classes
+        ),  # fmt: skip
     )
-
-
-def checked_class_names(m: ModelConfig, num_classes: int) -> tuple[str, ...]:
-    """model.class_names loaded, and as many as the model has classes (ValueError else)."""
-    names = load_class_names(m.class_names)
-    if names and len(names) != num_classes:
-        raise ValueError(
-            f"{len(names)} names for a model with {num_classes} classes; give one name per "
-            "class, in class-id order."
-        )
-    return names
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
@@ -167,7 +97,7 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
     ) -> None:
         if faithfulness is not None and not isinstance(faithfulness, Faithfulness):
             raise TypeError(
-                f"faithfulness: got {type(faithfulness).__name__}; a handler.Faithfulness "
+                f"faithfulness: got {type(faithfulness).__name__}; an audit.curves.Faithfulness "
                 "or None is required."
             )
         super().__init__(
@@ -227,7 +157,12 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
 
 
 def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)) or "OOM" in str(exc)
+    """Out of accelerator or host memory: TF's ResourceExhaustedError, MemoryError, or an
+    error whose message is TF's allocator's ("OOM when allocating tensor ...": XLA and
+    some kernels raise InternalError with it)."""
+    return isinstance(exc, (tf.errors.ResourceExhaustedError, MemoryError)) or (
+        "OOM when allocating" in str(exc)
+    )
 
 
 def _explain_split(
@@ -284,9 +219,8 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
     pixels = np.stack([item.pixels for item in items]).astype(np.float32)
     x = np.asarray(loaded.preprocess(pixels), dtype=np.float32)
     logits = engine.explainer.logits(x)
-    probs = _softmax(logits.astype(np.float64))
-    k = min(max(5, s.top_k), probs.shape[-1])
-    top = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    probs = softmax(logits)
+    top = top_classes(probs, max(5, s.top_k))
     labels = np.array([item.label for item in items], dtype=np.int64)
     classes = np.full(len(items), s.target_class, dtype=np.int64) if s.target == "class" else None
     rows, targets = resolve_targets(logits, s.target, labels=labels, classes=classes, k=s.top_k)
@@ -294,7 +228,11 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
     bad = _non_finite(logits, rows, per_method)
     f = engine.faithfulness
     chosen = [j for j, row in enumerate(rows.tolist()) if f and f.chosen(items[row].key)]
-    curves = _curves(engine, x[rows[chosen]], targets[chosen], per_method, chosen)
+    curves = method_curves(
+        engine.explainer.logits, x[rows[chosen]], targets[chosen],
+        {m: np.asarray(e.gradients)[chosen] for m, e in per_method.items()}, f,
+        chunk=engine.explainer.batch_size,
+    ) if chosen else {}  # fmt: skip
     place = {j: i for i, j in enumerate(chosen)}  # row of the batch -> row of the curves
     records: list[SaliencyRecord | Failure] = [
         _numerics_failure(items[row], what) for row, what in sorted(bad.items())
@@ -340,26 +278,6 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
             )
         )
     return records
-
-
-def _curves(
-    engine: Engine, x: np.ndarray, targets: np.ndarray, per_method: dict, chosen: list[int]
-) -> dict:
-    """method -> {"deletion", "insertion"}: [n, steps + 1] target logits for the ``chosen``
-    rows, every method's perturbed images through the run's compiled logits function."""
-    f = engine.faithfulness
-    if not chosen:
-        return {}
-    predict = engine.explainer.logits
-    ends = end_scores(predict, x, f.baseline)  # the images and the baseline: once for all
-    out = {}
-    for method, e in per_method.items():
-        maps = np.stack([relevance(e.gradients[j]) for j in chosen])  # non-finite: 0
-        out[method] = deletion_and_insertion(
-            predict, x, maps, targets, steps=f.steps, baseline=f.baseline,
-            chunk=engine.explainer.batch_size, ends=ends,
-        )  # fmt: skip
-    return out
 
 
 def _recomputed_row(explanation: Any, row: int) -> int:

@@ -165,11 +165,25 @@ def output_dir_problem(path: str) -> str | None:
     return None
 
 
+TFDS_MISSING = (
+    "source.kind: 'tfds' needs tensorflow-datasets, which is not installed: "
+    "pip install 'saliency-pipeline[tfds]' (or pip install tensorflow-datasets)"
+)
+
+
+def _has_tfds() -> bool:
+    try:
+        import tensorflow_datasets  # noqa: F401 - the [tfds] extra
+    except ImportError:
+        return False
+    return True
+
+
 def input_problems(config: Config) -> list[str]:
     """Source patterns on a missing filesystem or matching nothing."""
     src = config.source
     if src.kind == "tfds":
-        return []
+        return [] if _has_tfds() else [TFDS_MISSING]
     problems = []
     for raw in split_patterns(src.pattern):
         problem = filesystem_problem(raw, "source.pattern")

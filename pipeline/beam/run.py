@@ -37,7 +37,6 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineState
 
 from pipeline.beam import sinks
-from pipeline.beam.handler import model_geometry
 from pipeline.beam.prepare import SkipDone
 from pipeline.beam.progress import REPORTER, ReportProgress
 from pipeline.beam.sources import ReadImages
@@ -45,6 +44,8 @@ from pipeline.beam.summary import Summary, summarise
 from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config
 from pipeline.elements import Failure, SaliencyRecord
+from pipeline.engine.geometry import model_geometry
+from pipeline.store.class_names import configured_class_names
 from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
 from pipeline.store.index import write_index
 from pipeline.store.layout import SUMMARY_NAME, counts_path, done_index_path, join_path, tmp_dir
@@ -291,14 +292,15 @@ def run(
 ) -> Summary:
     """Run the job to completion and publish its outputs; writes summary.json.
 
-    Raises beam.handler.ModelLoadError before anything is read or written when the model does
+    Raises engine.geometry.ModelLoadError before anything is read or written when the model does
     not load, ConfigError when the source cannot be listed (e.g. a pattern matching no
     image), store.publish.OutputBusyError when another run holds the output dir.
     ``progress_bar``: a bar on stderr for an in-process run (None: when stderr is a
     terminal); otherwise progress lines every ``run.progress_every`` images.
     """
     # Fail fast on a model that cannot load, before any data is read or any file touched.
-    geometry = model_geometry(config.model)
+    names = configured_class_names(config.model.class_names)
+    geometry = model_geometry(config.model, class_names=names)
     options = pipeline_options(config.beam.flags(beam_args))
     configure(options)  # before the first object-store access (the lock, recovery)
     out_dir = config.output.dir.rstrip("/")

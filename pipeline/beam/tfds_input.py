@@ -1,13 +1,14 @@
 """TFDS input: a prepared TensorFlow Datasets split as EncodedImage (pixels decoded by TFDS).
 
 Nothing is downloaded at run time: the dataset must already be prepared in its data_dir.
+tensorflow-datasets is the ``[tfds]`` extra: it is imported only when a job reads TFDS
+(preflight says how to install it when it is missing).
 """
 
 import os
 
 import apache_beam as beam
 import numpy as np
-import tensorflow_datasets as tfds
 from apache_beam.pvalue import TaggedOutput
 
 from pipeline.beam.tags import FAILURES
@@ -95,7 +96,9 @@ def read_tfds(
     label_feature: str,
 ) -> tuple[beam.PCollection, beam.PCollection]:
     """(images, failures) of a prepared TFDS dataset split (never downloaded)."""
-    builder = _prepared_builder(name, data_dir)
+    import tensorflow_datasets as tfds  # the [tfds] extra
+
+    builder = _prepared_builder(tfds, name, data_dir)
     _check_tfds_features(builder, split, image_feature)
     offsets = _tfds_shard_offsets(builder)
     label = label_feature if label_feature in builder.info.features else ""
@@ -114,7 +117,7 @@ def read_tfds(
     return converted.images, converted[FAILURES]
 
 
-def _prepared_builder(name: str, data_dir: str | None):
+def _prepared_builder(tfds, name: str, data_dir: str | None):
     where = f"data_dir={data_dir!r}" if data_dir else "the default TFDS data_dir"
     try:
         builder = tfds.builder(name, data_dir=data_dir)

@@ -22,14 +22,17 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.beam.handler import Faithfulness, SaliencyModelHandler, model_geometry
+from pipeline.audit.curves import Faithfulness
+from pipeline.beam.handler import SaliencyModelHandler
 from pipeline.beam.prepare import DecodeImages
 from pipeline.beam.sinks import GuardFinite
 from pipeline.beam.tags import FAILURES
 from pipeline.choices import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILE, DEFAULT_RESIZE, RECORD_VIEWS
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import EncodedImage, Failure, SaliencyRecord
+from pipeline.engine.geometry import model_geometry
 from pipeline.maps.views import compute_views
+from pipeline.store.class_names import configured_class_names
 from pipeline.validation import check_faithfulness
 
 __all__ = ["ExplainImages", "Explained", "to_encoded_image", "with_views"]
@@ -147,7 +150,7 @@ class ExplainImages(beam.PTransform):
         self._batch = batch or BatchConfig()
         self._percentile = float(percentile)
         compute_views(np.zeros((1, 1, 1), np.float32), percentile=self._percentile)  # check
-        geometry = model_geometry(model)
+        geometry = model_geometry(model, class_names=configured_class_names(model.class_names))
         self._decode = DecodeImages(
             input_size=geometry.input_size,
             channels=geometry.channels,

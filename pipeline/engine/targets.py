@@ -59,3 +59,16 @@ def resolve_targets(
             f"{num_classes}, the model's number of classes."
         )
     return rows, targets
+
+
+def softmax(logits: Any) -> np.ndarray:
+    """Probabilities from logits (float64, stable)."""
+    scores = np.asarray(logits, dtype=np.float64)
+    e = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_classes(probs: np.ndarray, k: int) -> np.ndarray:
+    """int [B, min(k, classes)]: the classes by decreasing probability (ties by class id)."""
+    k = min(k, probs.shape[-1])
+    return np.argsort(-probs, axis=-1, kind="stable")[:, :k]

@@ -5,6 +5,7 @@ name per line; a JSON list; or Keras's ImageNet index, imagenet_class_index.json
 import json
 
 from pipeline.store.files import read_text
+from pipeline.validation import ConfigError
 
 
 def load_class_names(spec) -> tuple[str, ...]:
@@ -30,6 +31,15 @@ def load_class_names(spec) -> tuple[str, ...]:
             return tuple(str(v[-1] if isinstance(v, list) else v) for _, v in ordered)
         return tuple(str(v) for v in data)
     return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def configured_class_names(spec) -> tuple[str, ...]:
+    """:func:`load_class_names`, with an unreadable file a ConfigError naming
+    model.class_names (exit 2 before anything is read)."""
+    try:
+        return load_class_names(spec)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.class_names: {exc}") from exc
 
 
 def class_name(names: tuple[str, ...], class_id: int) -> str:
