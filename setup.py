@@ -28,6 +28,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
+    package_data={"pipeline.audit": ["templates/*.j2"]},  # the report's Jinja2 templates
     install_requires=[
         f"apache-beam=={BEAM}",
         "google-crc32c>=1.5",  # TFRecord checksums without the slow pure-Python crcmod

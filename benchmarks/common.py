@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.audit.metrics.correlation import spearman
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "examples" / "photos"
 
@@ -222,19 +224,10 @@ def reference_gradient(model: Any) -> Callable[[Any, Any], Any]:
 # --------------------------------------------------------------------------- statistics
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two arrays (flattened)."""
-    ra = np.argsort(np.argsort(a.ravel(), kind="stable"), kind="stable").astype(np.float64)
-    rb = np.argsort(np.argsort(b.ravel(), kind="stable"), kind="stable").astype(np.float64)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    return float((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)))
-
-
 def map_rank_correlation(g1: np.ndarray, g2: np.ndarray) -> float:
     """Mean over images of the rank correlation of the |g|-summed-over-channels maps."""
     m1, m2 = np.abs(g1).sum(-1), np.abs(g2).sum(-1)
-    return float(np.mean([rank_correlation(a, b) for a, b in zip(m1, m2, strict=True)]))
+    return float(np.mean([spearman(a, b) for a, b in zip(m1, m2, strict=True)]))
 
 
 # --------------------------------------------------------------------------- output

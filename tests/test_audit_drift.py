@@ -68,6 +68,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_cli_exits_6_on_a_broken_rule_and_2_on_a_bad_one(tmp_path):
     a = _audit(0.9, 0.6, {"0": SAME}, {})
     b = _audit(0.7, 0.6, {"0": MOVED}, {})

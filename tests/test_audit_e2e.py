@@ -5,7 +5,6 @@ the sanity check); error groups and mask annotations; boxes read from a TFRecord
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,18 +26,10 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=600)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def default_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("default") / "out"
-    proc = _cli("run", "--config", "configs/local.yaml", "--set", f"output.dir={out}")
-    assert proc.returncode == 0, proc.stderr
-    return out, proc
-
-
 @pytest.mark.slow
 def test_the_default_job_audits_its_records(default_run):
-    out, proc = default_run
-    assert "audit: 12 records, 5 classes" in proc.stderr
+    out = default_run.out
+    assert "audit: 12 records, 5 classes" in default_run.stderr
     manifest = read_jsonl(str(out / "manifest.jsonl"))
     audit = json.loads((out / "audit" / "audit.json").read_text())
     rows = read_jsonl(str(out / "audit" / "rows.jsonl"))
@@ -91,9 +82,8 @@ def test_the_default_job_audits_its_records(default_run):
 
 
 @pytest.mark.slow
-def test_errors_are_grouped_and_masks_replace_boxes(default_run, tmp_path):
-    out = tmp_path / "copy"
-    shutil.copytree(default_run[0], out)  # the audit rewrites audit/: leave the fixture's
+def test_errors_are_grouped_and_masks_replace_boxes(default_run_copy, tmp_path):
+    out = default_run_copy  # the audit rewrites audit/: leave the fixture's
     rows = read_jsonl("examples/images/annotations.jsonl")
     wrong_rows = [rows[0], rows[3]]  # a circle and a cross given a wrong label: two errors
     for row in wrong_rows:
@@ -131,7 +121,7 @@ def test_errors_are_grouped_and_masks_replace_boxes(default_run, tmp_path):
 
 @pytest.mark.slow
 def test_boxes_come_from_a_tfrecord_input_when_there_is_no_sidecar(default_run, tmp_path):
-    out, _ = default_run
+    out = default_run.out
     path = tmp_path / "images.tfrecord"
     with tf.io.TFRecordWriter(str(path)) as writer:
         for row in read_jsonl("examples/images/annotations.jsonl"):
@@ -214,7 +204,7 @@ def test_drift_between_two_models_ranks_classes_and_gates(default_run, tmp_path)
                 "--set", f"model.name={tmp_path / 'other.keras'}",
                 "--set", "audit.sanity_samples=0", "-q")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    out_a = default_run[0]
+    out_a = default_run.out
     same = _cli("drift", str(out_a), str(out_a), "--fail-on", "similarity:-0.01", "--json")
     assert same.returncode == 0, same.stderr
     same_classes = json.loads(same.stdout)["classes"]

@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from _reliability import base_overrides, kill_when, noise_png, save_tiny_model, write_files
+from _reliability import base_overrides, kill_when, noise_png, write_files
 
 from pipeline.audit.pipeline import run_audit
 from pipeline.beam.run import run
@@ -88,9 +88,9 @@ def _check_after_rerun(out: str, n_records: int) -> None:
 
 
 @pytest.fixture()
-def audited(tmp_path) -> tuple[str, list[str]]:
+def audited(tmp_path, tiny_model) -> tuple[str, list[str]]:
     """An output dir of N_IMAGES records with one audit done: (out, overrides)."""
-    model = save_tiny_model(str(tmp_path / "tiny.keras"))
+    model = tiny_model
     bucket = str(tmp_path / "bucket")
     write_files(bucket, {f"img_{i:02d}.png": noise_png(i) for i in range(N_IMAGES)})
     out = str(tmp_path / "out")

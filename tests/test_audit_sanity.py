@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.audit.sanity import CAVEAT, cascading_randomisation, layers_top_down, spearman
+from pipeline.audit.metrics.correlation import average_ranks, spearman
+from pipeline.audit.sanity import CAVEAT, cascading_randomisation, layers_top_down
 from pipeline.engine.models import ModelSpec, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +19,27 @@ def test_spearman_of_maps():
     a = np.arange(16.0).reshape(4, 4)
     assert spearman(a, a * 3 + 1) == pytest.approx(1.0)
     assert spearman(a, -a) == pytest.approx(-1.0)
-    assert spearman(a, np.ones((4, 4))) == pytest.approx(0.0, abs=1.0)  # ties: defined
+    assert spearman(a, np.ones((4, 4))) == 0.0  # a constant map has no order: 0, not nan
+
+
+def test_average_ranks_and_spearman_with_ties_by_hand():
+    np.testing.assert_array_equal(average_ranks([10, 20, 20, 30]), [1, 2.5, 2.5, 4])
+    np.testing.assert_array_equal(average_ranks([[3, 1], [3, 3]]), [3, 1, 3, 3])
+    np.testing.assert_array_equal(average_ranks([]), [])
+    # a = [1, 2, 2, 3], b = [1, 3, 2, 2]: ranks [1, 2.5, 2.5, 4] and [1, 4, 2.5, 2.5];
+    # centred [-1.5, 0, 0, 1.5] and [-1.5, 1.5, 0, 0]: 2.25 / sqrt(4.5 * 4.5) = 0.5
+    # (scipy.stats.spearmanr gives 0.5 too; ranking ties by position would give 0.4)
+    assert spearman(np.array([1, 2, 2, 3]), np.array([1, 3, 2, 2])) == pytest.approx(0.5)
+    # a sparse map: half zeros. Position ranks would call these two maps correlated (the
+    # zeros' positions agree); average ranks see the same nonzero order reversed.
+    a = np.array([0, 0, 0, 0, 1, 2, 3, 4], float)
+    b = np.array([0, 0, 0, 0, 4, 3, 2, 1], float)
+    # ranks a: [2.5]*4 + [5, 6, 7, 8]; b: [2.5]*4 + [8, 7, 6, 5]; centred both
+    # [-2]*4 + [0.5, 1.5, 2.5, 3.5] vs [-2]*4 + [3.5, 2.5, 1.5, 0.5]:
+    # (16 + 1.75 + 3.75 + 3.75 + 1.75) / (16 + 0.25 + 2.25 + 6.25 + 12.25) = 27 / 37
+    assert spearman(a, b) == pytest.approx(27 / 37)
+    with pytest.raises(ValueError, match="same size"):
+        spearman(np.zeros(3), np.zeros(4))
 
 
 @pytest.mark.slow

@@ -87,6 +87,7 @@ def planted():
     return _trained(images, labels, 0), images, labels, marked
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["vanilla", "guided"])
 def test_the_planted_shortcut_is_flagged_with_the_marked_images(planted, method):
     model, images, labels, marked = planted
@@ -106,6 +107,7 @@ def test_the_planted_shortcut_is_flagged_with_the_marked_images(planted, method)
         assert {"measured", "value", "threshold"} <= set(e) and f["method"] == method
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_the_same_model_trained_without_the_mark_raises_no_flag(seed):
     images, labels, _ = _images(seed, planted=False)

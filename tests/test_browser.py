@@ -4,11 +4,9 @@ marks its body data-images-ok), or a blank page, and keeps a screenshot under
 test-artifacts/browser/ to look at."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +49,7 @@ def check_page(path: Path, screenshot: Path) -> str:
     return dom
 
 
+@pytest.mark.slow
 def test_the_checker_catches_console_errors_and_broken_images(tmp_path):
     page = tmp_path / "bad.html"
     page.write_text('<!doctype html><body><p>text</p><img src="missing.png"><script>'
@@ -62,20 +61,9 @@ def test_the_checker_catches_console_errors_and_broken_images(tmp_path):
     assert 'data-images-ok="false"' in dom
 
 
-@pytest.fixture(scope="module")
-def default_out(tmp_path_factory):
-    out = tmp_path_factory.mktemp("browser") / "out"
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "--config",
-                           "configs/local.yaml", "--set", f"output.dir={out}", "-q"],
-                          cwd=ROOT, env=dict(os.environ), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    return out
-
-
 @pytest.mark.slow
-def test_the_report_opens_offline_with_every_image(default_out):
-    out = default_out
+def test_the_report_opens_offline_with_every_image(default_run):
+    out = default_run.out
     report = out / "audit" / "report.html"
     text = report.read_text()
     assert "http://" not in text and "https://" not in text  # nothing from the network
@@ -88,7 +76,8 @@ def test_the_report_opens_offline_with_every_image(default_out):
 
 
 @pytest.mark.slow
-def test_a_flagged_cluster_shows_its_evidence_prototype_and_examples(default_out):
+def test_a_flagged_cluster_shows_its_evidence_prototype_and_examples(default_run_copy):
+    default_out = default_run_copy  # the report is rewritten: leave the shared run's
     from pipeline.audit.pipeline import write_report
     from pipeline.config_files import load_config
 

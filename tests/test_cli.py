@@ -33,31 +33,25 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("local") / "out"
-    proc = _cli("run", "--config", "configs/local.yaml", "--set", f"output.dir={out}", "-q")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc
-
-
-def test_quick_start_explains_every_bundled_image(local_run):
-    out, proc = local_run
+@pytest.mark.slow
+def test_quick_start_explains_every_bundled_image(default_run):
+    out = default_run.out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["inputs"] == 12
     assert summary["images_written"] == 12
     assert summary["images_failed"] == 0
     assert summary["reconciled"] is True
-    assert "12 of 12 images explained" in proc.stdout
+    assert "12 of 12 images explained" in default_run.stdout
     assert (out / "failures.jsonl").read_text() == ""
 
 
-def test_shipped_model_finds_the_shapes(local_run):
-    out, _ = local_run
+@pytest.mark.slow
+def test_shipped_model_finds_the_shapes(default_run):
+    out = default_run.out
     annotations = {
         a["file"]: a for a in json.loads((ROOT / "examples/images/annotations.json").read_text())
     }
-    decoded = list(records.read(f"{out}/records/*.tfrecord"))
+    decoded = list(records.read(str(out)))
     assert len(decoded) == 12
     for rec in decoded:
         ann = annotations[rec.key]
@@ -71,6 +65,7 @@ def test_shipped_model_finds_the_shapes(local_run):
         assert share > 1.2 * inside.mean(), (rec.key, share, inside.mean())
 
 
+@pytest.mark.slow
 def test_validate_prints_the_resolved_config():
     proc = _cli("validate", "--config", "configs/local.yaml", "--set", "saliency.samples=7")
     assert proc.returncode == 0, proc.stderr
@@ -78,12 +73,14 @@ def test_validate_prints_the_resolved_config():
     assert "methods:" in proc.stdout
 
 
+@pytest.mark.slow
 def test_invalid_config_exits_2_naming_key_and_fix():
     proc = _cli("run", "--config", "configs/local.yaml", "--set", "saliency.methods=[guidd]")
     assert proc.returncode == 2
     assert "saliency.methods" in proc.stderr and "did you mean 'guided'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unloadable_model_exits_4_before_reading(tmp_path):
     # A well-formed .keras archive (the file checks pass: exit 2 is for missing / corrupt
     # files) whose config Keras cannot build.

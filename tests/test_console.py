@@ -174,6 +174,7 @@ def test_custom_objects_are_named_then_loaded(tmp_path):
     assert ran.stdout.startswith("2 of 2 images explained")
 
 
+@pytest.mark.slow
 def test_validate_reports_every_config_error_at_once():
     proc = _cli(
         "validate", "--set", "saliency.samples=-1", "--set", "saliency.metods=[x]",
@@ -201,6 +202,7 @@ def test_a_dry_run_checks_everything_and_writes_nothing(tmp_path, command):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_version_and_help_name_the_exit_codes_and_beam_flags():
     assert _cli("--version").stdout.strip() == f"saliency-pipeline {__version__}"
     text = _cli("run", "--help").stdout

@@ -23,7 +23,6 @@ from _reliability import (
     check_complete,
     noise_png,
     read_records,
-    save_tiny_model,
     write_files,
 )
 from PIL import Image
@@ -34,14 +33,11 @@ from pipeline.config_files import load_config
 from pipeline.store import files as outputs
 from pipeline.store import publish
 
+pytestmark = pytest.mark.slow  # real runs killed and rerun
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOOD = [f"img_{i:02d}.png" for i in range(40)]
 BAD = {"empty.jpg": b"", "page.png": b"<html>404</html>", "cut.png": noise_png(99)[:60]}
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return save_tiny_model(str(tmp_path_factory.mktemp("model") / "tiny.keras"))
 
 
 def _bucket(root: str, n: int = len(GOOD)) -> str:
@@ -74,12 +70,12 @@ def _visible_pngs_are_whole(out: str) -> int:
     return n
 
 
-def test_sigkill_mid_run_then_rerun_accounts_for_every_input_once(tmp_path, model):
+def test_sigkill_mid_run_then_rerun_accounts_for_every_input_once(tmp_path, tiny_model):
     bucket = _bucket(str(tmp_path / "bucket"))
     out = str(tmp_path / "out")
     config = tmp_path / "audit.yaml"
     config.write_text(
-        f"model: {{name: '{model}', preprocessing: unit}}\n"
+        f"model: {{name: '{tiny_model}', preprocessing: unit}}\n"
         f"source: {{pattern: '{bucket}/*'}}\n"
         "saliency: {methods: [smoothgrad], samples: 1000, sample_batch_size: 100,"
         " precision: float32}\n"
@@ -163,12 +159,12 @@ def _crash_at(monkeypatch, out: str, name: str) -> None:
     ],
 )
 def test_publish_cut_at_any_step_then_rerun_is_exact(
-    tmp_path, model, monkeypatch, incremental, crash_before
+    tmp_path, tiny_model, monkeypatch, incremental, crash_before
 ):
     bucket = _bucket(str(tmp_path / "bucket"), n=6)
     out = str(tmp_path / "out")
     extra = [f"run.incremental={str(incremental).lower()}", "run.max_failure_fraction=0.5"]
-    first = load_config(None, [*base_overrides(model, f"{bucket}/*", out), *extra])
+    first = load_config(None, [*base_overrides(tiny_model, f"{bucket}/*", out), *extra])
     run(first)
     before = check_complete(out)
     assert sorted(r.key for r in before["records"]) == GOOD[:6]
@@ -176,7 +172,7 @@ def test_publish_cut_at_any_step_then_rerun_is_exact(
     # Next run: two more images, another shard count; it dies inside publish.
     write_files(bucket, {GOOD[6]: noise_png(6), GOOD[7]: noise_png(7)})
     second = load_config(
-        None, [*base_overrides(model, f"{bucket}/*", out), *extra, "output.num_shards=2"]
+        None, [*base_overrides(tiny_model, f"{bucket}/*", out), *extra, "output.num_shards=2"]
     )
     with monkeypatch.context() as patch:
         _crash_at(patch, out, crash_before)
@@ -232,18 +228,18 @@ def _committed_view_is_exact(out: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_kill_before_each_step_of_publish_then_rerun(tmp_path, model, monkeypatch):
+def test_kill_before_each_step_of_publish_then_rerun(tmp_path, tiny_model, monkeypatch):
     """An incremental publish with new images, a changed one (its old shard set rewritten)
     and another shard count, killed before each of its file-system steps in turn: readers
     see the old or the new committed records, each once; a rerun ends exact."""
     bucket = _bucket(str(tmp_path / "bucket"), n=6)
     out, snapshot = str(tmp_path / "out"), str(tmp_path / "snapshot")
     extra = ["run.incremental=true", "run.max_failure_fraction=0.5", "output.num_shards=1"]
-    run(load_config(None, [*base_overrides(model, f"{bucket}/*", out), *extra]))
+    run(load_config(None, [*base_overrides(tiny_model, f"{bucket}/*", out), *extra]))
     old = _committed_view_is_exact(out)
     write_files(bucket, {GOOD[6]: noise_png(6), GOOD[7]: noise_png(7), GOOD[0]: noise_png(100)})
     second = load_config(
-        None, [*base_overrides(model, f"{bucket}/*", out), *extra, "output.num_shards=2"]
+        None, [*base_overrides(tiny_model, f"{bucket}/*", out), *extra, "output.num_shards=2"]
     )
     captured: dict = {}
     real_publish = publish.publish

@@ -64,6 +64,7 @@ def _cli(gcs, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--dry-run", "--dry_run=True"])
 def test_dataflow_job_of_the_gpu_config_builds_offline(gcs, flag):
     proc = _cli(gcs, "run", "--config", CONFIG, *_sets(gcs), flag, "--json")
@@ -86,6 +87,7 @@ def test_dataflow_job_of_the_gpu_config_builds_offline(gcs, flag):
     assert gcs.sizes("dataflow/") == {}  # nothing staged, locked or written
 
 
+@pytest.mark.slow
 def test_launcher_refuses_a_worker_image_of_another_beam_or_python(gcs):
     for tag, why in (
         ("beam2.76.0-py3.11", "holds Beam 2.76.0 and Python 3.11"),
@@ -132,6 +134,7 @@ def test_beam_and_python_are_stated_once():
         assert f":{versions.WORKER_TAG}" in handle.read()
 
 
+@pytest.mark.slow
 def test_flex_template_parameters_start_the_same_job(gcs):
     with open(os.path.join(ROOT, "examples", "flex_template", "metadata.json")) as handle:
         metadata = json.load(handle)
@@ -166,6 +169,7 @@ def test_flink_config_names_the_job_server_of_the_pinned_beam():
     assert f"Flink {flink}." in text.replace("\n#", "")
 
 
+@pytest.mark.slow
 def test_a_placeholder_project_is_a_config_error_with_the_fix(gcs):
     sets = _sets(gcs, "beam.project=YOUR_PROJECT")
     proc = _cli(gcs, "run", "--config", CONFIG, *sets, "--dry_run=True")

@@ -11,18 +11,11 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from _images import BIG, decode, encode, random_rgb, small_photos
+from _images import BIG, decode, encode, random_rgb
 from PIL import Image, ImageOps
 
 from pipeline.elements import EncodedImage
 from pipeline.store import decode as D
-
-
-@pytest.fixture(scope="module")
-def photos() -> dict[str, bytes]:
-    """The example photos, shrunk to 64x48 and re-encoded in their own format."""
-    return small_photos()
-
 
 # ------------------------------------------------------------------- decoding
 

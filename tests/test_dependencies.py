@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from pipeline import cli
@@ -110,6 +111,7 @@ def test_ruff_is_pinned_exactly():
     ]
 
 
+@pytest.mark.slow
 def test_tfds_is_only_imported_by_jobs_that_read_tfds():
     code = (
         "import sys, pipeline.beam.run, pipeline.beam.sources, pipeline.cli\n"

@@ -240,6 +240,7 @@ def applications():
     return built
 
 
+@pytest.mark.slow  # keras.applications builds
 @pytest.mark.parametrize("name", sorted(APPS))
 def test_application_forward_is_identical(applications, name):
     model, guided, report = applications[name]
@@ -249,6 +250,7 @@ def test_application_forward_is_identical(applications, name):
     assert len(report.patched) >= 10
 
 
+@pytest.mark.slow  # keras.applications builds
 def test_mobilenet_relu_layers_are_patched(applications):
     _, _, v2 = applications["MobileNetV2"]
     assert {"Conv1_relu", "block_1_expand_relu", "out_relu"} <= set(v2.patched)
@@ -265,6 +267,7 @@ def test_mobilenet_relu_layers_are_patched(applications):
     assert not any(isinstance(layer, keras.layers.ReLU) for layer in guided.layers)
 
 
+@pytest.mark.slow  # keras.applications builds
 def test_convnext_gelu_stays_exact(applications):
     _, guided, report = applications["ConvNeXtTiny"]
     gelus = [name for name in report.patched if name.endswith("_gelu")]

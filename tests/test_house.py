@@ -1,7 +1,11 @@
 """The house rules: five rooms, imports that run one way, small modules, no late imports."""
 
 import ast
+import subprocess
 from pathlib import Path
+
+import keras
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
 SHARED = {
@@ -102,3 +106,11 @@ def test_every_output_dir_name_is_declared_in_the_layout_module():
         if module != "pipeline.store.layout"
     }
     assert {m: n for m, n in spelled.items() if n} == {}
+
+
+def test_the_fast_lane_refuses_processes_and_training():
+    """conftest.py's guard: outside @pytest.mark.slow a process or a fit() fails the test."""
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
+        subprocess.run(["true"], check=True)
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
+        keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]).fit([[0.0]], [[0.0]])

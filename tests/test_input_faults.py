@@ -11,7 +11,7 @@ import os
 
 import pytest
 import tensorflow as tf
-from _reliability import base_overrides, check_complete, noise_png, save_tiny_model
+from _reliability import base_overrides, check_complete, noise_png
 
 from pipeline.beam.run import run
 from pipeline.config_files import load_config
@@ -151,11 +151,11 @@ def _offsets(payloads: list[bytes]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_run_over_corrupt_shards_and_duplicate_keys(tmp_path):
+def test_run_over_corrupt_shards_and_duplicate_keys(tmp_path, tiny_model):
     """Among good shards: one with a bad data checksum, one cut short, and duplicate keys.
     The run goes on, every damaged record is a failure row (shard, offset), the rest is
     explained, inputs reconcile; an incremental rerun keeps every key."""
-    model = save_tiny_model(str(tmp_path / "tiny.keras"))
+    model = tiny_model
     data = tmp_path / "data"
     data.mkdir()
     img = {name: noise_png(i) for i, name in enumerate(["a0", "a1", "a2", "b0", "b1", "b2",

@@ -307,6 +307,7 @@ def test_registry_covers_every_keras_application():
         assert ModelSpec(name).is_application
 
 
+@pytest.mark.slow  # a keras.applications build
 def test_named_application_loads_as_logits_with_local_weights(tmp_path):
     spec = ModelSpec("MobileNetV2", weights=None, input_size=(32, 32))
     loaded = load_model(spec)

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from _reliability import base_overrides, kill_when, noise_png, save_tiny_model
+from _reliability import base_overrides, kill_when, noise_png
 from _stores import SERVERS, Store
 from PIL import Image
 
@@ -24,6 +24,8 @@ from pipeline.store.object_lock import LockBusy, LockLost, ObjectLock
 from pipeline.store.object_stores import configure
 from pipeline.store.publish import OutputBusyError, _Held, output_lock
 
+pytestmark = pytest.mark.slow  # servers (moto, gcp-storage-emulator) and subprocess runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BAD = {"cut.png": noise_png(99)[:60]}
 
@@ -32,11 +34,6 @@ BAD = {"cut.png": noise_png(99)[:60]}
 def store(request) -> Store:
     with SERVERS[request.param]() as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> str:
-    return save_tiny_model(str(tmp_path_factory.mktemp("model") / "tiny.keras"))
 
 
 def _options(store: Store):
@@ -102,11 +99,13 @@ def _check_complete(store: Store, prefix: str) -> dict:
     return {"records": recs, "failures": failures, "summary": summary, "objects": objects}
 
 
-def test_run_audit_and_incremental_rerun_on_the_store(store, model):
+def test_run_audit_and_incremental_rerun_on_the_store(store, tiny_model):
     good = {f"img_{i}.png": noise_png(i) for i in range(6)}
     pattern = _upload(store, "inc/in", good)
     out = store.url("inc/out")
-    args = _overrides(store, model, pattern, out, "audit.enabled=true", "audit.sanity_samples=2")
+    args = _overrides(
+        store, tiny_model, pattern, out, "audit.enabled=true", "audit.sanity_samples=2"
+    )
     first = _run(store, args)
     assert first.returncode == 0, first.stderr[-3000:]
     got = _check_complete(store, "inc/out")
@@ -130,12 +129,12 @@ def test_run_audit_and_incremental_rerun_on_the_store(store, model):
     assert sorted(r.key for r in got["records"]) == sorted([*good, "new.png"])
 
 
-def test_sigkill_mid_run_then_rerun_on_the_store(store, model, tmp_path):
+def test_sigkill_mid_run_then_rerun_on_the_store(store, tiny_model, tmp_path):
     good = {f"img_{i:02d}.png": noise_png(i) for i in range(24)}
     pattern = _upload(store, "kill/in", {**good, **BAD})
     out = store.url("kill/out")
     args = _overrides(
-        store, model, pattern, out, "saliency.methods=[smoothgrad]", "saliency.samples=1000",
+        store, tiny_model, pattern, out, "saliency.methods=[smoothgrad]", "saliency.samples=1000",
         "saliency.sample_batch_size=100", "batch.max_batch_size=2",
     )  # fmt: skip
 
@@ -158,10 +157,12 @@ def test_sigkill_mid_run_then_rerun_on_the_store(store, model, tmp_path):
     assert got["summary"]["inputs"] == len(good) + len(BAD)
 
 
-def test_a_second_run_is_refused_while_the_lock_is_held_and_a_stale_lock_is_taken(store, model):
+def test_a_second_run_is_refused_while_the_lock_is_held_and_a_stale_lock_is_taken(
+    store, tiny_model
+):
     pattern = _upload(store, "lock/in", {"a.png": noise_png(1)})
     out = store.url("lock/out")
-    args = _overrides(store, model, pattern, out)
+    args = _overrides(store, tiny_model, pattern, out)
     with output_lock(out, ttl_s=30, options=_options(store)):
         busy = _run(store, args)
     assert busy.returncode == EXIT_BUSY, busy.stderr[-2000:]

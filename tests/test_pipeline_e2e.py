@@ -24,6 +24,8 @@ from pipeline.engine.explainer import Explainer
 from pipeline.maps import render
 from pipeline.store import decode, records
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHOTOS = os.path.join(ROOT, "examples", "photos")
 SIZE = 16

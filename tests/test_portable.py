@@ -19,6 +19,8 @@ from _stores import _free_port, _wait_for
 
 from pipeline.store import records
 
+pytestmark = pytest.mark.slow  # Beam's job service and worker pools
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.audit.metrics.correlation import spearman
 from pipeline.choices import METHODS
 from pipeline.engine.api import explain
 from pipeline.engine.explainer import FLOAT16_LOSS_SCALE, Explainer
@@ -70,12 +71,6 @@ def _resnet_like(seed=2):
 def _images(n, shape, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(n, *shape)).astype(np.float32)
-
-
-def _spearman(a, b):
-    ra = np.argsort(np.argsort(a.ravel())).astype(np.float64)
-    rb = np.argsort(np.argsort(b.ravel())).astype(np.float64)
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 # --------------------------------------------------------------------------- vanilla, guided
@@ -307,7 +302,7 @@ def test_reduced_precision_maps_rank_correlate_with_float32(resnet, precision):
         assert reduced.gradients.dtype == np.float32 and reduced.recomputed == 0
         for i in range(3):
             maps = np.abs(exact.gradients[i]).sum(-1), np.abs(reduced.gradients[i]).sum(-1)
-            assert _spearman(*maps) >= 0.95
+            assert spearman(*maps) >= 0.95
         np.testing.assert_allclose(reduced.scores, exact.scores, atol=0.1)
     assert reduced_explainer.guided_report().patched  # ReLU layers were patched
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from _images import BIG, decode, small_photos
+from _images import BIG, decode
 from apache_beam.io.filesystem import FileMetadata, FileSystem
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -28,12 +28,6 @@ RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
 def _pipeline() -> BeamTestPipeline:
     return BeamTestPipeline(runner=RUNNER)
-
-
-@pytest.fixture(scope="module")
-def photos() -> dict[str, bytes]:
-    """The example photos, shrunk to 64x48 and re-encoded in their own format."""
-    return small_photos()
 
 
 def test_transforms_validate_arguments():
@@ -475,6 +469,7 @@ def test_tfds_not_prepared_or_wrong_feature_fails_at_construction(tmp_path, tfds
         )
 
 
+@pytest.mark.slow
 def test_tfds_full_run_with_label_targets(tfds_dir, tmp_path):
     """A whole run() over the TFDS split: every example explained for its label."""
     import keras

@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from pipeline.audit.metrics.correlation import spearman
 from pipeline.audit.metrics.relevance import relevance
 from pipeline.choices import GUIDED_METHODS
 from pipeline.config import ModelConfig, SaliencyConfig
@@ -51,15 +52,6 @@ class SanityResult:
     depends_on_weights: dict[str, bool]
     threshold: float = DEPENDENCE_THRESHOLD
     caveat: str = CAVEAT
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman rank correlation of two maps (ranks by argsort; 0 for a constant map)."""
-    ra = np.argsort(np.argsort(np.ravel(a), kind="stable"), kind="stable").astype(np.float64)
-    rb = np.argsort(np.argsort(np.ravel(b), kind="stable"), kind="stable").astype(np.float64)
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    scale = np.sqrt((ra**2).sum() * (rb**2).sum())
-    return float((ra * rb).sum() / scale) if scale > 0 else 0.0
 
 
 def layers_top_down(model: keras.Model) -> list[str]:
