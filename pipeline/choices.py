@@ -11,6 +11,9 @@ PREPROCESSING_MODES = ("none", "unit", "symmetric", "caffe", "torch", "auto")
 TARGET_MODES = ("predicted", "label", "class", "top_k")
 IG_BASELINES = ("zeros", "black")
 SOURCE_KINDS = ("files", "tfrecord", "tfds")
+# source.labels for file inputs: none (-1), or the class folder each file sits in (sorted
+# folder names -> ids, as Keras's image_dataset_from_directory and TFDS's ImageFolder).
+LABEL_SOURCES = ("", "folders")
 RESIZE_POLICIES = ("resize", "center_crop")
 ARTIFACT_VIEWS = ("heatmap", "overlay", "grid")
 # 2-D views of a gradient (maps.views.compute_views) and the ones stored in each record.

@@ -28,6 +28,7 @@ from pipeline.choices import (
     DEFAULT_SEED,
     DRIFT_RULE,
     IG_BASELINES,
+    LABEL_SOURCES,
     METHODS,
     PRECISIONS,
     PREPROCESSING_MODES,
@@ -154,6 +155,10 @@ class SourceConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Only the first N inputs (by key), for a smoke run; null: all.
     limit: int | None = None
+    # files: "" or `folders`: a file's label is the id of its folder below the patterns'
+    # root, folders in sorted order (Keras's image_dataset_from_directory layout); the
+    # folder names are the class names unless model.class_names is set.
+    labels: str = ""
 
     def __post_init__(self) -> None:
         check_choice("source.kind", self.kind, SOURCE_KINDS)
@@ -169,6 +174,11 @@ class SourceConfig:
         check_int("source.max_pixels", self.max_pixels, minimum=1)
         if self.limit is not None:
             check_int("source.limit", self.limit, minimum=1)
+        check_choice("source.labels", self.labels, LABEL_SOURCES)
+        if self.labels and self.kind != "files":
+            fail("source.labels", self.labels, f"it applies to kind 'files' only (kind is "
+                 f"{self.kind!r})", "remove source.labels, or use label_key / "
+                 "tfds_label_feature for TFRecord / TFDS labels")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -51,6 +51,17 @@ def noise_png(seed: int, size: int = 24) -> bytes:
     return encode(Image.fromarray(pixels), "PNG")
 
 
+def read_tree(root: str) -> dict[str, bytes]:
+    """Every file below ``root``: relative path -> bytes."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, root)] = handle.read()
+    return out
+
+
 def write_files(root: str, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         path = os.path.join(root, rel)

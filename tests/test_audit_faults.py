@@ -15,7 +15,7 @@ import sys
 import time
 
 import pytest
-from _reliability import base_overrides, kill_when, noise_png, write_files
+from _reliability import base_overrides, kill_when, noise_png, read_tree, write_files
 
 from pipeline.audit.pipeline import run_audit
 from pipeline.beam.run import run
@@ -31,16 +31,6 @@ class _Killed(BaseException):
     """Stands for SIGKILL (a BaseException: nothing catches it)."""
 
 
-def _files(root: str) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as handle:
-                out[os.path.relpath(path, root)] = handle.read()
-    return out
-
-
 def _map_paths(node) -> list[str]:
     """Every audit/maps/... PNG path audit.json names."""
     if isinstance(node, dict):
@@ -52,7 +42,7 @@ def _map_paths(node) -> list[str]:
 
 def _check_audit_dir(directory: str, n_records: int) -> dict:
     """One audit's files agree: audit.json, its rows, every map it names, the report."""
-    files = _files(directory)
+    files = read_tree(directory)
     audit = json.loads(files["audit.json"])
     assert audit["records"] == n_records
     rows = [json.loads(line) for line in files["rows.jsonl"].splitlines()]
@@ -81,7 +71,7 @@ def _check_latest(out: str, n_records: int) -> str | None:
 def _check_after_rerun(out: str, n_records: int) -> None:
     current = _check_audit_dir(os.path.join(out, "audit"), n_records)
     name = _check_latest(out, n_records)
-    archived = _files(os.path.join(out, "audits", name))
+    archived = read_tree(os.path.join(out, "audits", name))
     assert archived == current  # the archive is this audit, byte for byte
     entries = sorted(os.listdir(os.path.join(out, "audits")))
     assert all(e <= name for e in entries if e != "latest"), entries  # no partial entry left

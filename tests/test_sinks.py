@@ -12,6 +12,7 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
+from _reliability import read_tree
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
@@ -171,16 +172,6 @@ def _png(path: str) -> np.ndarray:
         return np.asarray(img)
 
 
-def _tree(root) -> dict[str, bytes]:
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            path = os.path.join(dirpath, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, root)] = f.read()
-    return out
-
-
 def test_pipeline_writes_everything(tmp_path):
     out_dir = str(tmp_path / "out")
     items = [
@@ -244,12 +235,12 @@ def test_pipeline_writes_everything(tmp_path):
         "stage": "decode",
         "error": "truncated",
     }
-    assert not any(".tmp-" in name for name in _tree(out_dir))
+    assert not any(".tmp-" in name for name in read_tree(out_dir))
 
     # A rerun gives byte-identical artifacts, manifest and records; no failures -> empty file.
-    before = _tree(out_dir)
+    before = read_tree(out_dir)
     _run(out_dir, items[::-1], [])
-    after = _tree(out_dir)
+    after = read_tree(out_dir)
     assert after.pop("failures.jsonl") == b""
     before.pop("failures.jsonl")
     assert {k: v for k, v in after.items() if not k.startswith("records")} == {

@@ -388,6 +388,12 @@ def tfds_dir(tmp_path_factory) -> str:
     return data_dir
 
 
+def _read_tiny_images(p, label: str, tfds_dir: str, split: str):
+    return p | label >> S.ReadImages(
+        kind="tfds", tfds_name="tiny_images", tfds_data_dir=tfds_dir, tfds_split=split
+    )
+
+
 def test_tfds_pipeline(tfds_dir):
     def expected(split, indices):
         return [
@@ -409,12 +415,7 @@ def test_tfds_pipeline(tfds_dir):
         )
         no_failures = (read.failures, decoded.failures) | "Failures" >> beam.Flatten()
         assert_that(no_failures, equal_to([]), label="CheckNoFailures")
-        sub = p | "ReadSubsplits" >> S.ReadImages(
-            kind="tfds",
-            tfds_name="tiny_images",
-            tfds_data_dir=tfds_dir,
-            tfds_split="train[2:4]+test",
-        )
+        sub = _read_tiny_images(p, "ReadSubsplits", tfds_dir, "train[2:4]+test")
         assert_that(
             sub.images | "SubKeys" >> beam.Map(_key),
             equal_to(["tiny_images/train/2", "tiny_images/train/3"] + [
@@ -422,27 +423,18 @@ def test_tfds_pipeline(tfds_dir):
             ]),
             label="CheckSubsplits",
         )  # fmt: skip
-
-
-def test_tfds_overlapping_slices_read_each_example_once(tfds_dir):
-    """train[0:3]+train[1:4] names examples 1 and 2 twice: each is explained once and each
-    extra copy is a read failure (store.duplicates), the same on every run."""
-    with _pipeline() as p:
-        read = p | S.ReadImages(
-            kind="tfds",
-            tfds_name="tiny_images",
-            tfds_data_dir=tfds_dir,
-            tfds_split="train[0:3]+train[1:4]",
-        )
+        # train[0:3]+train[1:4] names examples 1 and 2 twice: each is read once and each
+        # extra copy is a read failure (store.duplicates), the same on every run
+        overlap = _read_tiny_images(p, "ReadOverlapping", tfds_dir, "train[0:3]+train[1:4]")
         assert_that(
-            read.images | "Keys" >> beam.Map(_key),
+            overlap.images | "OverlapKeys" >> beam.Map(_key),
             equal_to([f"tiny_images/train/{i}" for i in range(4)]),
-            label="CheckImages",
+            label="CheckOverlapImages",
         )
         assert_that(
-            read.failures | "Failures" >> beam.Map(_key_stage),
+            overlap.failures | "OverlapFailures" >> beam.Map(_key_stage),
             equal_to([(f"tiny_images/train/{i}.copy-2", "read") for i in (1, 2)]),
-            label="CheckCopies",
+            label="CheckOverlapCopies",
         )
 
 

@@ -30,6 +30,8 @@ from pipeline.store.decode import IMAGE_EXTENSIONS
 from pipeline.store.listing import (
     check_files_exist,
     check_pattern_matches,
+    class_folders,
+    common_root,
     normalise_pattern,
     split_patterns,
 )
@@ -198,6 +200,16 @@ def input_problems(config: Config) -> list[str]:
                 check_files_exist(pattern)
         except (ValueError, OSError) as exc:
             problems.append(f"source.pattern: {exc}")
+    if src.labels == "folders" and not problems:
+        root = common_root([normalise_pattern(p) for p in split_patterns(src.pattern)])
+        try:
+            folders = class_folders(root)
+        except (ValueError, OSError) as exc:
+            problems.append(f"source.labels: {exc}")
+        else:
+            if not folders:
+                problems.append(f"source.labels: folders: no folder below {root!r}; put each "
+                                "class's images in <root>/<class name>/")  # fmt: skip
     return problems
 
 

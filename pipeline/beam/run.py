@@ -45,7 +45,7 @@ from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config
 from pipeline.elements import Failure, SaliencyRecord
 from pipeline.engine.geometry import model_geometry
-from pipeline.store.class_names import configured_class_names
+from pipeline.store.class_names import configured_class_names, folder_class_names
 from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
 from pipeline.store.index import write_index
 from pipeline.store.layout import SUMMARY_NAME, counts_path, done_index_path, join_path, tmp_dir
@@ -177,6 +177,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
         tfds_image_feature=src.tfds_image_feature,
         tfds_label_feature=src.tfds_label_feature,
         limit=src.limit,
+        labels=src.labels,
     )
     images = read.images
     counted: list[Any] = []
@@ -303,6 +304,10 @@ def run(
     geometry = model_geometry(config.model, class_names=names)
     options = pipeline_options(config.beam.flags(beam_args))
     configure(options)  # before the first object-store access (the lock, recovery)
+    folders = folder_class_names(config.source, geometry.num_classes)  # labels: folders
+    if folders and not config.model.class_names:  # the workers name classes with them
+        model = dataclasses.replace(config.model, class_names=folders)
+        config = dataclasses.replace(config, model=model)
     out_dir = config.output.dir.rstrip("/")
     created = is_local(out_dir) and not os.path.exists(out_dir)
     try:

@@ -20,7 +20,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from pipeline.beam.tags import FAILURES
 from pipeline.beam.tfds_input import read_tfds
-from pipeline.choices import BOX_FEATURES, SOURCE_KINDS
+from pipeline.choices import BOX_FEATURES, LABEL_SOURCES, SOURCE_KINDS
 from pipeline.elements import EncodedImage, Failure
 from pipeline.store.decode import sha256_hex, short_error
 from pipeline.store.duplicates import resolve
@@ -29,7 +29,9 @@ from pipeline.store.listing import (
     IMAGE_EXTENSIONS,
     check_files_exist,
     check_pattern_matches,
+    class_folders,
     common_root,
+    folder_label,
     list_pattern,
     normalise_pattern,
     printable,
@@ -71,9 +73,11 @@ def _wire_path(path: str) -> str | bytes:
 
 
 class _ReadFileFn(beam.DoFn):
-    """(path, key) -> EncodedImage; unreadable files -> Failure at stage "read"."""
+    """(path, key) -> EncodedImage; unreadable files -> Failure at stage "read". With class
+    ``folders`` (source.labels: folders) the label is the id of the key's first folder."""
 
-    def __init__(self) -> None:
+    def __init__(self, folders: tuple[str, ...] = ()) -> None:
+        self._ids = {name: i for i, name in enumerate(folders)}
         self._failed = beam.metrics.Metrics.counter("sources", "read_failures")
 
     def process(self, element: tuple[str | bytes, str]):
@@ -87,7 +91,8 @@ class _ReadFileFn(beam.DoFn):
             failure = Failure(key, printable(path), "read", printable(short_error(e)))
             yield TaggedOutput(FAILURES, failure)
             return
-        yield EncodedImage(key=key, source=printable(path), data=data)
+        label = folder_label(key, self._ids)
+        yield EncodedImage(key=key, source=printable(path), data=data, label=label)
 
 
 def _shard_paths(pattern: str) -> list[str]:
@@ -261,6 +266,9 @@ class ReadImages(beam.PTransform):
     from ``image_key``, the int64 label from ``label_key`` (-1 when absent; "" for none),
     key from ``key_key`` when given and present, else the sha256 of the image bytes;
     source = the shard file. Records without the image -> failures.
+    ``labels="folders"`` (files only): the label of a file is the id of its first folder
+    below the patterns' common root, ids in sorted folder-name order (-1 for a file
+    directly under the root).
 
     kind="tfds": a prepared TFDS dataset (nothing is downloaded) read with
     tfds.beam.ReadFromTFDS; pixels decoded by TFDS (data=None); key
@@ -285,6 +293,7 @@ class ReadImages(beam.PTransform):
         tfds_label_feature: str = "label",
         limit: int | None = None,
         extensions: tuple[str, ...] | None = IMAGE_EXTENSIONS,
+        labels: str = "",
     ):
         super().__init__()
         if kind not in SOURCE_KINDS:
@@ -306,6 +315,11 @@ class ReadImages(beam.PTransform):
         self._key_key = key_key
         self._tfds = (tfds_name, tfds_split, tfds_data_dir, tfds_image_feature, tfds_label_feature)
         self._limit = limit
+        if labels not in LABEL_SOURCES:
+            raise ValueError(f"labels={labels!r} is unknown: use one of {LABEL_SOURCES}")
+        if labels and kind != "files":
+            raise ValueError(f"labels={labels!r} applies to kind='files' only (kind={kind!r})")
+        self._labels = labels
         self._extensions = tuple(extensions) if extensions is not None else None
 
     def expand(self, pbegin):
@@ -320,6 +334,12 @@ class ReadImages(beam.PTransform):
         for pattern in patterns:
             check_pattern_matches(pattern, self._extensions)
         root = common_root(patterns)
+        folders = class_folders(root) if self._labels == "folders" else ()
+        if self._labels == "folders" and not folders:
+            raise ValueError(
+                f"labels='folders': no folder below {root!r}; put each class's images in "
+                "<root>/<class name>/ (the class ids follow the sorted folder names)"
+            )
         listed = (
             pbegin
             | "Patterns" >> beam.Create(patterns)
@@ -331,7 +351,7 @@ class ReadImages(beam.PTransform):
             listed = _smallest(listed, self._limit, _listing_sort_key, "Limit") | (
                 "SpreadLimited" >> beam.Reshuffle()
             )
-        read = listed | "ReadFiles" >> beam.ParDo(_ReadFileFn()).with_outputs(
+        read = listed | "ReadFiles" >> beam.ParDo(_ReadFileFn(folders)).with_outputs(
             FAILURES, main="images"
         )
         return Read(images=read.images, failures=read[FAILURES])

@@ -4,7 +4,9 @@ name per line; a JSON list; or Keras's ImageNet index, imagenet_class_index.json
 
 import json
 
+from pipeline.config import SourceConfig
 from pipeline.store.files import read_text
+from pipeline.store.listing import class_folders, common_root, normalise_pattern, split_patterns
 from pipeline.validation import ConfigError
 
 
@@ -40,6 +42,26 @@ def configured_class_names(spec) -> tuple[str, ...]:
         return load_class_names(spec)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model.class_names: {exc}") from exc
+
+
+def folder_class_names(source: SourceConfig, num_classes: int) -> tuple[str, ...]:
+    """The class folders of a ``source.labels: folders`` source, sorted (() for any other
+    source); ConfigError unless they are as many as the model's ``num_classes``."""
+    if source.labels != "folders":
+        return ()
+    root = common_root([normalise_pattern(p) for p in split_patterns(source.pattern)])
+    try:
+        folders = class_folders(root)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"source.labels: {exc}") from exc
+    if len(folders) != num_classes:
+        shown = ", ".join(folders[:8]) + (", ..." if len(folders) > 8 else "")
+        raise ConfigError(
+            f"source.labels: folders: {len(folders)} class folders below {root!r} ({shown}) "
+            f"for a model with {num_classes} classes; give one folder per class (ids follow "
+            "the sorted folder names)"
+        )
+    return folders
 
 
 def class_name(names: tuple[str, ...], class_id: int) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -22,7 +22,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "check_files_exist",
     "check_pattern_matches",
+    "class_folders",
     "common_root",
+    "folder_label",
     "glob_root",
     "key_for",
     "list_pattern",
@@ -254,6 +256,34 @@ def check_pattern_matches(pattern: str, extensions: tuple[str, ...] | None) -> N
         raise ValueError(f"cannot list pattern {pattern!r}: {short_error(e)}") from e
     if not any(r.metadata_list for r in results):
         raise ValueError(_no_match_message(pattern, 0, extensions))
+
+
+def class_folders(root: str) -> tuple[str, ...]:
+    """The sorted names of the folders directly below ``root`` (``source.labels: folders``:
+    folder i holds class i). Local: the directory's entries; object stores: the first path
+    segment of every object below the root (one listing)."""
+    if not root:
+        return ()
+    if _is_local(root):
+        with os.scandir(root) as entries:
+            return tuple(
+                sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+            )
+    try:
+        matched = FileSystems.match([root + "**"])[0].metadata_list
+    except Exception as e:  # noqa: BLE001 - said once, with the root
+        raise ValueError(f"cannot list {root!r} for its class folders: {short_error(e)}") from e
+    names = {m.path[len(root) :].split("/", 1)[0] for m in matched
+             if m.path.startswith(root) and "/" in m.path[len(root) :]}  # fmt: skip
+    return tuple(sorted(n for n in names if n and not n.startswith(".")))
+
+
+def folder_label(key: str, ids: Mapping[str, int]) -> int:
+    """The label of a file keyed ``key`` (relative to the root): the id of its first folder
+    (``ids``: folder name -> class id); -1 for a file directly under the root or in no
+    class folder."""
+    head, sep, _ = key.partition("/")
+    return ids.get(head, -1) if sep else -1
 
 
 def check_files_exist(pattern: str) -> None:
