@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import cli
 from pipeline.engine import models
 from pipeline.engine.guided import guided_model
+from pipeline.engine.model_files import method_problem
 from pipeline.engine.models import (
     PREPROCESSING_MODES,
     LoadedModel,
@@ -172,6 +174,22 @@ def test_savedmodel_directory_and_remote_copy(tmp_path):
     assert (local.input_size, local.channels, local.num_classes) == ((8, 8), 3, 3)
     with pytest.raises(ValueError, match="SavedModel"):
         guided_model(local.model)
+
+
+def test_a_savedmodel_with_guided_is_one_line_and_exit_2_before_loading(tmp_path, capsys):
+    export_dir = str(tmp_path / "exported")
+    _image_classifier(softmax=False).export(export_dir, verbose=False)
+    assert method_problem(export_dir, ["vanilla", "smoothgrad"]) is None
+    problem = method_problem(export_dir, ["vanilla", "guided", "guided_smoothgrad"])
+    assert "['guided', 'guided_smoothgrad']" in problem and "SavedModel" in problem
+    assert method_problem(str(tmp_path / "m.keras"), ["guided"]) is None  # not a SavedModel
+    out = tmp_path / "out"
+    code = cli.main(["run", "--set", f"model.name={export_dir}", "--set",
+                     "saliency.methods=[guided]", "--set", f"output.dir={out}", "-q"])  # fmt: skip
+    assert code == cli.EXIT_CONFIG
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.save('m.keras')" in err[0]
+    assert not out.exists()
 
 
 def test_remote_model_file_is_copied_first(tmp_path):

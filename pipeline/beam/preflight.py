@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline.beam.dataflow import dataflow_problems, is_dataflow, is_dry_run
 from pipeline.config import Config
-from pipeline.engine.model_files import model_file_problem
+from pipeline.engine.model_files import method_problem, model_file_problem
 from pipeline.store.decode import IMAGE_EXTENSIONS
 from pipeline.store.listing import (
     check_files_exist,
@@ -229,6 +229,7 @@ def preflight(config: Config, beam_args: Sequence[str], our_flags: Sequence[str]
             problems.append(problem)
     if not any(p.startswith("model.name") for p in problems):
         model = model_file_problem(config.model.name, config.model.custom_objects)
+        model = model or method_problem(config.model.name, config.saliency.methods)
         problems += [model] if model else []
     if is_dataflow(options):
         problems += dataflow_problems(options)

@@ -13,6 +13,8 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from pipeline.choices import GUIDED_METHODS
+
 MODEL_FILE_SUFFIXES = (".keras", ".h5", ".hdf5")
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -72,6 +74,29 @@ def _custom_classes(node: Any) -> Iterator[tuple[str, str, str]]:
     elif isinstance(node, list):
         for value in node:
             yield from _custom_classes(value)
+
+
+def is_saved_model(name: str) -> bool:
+    """Whether ``name`` is a local TensorFlow SavedModel directory (it loads as a TFSMLayer,
+    whose graph no Keras rewrite reaches)."""
+    if not looks_like_path(name) or ("://" in name and not name.startswith("file://")):
+        return False
+    local = name.removeprefix("file://")
+    return os.path.isdir(local) and os.path.exists(os.path.join(local, "saved_model.pb"))
+
+
+def method_problem(name: str, methods: Sequence[str]) -> str | None:
+    """One line when the methods cannot run on this model file (guided backprop rewrites
+    Keras activations, which a SavedModel does not expose), or None."""
+    guided = [m for m in methods if m in GUIDED_METHODS]
+    if guided and is_saved_model(name):
+        return (
+            f"saliency.methods {guided}: guided backprop rewrites the model's Keras "
+            f"activations, and model.name {name!r} is a TensorFlow SavedModel (no Keras "
+            "layers to rewrite). Fix: save the Keras model as .keras (model.save('m.keras')), "
+            "or use vanilla / smoothgrad / integrated_gradients."
+        )
+    return None
 
 
 def model_file_problem(name: str, custom_objects: Sequence[str] = ()) -> str | None:
