@@ -1,8 +1,12 @@
 """Every choice tuple and engine default, declared once (no imports, so config, engine and
 Beam code all read the same values without pulling in TensorFlow or Beam)."""
 
-METHODS = ("vanilla", "guided", "smoothgrad", "guided_smoothgrad", "integrated_gradients")
-GUIDED_METHODS = ("guided", "guided_smoothgrad")
+METHODS = (
+    "vanilla", "guided", "smoothgrad", "guided_smoothgrad", "integrated_gradients",
+    "gradcam", "guided_gradcam",
+)  # fmt: skip
+GUIDED_METHODS = ("guided", "guided_smoothgrad", "guided_gradcam")  # use the guided model
+CAM_METHODS = ("gradcam", "guided_gradcam")  # Grad-CAM's layer: saliency.gradcam_layer
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 #  none: x (0..255 float)   unit: x/255   symmetric: x/127.5-1
 #  caffe: RGB->BGR, minus ImageNet BGR mean   torch: x/255, minus mean, / std

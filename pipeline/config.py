@@ -94,12 +94,8 @@ class ModelConfig:
                 or len(size) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
             ):
-                fail(
-                    "model.input_size",
-                    size,
-                    "it must be two positive integers [height, width] or null",
-                    "write e.g. input_size: [224, 224]",
-                )
+                fail("model.input_size", size, "it must be two positive integers [height, "
+                     "width] or null", "write e.g. input_size: [224, 224]")  # fmt: skip
             object.__setattr__(self, "input_size", tuple(size))
         if not isinstance(self.safe_mode, bool):
             fail("model.safe_mode", self.safe_mode, "true or false is required")
@@ -111,12 +107,8 @@ class ModelConfig:
         if not isinstance(objects, (list, tuple)) or not all(
             isinstance(o, str) and all(o.partition(":")[::2]) for o in objects
         ):
-            fail(
-                "model.custom_objects",
-                self.custom_objects,
-                "a list of import paths 'module:attr' is required",
-                "write e.g. custom_objects: ['my_project.layers:MyLayer']",
-            )
+            fail("model.custom_objects", self.custom_objects, "a list of import paths "
+                 "'module:attr' is required", "e.g. ['my_project.layers:MyLayer']")  # fmt: skip
         object.__setattr__(self, "custom_objects", tuple(objects))
 
 
@@ -185,7 +177,8 @@ class SourceConfig:
 class SaliencyConfig:
     """Which maps to compute, for which class, and how."""
 
-    # Any of `vanilla`, `guided`, `smoothgrad`, `guided_smoothgrad`, `integrated_gradients`.
+    # Any of `vanilla`, `guided`, `smoothgrad`, `guided_smoothgrad`, `integrated_gradients`,
+    # `gradcam`, `guided_gradcam` (Grad-CAM maps are [H, W, 1], upsampled to the input).
     methods: tuple[str, ...] = ("vanilla", "guided", "smoothgrad")
     # The class each map explains: `predicted`, `label` (ground truth), `class` (with
     # `target_class`, for every image) or `top_k` (k records per image).
@@ -212,6 +205,9 @@ class SaliencyConfig:
     ig_baseline: str = DEFAULT_IG_BASELINE
     # Jit-compile the gradient functions with XLA (helps on GPUs; same maps).
     xla: bool = False
+    # gradcam / guided_gradcam: the layer whose feature maps are weighted; "": the last
+    # layer with a spatial 4-D output (a CNN's last convolutional block).
+    gradcam_layer: str = ""
 
     def __post_init__(self) -> None:
         methods = self.methods
@@ -256,6 +252,7 @@ class SaliencyConfig:
         check_choice("saliency.ig_baseline", self.ig_baseline, IG_BASELINES)
         if not isinstance(self.xla, bool):
             fail("saliency.xla", self.xla, "true or false is required")
+        check_str("saliency.gradcam_layer", self.gradcam_layer, empty_ok=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

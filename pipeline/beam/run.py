@@ -44,7 +44,7 @@ from pipeline.beam.summary import Summary, summarise
 from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config
 from pipeline.elements import Failure, SaliencyRecord
-from pipeline.engine.geometry import model_geometry
+from pipeline.engine.geometry import check_methods, model_geometry
 from pipeline.store.class_names import configured_class_names, folder_class_names
 from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
 from pipeline.store.index import write_index
@@ -302,6 +302,7 @@ def run(
     # Fail fast on a model that cannot load, before any data is read or any file touched.
     names = configured_class_names(config.model.class_names)
     geometry = model_geometry(config.model, class_names=names)
+    check_methods(config.model, config.saliency)
     options = pipeline_options(config.beam.flags(beam_args))
     configure(options)  # before the first object-store access (the lock, recovery)
     folders = folder_class_names(config.source, geometry.num_classes)  # labels: folders

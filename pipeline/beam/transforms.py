@@ -30,7 +30,7 @@ from pipeline.beam.tags import FAILURES
 from pipeline.choices import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILE, DEFAULT_RESIZE, RECORD_VIEWS
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import EncodedImage, Failure, SaliencyRecord
-from pipeline.engine.geometry import model_geometry
+from pipeline.engine.geometry import check_methods, model_geometry
 from pipeline.maps.views import compute_views
 from pipeline.store.class_names import configured_class_names
 from pipeline.validation import check_faithfulness
@@ -151,6 +151,7 @@ class ExplainImages(beam.PTransform):
         self._percentile = float(percentile)
         compute_views(np.zeros((1, 1, 1), np.float32), percentile=self._percentile)  # check
         geometry = model_geometry(model, class_names=configured_class_names(model.class_names))
+        check_methods(model, saliency)
         self._decode = DecodeImages(
             input_size=geometry.input_size,
             channels=geometry.channels,

@@ -150,6 +150,7 @@ def explain(
     batch_size: int = DEFAULT_SAMPLE_BATCH_SIZE,
     ig_steps: int = DEFAULT_IG_STEPS,
     ig_baseline: str | float | np.ndarray = DEFAULT_IG_BASELINE,
+    gradcam_layer: str = "",
 ) -> Explanation:
     """Explain a batch in one call.
 
@@ -158,7 +159,9 @@ def explain(
     loaded once, images are raw pixels 0..255 [B, H, W, C] at its input size, and its
     preprocessing is applied). ``targets`` None explains each image's predicted class.
     ``ig_baseline`` "black" (the preprocessed image of 0 pixels) needs a ModelSpec or name.
-    Repeated calls with the same model object and settings reuse one Explainer.
+    ``gradcam_layer`` names the layer whose feature maps Grad-CAM weights ("" the last one
+    with a spatial 4-D output). Repeated calls with the same model object and settings
+    reuse one Explainer.
     """
     method = check_method(method)
     if isinstance(model, keras.Model):
@@ -180,6 +183,7 @@ def explain(
         batch_size=batch_size,
         ig_steps=ig_steps,
         ig_baseline=ig_baseline,
+        gradcam_layer=gradcam_layer,
     )
     explainer = entry.explainer
     if targets is None:

@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.choices import (
+    CAM_METHODS,
     DEFAULT_IG_BASELINE,
     DEFAULT_IG_STEPS,
     DEFAULT_NOISE,
@@ -50,9 +51,10 @@ from pipeline.engine.checks import (
     check_noise,
 )
 from pipeline.engine.folding import FoldReport, fold_checked
-from pipeline.engine.graph import copy_state, model_inputs
+from pipeline.engine.graph import copy_state
 from pipeline.engine.guided import GuidedReport, guided_model
-from pipeline.engine.heads import float32_output, logits_model
+from pipeline.engine.heads import logits_base
+from pipeline.engine.methods.gradcam import CompiledCam, cam_layer
 from pipeline.engine.methods.gradient import gradient
 from pipeline.engine.methods.integrated_gradients import integrated_gradients
 from pipeline.engine.methods.loop import chunked_logits
@@ -89,32 +91,6 @@ class Explanation:
     softmax_stripped: str | None = None  # the softmax head differentiated past, if any
 
 
-def _logits_base(model: Any) -> tuple[keras.Model, str | None]:
-    """A float32 logits model sharing ``model``'s layers (never ``model`` itself, so an
-    Explainer does not keep the caller's model object alive), and the stripped head."""
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"model: got {type(model).__name__}; a keras.Model classifier is required "
-            "(use explain() for a ModelSpec or a model name)."
-        )
-    try:
-        outputs = list(model.outputs)
-    except (AttributeError, ValueError) as error:
-        raise ValueError(
-            f"model {model.name!r}: it has no defined outputs (a subclassed model that was "
-            "never built on a keras.Input). Fix: build it functionally on keras.Input(shape)."
-        ) from error
-    if len(outputs) != 1 or len(outputs[0].shape) != 2:
-        raise ValueError(
-            f"model {model.name!r}: expected one classifier output of shape [B, classes]; got "
-            f"{[tuple(o.shape) for o in outputs]}. Fix: pass a single-output classifier."
-        )
-    logits, stripped = logits_model(model)
-    if logits is model:
-        logits = keras.Model(model_inputs(model), model.outputs[0], name=model.name)
-    return float32_output(logits), stripped
-
-
 class Explainer:
     """Holds a classifier at its logits, its variants and one compiled function per
     (method, batch shape). Inputs are in model space (preprocessed)."""
@@ -133,8 +109,9 @@ class Explainer:
         pad_to: int | None = None,
         xla: bool = False,
         fold: bool = True,
+        gradcam_layer: str = "",
     ) -> None:
-        base, self.softmax_stripped = _logits_base(model)
+        base, self.softmax_stripped = logits_base(model)
         if not isinstance(fold, bool):
             raise TypeError(f"fold: got {fold!r}; True or False is required.")
         self.fold = fold
@@ -156,6 +133,11 @@ class Explainer:
             )
         self.precision = resolve_precision(precision, base)
         self.num_classes = int(base.outputs[0].shape[-1])
+        if not isinstance(gradcam_layer, str):
+            raise TypeError(f"gradcam_layer: got {gradcam_layer!r}; a layer name or ''.")
+        if gradcam_layer:
+            cam_layer(base, gradcam_layer)  # a wrong name fails here, not at the first map
+        self.gradcam_layer = gradcam_layer
         if self.softmax_stripped:
             _LOG.info(
                 "model %r: softmax head stripped (%s); maps and scores are taken at the logits",
@@ -173,6 +155,7 @@ class Explainer:
         self._functions: dict[tuple, Callable] = {}
         self._traces = 0
         self._guided_report: GuidedReport | None = None
+        self._cam: CompiledCam | None = None  # Grad-CAM's compiled functions, on first use
         if self.precision != "float32":
             self._variant(guided=False, precision=self.precision)  # cast now: fail early
 
@@ -357,6 +340,8 @@ class Explainer:
                 f"targets: got values in [{target_array.min()}, {target_array.max()}]; they "
                 f"must be class indices in [0, {self.num_classes})."
             )
+        if method in CAM_METHODS:
+            return self._explain_cam(images, target_array, method, seeds)
         kind, guided = _KIND[method], method in GUIDED_METHODS
         seed_bits = self._seed_bits(images, kind, seeds)
         baseline = self._baseline(images.shape[1:])
@@ -390,6 +375,25 @@ class Explainer:
             softmax_stripped=self.softmax_stripped,
         )
 
+    def _explain_cam(self, images: np.ndarray, targets: np.ndarray, method: str, seeds: Any):
+        """Grad-CAM [B, H, W, 1] (float32, on the unfolded logits model); guided Grad-CAM:
+        the guided gradient [B, H, W, C] times it."""
+        if self._cam is None:
+            self._cam = CompiledCam(self._base, self.gradcam_layer)
+        cams, scores = [], []
+        for start, stop in self._pieces(images.shape[0]):
+            size = stop - start
+            cam, score = self._cam(self._padded(images[start:stop], size),
+                                   self._padded(targets[start:stop], size))  # fmt: skip
+            cams.append(cam[:size])
+            scores.append(score[:size])
+        cam = _joined(cams, (*images.shape[:3], 1))
+        if method == "guided_gradcam":
+            guided = self.explain(images, "guided", targets=targets, seeds=seeds)
+            return dataclasses.replace(guided, gradients=guided.gradients * cam, method=method)
+        return Explanation(cam, targets, _joined(scores, (0,)), method, recomputed_rows=np.zeros(
+            [images.shape[0]], bool), softmax_stripped=self.softmax_stripped)  # fmt: skip
+
     def _seed_bits(self, images: np.ndarray, kind: str, seeds: Any) -> np.ndarray:
         batch = images.shape[0]
         if seeds is not None:
@@ -404,7 +408,7 @@ class Explainer:
 
     def trace_count(self) -> int:
         """How many times any of this Explainer's tf.functions traced."""
-        return self._traces
+        return self._traces + (self._cam.traces if self._cam else 0)
 
 
 def _joined(pieces: list[np.ndarray], empty_shape: tuple) -> np.ndarray:

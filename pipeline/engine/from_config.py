@@ -31,4 +31,5 @@ def explainer_options(loaded: LoadedModel, s: SaliencyConfig) -> dict[str, Any]:
         "ig_steps": s.ig_steps,
         "ig_baseline": baseline,
         "xla": s.xla,
+        "gradcam_layer": s.gradcam_layer,
     }

@@ -9,13 +9,22 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 
-from pipeline.config import ModelConfig
+from pipeline.choices import CAM_METHODS
+from pipeline.config import ModelConfig, SaliencyConfig
 from pipeline.engine.from_config import model_spec
+from pipeline.engine.methods.gradcam import cam_layer
 from pipeline.engine.models import LoadedModel, load_model
 from pipeline.engine.precision import configure_gpus
 from pipeline.validation import ConfigError
 
-__all__ = ["ModelGeometry", "ModelLoadError", "check_class_names", "load_once", "model_geometry"]
+__all__ = [
+    "ModelGeometry",
+    "ModelLoadError",
+    "check_class_names",
+    "check_methods",
+    "load_once",
+    "model_geometry",
+]
 
 
 class ModelLoadError(RuntimeError):
@@ -69,3 +78,13 @@ def model_geometry(m: ModelConfig, *, class_names: Sequence[str]) -> ModelGeomet
         fingerprint=loaded.fingerprint,
         num_classes=loaded.num_classes,
     )
+
+
+def check_methods(m: ModelConfig, saliency: SaliencyConfig) -> None:
+    """ConfigError when a method cannot run on the (loaded) model: Grad-CAM on a model
+    without a spatial 4-D layer, or a saliency.gradcam_layer that is none."""
+    if any(method in CAM_METHODS for method in saliency.methods):
+        try:
+            cam_layer(load_once(m).model, saliency.gradcam_layer)
+        except ValueError as exc:
+            raise ConfigError(f"saliency.methods: {exc}") from exc

@@ -75,3 +75,29 @@ def float32_output(model: keras.Model) -> keras.Model:
         return model
     cast = keras.layers.Activation("linear", dtype="float32", name="float32_logits")
     return keras.Model(model_inputs(model), cast(model.outputs[0]), name=model.name)
+
+
+def logits_base(model: Any) -> tuple[keras.Model, str | None]:
+    """A float32 logits model sharing ``model``'s layers (never ``model`` itself, so an
+    Explainer does not keep the caller's model object alive), and the stripped head."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"model: got {type(model).__name__}; a keras.Model classifier is required "
+            "(use explain() for a ModelSpec or a model name)."
+        )
+    try:
+        outputs = list(model.outputs)
+    except (AttributeError, ValueError) as error:
+        raise ValueError(
+            f"model {model.name!r}: it has no defined outputs (a subclassed model that was "
+            "never built on a keras.Input). Fix: build it functionally on keras.Input(shape)."
+        ) from error
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        raise ValueError(
+            f"model {model.name!r}: expected one classifier output of shape [B, classes]; got "
+            f"{[tuple(o.shape) for o in outputs]}. Fix: pass a single-output classifier."
+        )
+    logits, stripped = logits_model(model)
+    if logits is model:
+        logits = keras.Model(model_inputs(model), model.outputs[0], name=model.name)
+    return float32_output(logits), stripped
