@@ -31,8 +31,8 @@ from pipeline.store.listing import (
     check_files_exist,
     check_pattern_matches,
     class_folders,
-    common_root,
     normalise_pattern,
+    source_root,
     split_patterns,
 )
 from pipeline.store.object_stores import configure
@@ -201,7 +201,7 @@ def input_problems(config: Config) -> list[str]:
         except (ValueError, OSError) as exc:
             problems.append(f"source.pattern: {exc}")
     if src.labels == "folders" and not problems:
-        root = common_root([normalise_pattern(p) for p in split_patterns(src.pattern)])
+        root = source_root(src.pattern)
         try:
             folders = class_folders(root)
         except (ValueError, OSError) as exc:

@@ -6,7 +6,7 @@ import json
 
 from pipeline.config import SourceConfig
 from pipeline.store.files import read_text
-from pipeline.store.listing import class_folders, common_root, normalise_pattern, split_patterns
+from pipeline.store.listing import class_folders, source_root
 from pipeline.validation import ConfigError
 
 
@@ -49,7 +49,7 @@ def folder_class_names(source: SourceConfig, num_classes: int) -> tuple[str, ...
     source); ConfigError unless they are as many as the model's ``num_classes``."""
     if source.labels != "folders":
         return ()
-    root = common_root([normalise_pattern(p) for p in split_patterns(source.pattern)])
+    root = source_root(source.pattern)
     try:
         folders = class_folders(root)
     except (ValueError, OSError) as exc:

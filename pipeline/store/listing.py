@@ -30,6 +30,7 @@ __all__ = [
     "list_pattern",
     "normalise_pattern",
     "printable",
+    "source_root",
     "relative_key",
     "split_patterns",
 ]
@@ -87,6 +88,11 @@ def glob_root(pattern: str) -> str:
     m = _WILDCARDS.search(pattern)
     prefix = pattern[: m.start()] if m else pattern
     return prefix[: prefix.rfind("/") + 1]
+
+
+def source_root(pattern: str) -> str:
+    """The common root of a ``source.pattern``'s comma-separated globs (normalised)."""
+    return common_root([normalise_pattern(p) for p in split_patterns(pattern)])
 
 
 def common_root(patterns: Sequence[str]) -> str:

@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline.store.files import list_files, read_jsonl
 from pipeline.store.layout import MANIFEST_NAME, RECORDS_DIR, join_path, shard_set_of
 
-__all__ = ["committed_shards", "has_manifest", "read_manifest"]
+__all__ = ["committed_shards", "has_manifest", "read_manifest", "shard_files"]
 
 
 def has_manifest(output_dir: str) -> bool:
@@ -36,14 +36,18 @@ def read_manifest(output_dir: str) -> list[dict]:
         ) from exc
 
 
-def committed_shards(output_dir: str, rows: list[dict] | None = None) -> list[str]:
-    """The record shards of the shard sets the committed manifest (or ``rows``) names,
-    sorted; shards of any other set in records/ are left out."""
-    rows = read_manifest(output_dir) if rows is None else rows
-    wanted = {str(row["shard_set"]) for row in rows if row.get("shard_set")}
+def shard_files(output_dir: str, shard_sets: set[str]) -> list[str]:
+    """The shards in records/ that belong to ``shard_sets``, sorted."""
     root = join_path(output_dir, RECORDS_DIR).rstrip("/") + "/"
     return [
         path
         for path in list_files(root)
-        if shard_set_of(path[len(root) :] if path.startswith(root) else path) in wanted
+        if shard_set_of(path[len(root) :] if path.startswith(root) else path) in shard_sets
     ]
+
+
+def committed_shards(output_dir: str, rows: list[dict] | None = None) -> list[str]:
+    """The record shards of the shard sets the committed manifest (or ``rows``) names,
+    sorted; shards of any other set in records/ are left out."""
+    rows = read_manifest(output_dir) if rows is None else rows
+    return shard_files(output_dir, {str(row["shard_set"]) for row in rows if row.get("shard_set")})

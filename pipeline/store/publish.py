@@ -65,7 +65,7 @@ from pipeline.store.layout import (
     shard_set_of,
     staging_dir,
 )
-from pipeline.store.manifest import read_manifest
+from pipeline.store.manifest import read_manifest, shard_files
 from pipeline.store.object_lock import LockBusy, LockLost, ObjectLock
 
 _LOG = logging.getLogger(__name__)
@@ -184,17 +184,12 @@ class Published:
     superseded: int  # earlier rows replaced by this attempt's rows for the same key
 
 
-def _shard_files(output_dir: str, shard_set: str) -> list[str]:
-    root = _records_dir(output_dir).rstrip("/") + "/"
-    return [p for p in list_files(root) if shard_set_of(p[len(root) :]) == shard_set]
-
-
 def _compact(
     output_dir: str, staging: str, shard_set: str, drop_keys: set[str], durable: bool
 ) -> str | None:
     """Copy the records of ``shard_set`` whose key is not in ``drop_keys`` into a new shard
     set (renamed into records/, not yet referenced); returns its id, None when no shard."""
-    shards = _shard_files(output_dir, shard_set)
+    shards = shard_files(output_dir, {shard_set})
     if not shards:
         return None
     new_set = new_shard_set()
