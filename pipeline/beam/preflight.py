@@ -203,13 +203,9 @@ def input_problems(config: Config) -> list[str]:
     if src.labels == "folders" and not problems:
         root = source_root(src.pattern)
         try:
-            folders = class_folders(root)
+            class_folders(root)
         except (ValueError, OSError) as exc:
             problems.append(f"source.labels: {exc}")
-        else:
-            if not folders:
-                problems.append(f"source.labels: folders: no folder below {root!r}; put each "
-                                "class's images in <root>/<class name>/")  # fmt: skip
     return problems
 
 

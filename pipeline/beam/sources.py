@@ -335,11 +335,6 @@ class ReadImages(beam.PTransform):
             check_pattern_matches(pattern, self._extensions)
         root = common_root(patterns)
         folders = class_folders(root) if self._labels == "folders" else ()
-        if self._labels == "folders" and not folders:
-            raise ValueError(
-                f"labels='folders': no folder below {root!r}; put each class's images in "
-                "<root>/<class name>/ (the class ids follow the sorted folder names)"
-            )
         listed = (
             pbegin
             | "Patterns" >> beam.Create(patterns)

@@ -267,9 +267,17 @@ def check_pattern_matches(pattern: str, extensions: tuple[str, ...] | None) -> N
 def class_folders(root: str) -> tuple[str, ...]:
     """The sorted names of the folders directly below ``root`` (``source.labels: folders``:
     folder i holds class i). Local: the directory's entries; object stores: the first path
-    segment of every object below the root (one listing)."""
-    if not root:
-        return ()
+    segment of every object below the root (one listing). ValueError when there is none."""
+    folders = _folders_below(root) if root else ()
+    if not folders:
+        raise ValueError(
+            f"folders: no folder below {root!r}; put each class's images in <root>/<class "
+            "name>/ (the class ids follow the sorted folder names)"
+        )
+    return folders
+
+
+def _folders_below(root: str) -> tuple[str, ...]:
     if _is_local(root):
         with os.scandir(root) as entries:
             return tuple(
