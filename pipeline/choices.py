@@ -1,12 +1,40 @@
-"""Every choice tuple and engine default, declared once (no imports, so config, engine and
-Beam code all read the same values without pulling in TensorFlow or Beam)."""
+"""Every choice tuple and engine default, declared once (standard library only, so config,
+engine and Beam code all read the same values without pulling in TensorFlow or Beam)."""
 
-METHODS = (
-    "vanilla", "guided", "smoothgrad", "guided_smoothgrad", "integrated_gradients",
-    "gradcam", "guided_gradcam",
-)  # fmt: skip
-GUIDED_METHODS = ("guided", "guided_smoothgrad", "guided_gradcam")  # use the guided model
-CAM_METHODS = ("gradcam", "guided_gradcam")  # Grad-CAM's layer: saliency.gradcam_layer
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """One saliency method. ``computation`` names its engine function (the engine's
+    methods.registry maps it); ``guided`` runs it on the guided-patched model; ``smooth``
+    wraps it in SmoothGrad's noise tunnel (the mean over ``samples`` noisy copies of each
+    image, noise ``noise``); ``options`` are the saliency config keys it reads."""
+
+    name: str
+    computation: str
+    guided: bool = False
+    smooth: bool = False
+    options: tuple[str, ...] = ()
+
+
+_SMOOTH = ("samples", "noise", "seed")
+_IG = ("ig_steps", "ig_baseline")
+# Every method, declared once. A new method is a line here (and, for a new computation, one
+# module in engine/methods registered in engine/methods/registry.py).
+METHOD_TABLE = (
+    MethodSpec("vanilla", "gradient"),
+    MethodSpec("guided", "gradient", guided=True),
+    MethodSpec("smoothgrad", "gradient", smooth=True, options=_SMOOTH),
+    MethodSpec("guided_smoothgrad", "gradient", guided=True, smooth=True, options=_SMOOTH),
+    MethodSpec("integrated_gradients", "integrated_gradients", options=_IG),
+    MethodSpec("gradcam", "gradcam", options=("gradcam_layer",)),
+    MethodSpec("guided_gradcam", "gradcam", guided=True, options=("gradcam_layer",)),
+)
+METHOD_SPECS = {spec.name: spec for spec in METHOD_TABLE}
+METHODS = tuple(METHOD_SPECS)
+GUIDED_METHODS = tuple(s.name for s in METHOD_TABLE if s.guided)  # use the guided model
+CAM_METHODS = tuple(s.name for s in METHOD_TABLE if s.computation == "gradcam")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 #  none: x (0..255 float)   unit: x/255   symmetric: x/127.5-1
 #  caffe: RGB->BGR, minus ImageNet BGR mean   torch: x/255, minus mean, / std

@@ -7,7 +7,7 @@ is stripped once, at construction (engine.heads), and reported.
 - Variants: (guided or not) x precision, each built on first use and kept. The float32
   variants are BatchNorm-folded when the fold keeps the input gradients (engine.folding,
   decided per variant on first use; ``fold_report``).
-- One ``tf.function`` per (method kind, guided or not, precision, input shape), each built
+- One ``tf.function`` per (method, precision, input shape), each built
   with a fully specified ``input_signature``, so it traces exactly once; ``pad_to`` pads a
   short batch (repeating its last image) so the last batch of a run reuses the trace.
   Built without AutoGraph: the bodies use explicit tf.while_loop, and AutoGraph never
@@ -31,7 +31,6 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.choices import (
-    CAM_METHODS,
     DEFAULT_IG_BASELINE,
     DEFAULT_IG_STEPS,
     DEFAULT_NOISE,
@@ -39,7 +38,6 @@ from pipeline.choices import (
     DEFAULT_SAMPLE_BATCH_SIZE,
     DEFAULT_SAMPLES,
     DEFAULT_SEED,
-    GUIDED_METHODS,
     PRECISIONS,
 )
 from pipeline.engine.checks import (
@@ -55,11 +53,15 @@ from pipeline.engine.graph import copy_state
 from pipeline.engine.guided import GuidedReport, guided_model
 from pipeline.engine.heads import logits_base
 from pipeline.engine.methods.gradcam import CompiledCam, cam_layer
-from pipeline.engine.methods.gradient import gradient
-from pipeline.engine.methods.integrated_gradients import integrated_gradients
 from pipeline.engine.methods.loop import chunked_logits
 from pipeline.engine.methods.noise import image_seeds
-from pipeline.engine.methods.smoothgrad import smoothgrad
+from pipeline.engine.methods.registry import (
+    CAM_COMPUTATION,
+    PathOptions,
+    method_path,
+    method_spec,
+    run_path,
+)
 from pipeline.engine.precision import cast_model, resolve_precision
 
 _LOG = logging.getLogger(__name__)
@@ -68,13 +70,7 @@ _LOG = logging.getLogger(__name__)
 # maximum (65504) for gradients up to ~16; larger ones overflow and are redone in float32.
 FLOAT16_LOSS_SCALE = 2.0**12
 
-_KIND = {
-    "vanilla": "gradient",
-    "guided": "gradient",
-    "smoothgrad": "smoothgrad",
-    "guided_smoothgrad": "smoothgrad",
-    "integrated_gradients": "integrated_gradients",
-}
+LOGITS = "logits"  # the forward pass's compiled function, keyed beside the methods
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -220,10 +216,11 @@ class Explainer:
 
     # ---- compiled functions
 
-    def _function(self, kind: str, guided: bool, precision: str, shape: tuple) -> Callable:
-        """The compiled function of one (kind, variant, precision, shape), built once."""
-        key = (kind, guided, precision, shape)
+    def _function(self, method: str, precision: str, shape: tuple) -> Callable:
+        """The compiled function of one (method or LOGITS, precision, shape), built once."""
+        key = (method, precision, shape)
         if key not in self._functions:
+            guided = method != LOGITS and method_spec(method).guided
             model = self._variant(guided=guided, precision=precision)
             loss_scale = FLOAT16_LOSS_SCALE if precision == "mixed_float16" else 1.0
             signature = [
@@ -233,7 +230,7 @@ class Explainer:
                 tf.TensorSpec(shape[1:], tf.float32),  # IG baseline
             ]
             self._functions[key] = tf.function(
-                self._body(kind, model, loss_scale),
+                self._body(method, model, loss_scale),
                 input_signature=signature,
                 jit_compile=self.xla or None,
                 reduce_retracing=False,
@@ -241,41 +238,22 @@ class Explainer:
             )
         return self._functions[key]
 
-    def _body(self, kind: str, model: keras.Model, loss_scale: float) -> Callable:
+    def _body(self, method: str, model: keras.Model, loss_scale: float) -> Callable:
         chunk = self.batch_size
+        options = PathOptions(samples=self.samples, noise=self.noise, ig_steps=self.ig_steps)
 
         def run(x: tf.Tensor, targets: tf.Tensor, seeds: tf.Tensor, baseline: tf.Tensor):
             self._traces += 1  # runs only while tracing
-            if kind == "logits":
+            if method == LOGITS:
                 logits = chunked_logits(model, x, chunk)
                 return logits, tf.zeros([x.shape[0]], tf.float32)
-            if kind == "gradient":
-                return gradient(model, x, targets, chunk_limit=chunk, loss_scale=loss_scale)
-            if kind == "smoothgrad":
-                return smoothgrad(
-                    model,
-                    x,
-                    targets,
-                    seeds,
-                    samples=self.samples,
-                    noise=self.noise,
-                    chunk_limit=chunk,
-                    loss_scale=loss_scale,
-                )
-            return integrated_gradients(
-                model,
-                x,
-                targets,
-                baseline,
-                steps=self.ig_steps,
-                chunk_limit=chunk,
-                loss_scale=loss_scale,
-            )
+            path = method_path(method_spec(method), x, seeds, baseline, options)
+            return run_path(model, x, targets, path, chunk_limit=chunk, loss_scale=loss_scale)
 
         return run
 
-    def _call(self, kind: str, guided: bool, precision: str, x, targets, seeds, baseline):
-        fn = self._function(kind, guided, precision, tuple(x.shape))
+    def _call(self, method: str, precision: str, x, targets, seeds, baseline):
+        fn = self._function(method, precision, tuple(x.shape))
         grads, scores = fn(x, targets, seeds, baseline)
         return grads.numpy(), scores.numpy()
 
@@ -313,9 +291,9 @@ class Explainer:
             n = piece.shape[0]
             args = (piece, np.zeros([n], np.int32), np.zeros([n], np.int64))
             args += (np.zeros(piece.shape[1:], np.float32),)
-            logits, _ = self._call("logits", False, self.precision, *args)
+            logits, _ = self._call(LOGITS, self.precision, *args)
             if self.precision != "float32" and not np.all(np.isfinite(logits)):
-                exact, _ = self._call("logits", False, "float32", *args)
+                exact, _ = self._call(LOGITS, "float32", *args)
                 bad = ~np.all(np.isfinite(logits), axis=1)
                 logits[bad] = exact[bad]
             out.append(logits[: stop - start])
@@ -340,10 +318,10 @@ class Explainer:
                 f"targets: got values in [{target_array.min()}, {target_array.max()}]; they "
                 f"must be class indices in [0, {self.num_classes})."
             )
-        if method in CAM_METHODS:
+        spec = method_spec(method)
+        if spec.computation == CAM_COMPUTATION:
             return self._explain_cam(images, target_array, method, seeds)
-        kind, guided = _KIND[method], method in GUIDED_METHODS
-        seed_bits = self._seed_bits(images, kind, seeds)
+        seed_bits = self._seed_bits(images, spec.smooth, seeds)
         baseline = self._baseline(images.shape[1:])
         grads, scores, redone = [], [], []
         for start, stop in self._pieces(batch):
@@ -354,12 +332,12 @@ class Explainer:
                 self._padded(seed_bits[start:stop], size),
                 baseline,
             )
-            g, s = self._call(kind, guided, self.precision, *args)
+            g, s = self._call(method, self.precision, *args)
             if self.precision != "float32":
                 bad = ~(np.all(np.isfinite(g), axis=(1, 2, 3)) & np.isfinite(s))
                 bad[size:] = False  # padding rows repeat a real one
                 if bad.any():
-                    exact_g, exact_s = self._call(kind, guided, "float32", *args)
+                    exact_g, exact_s = self._call(method, "float32", *args)
                     g[bad], s[bad] = exact_g[bad], exact_s[bad]
                 redone.append(bad[:size])
             grads.append(g[:size])
@@ -388,17 +366,17 @@ class Explainer:
             cams.append(cam[:size])
             scores.append(score[:size])
         cam = _joined(cams, (*images.shape[:3], 1))
-        if method == "guided_gradcam":
+        if method_spec(method).guided:  # guided Grad-CAM: the guided gradient times the CAM
             guided = self.explain(images, "guided", targets=targets, seeds=seeds)
             return dataclasses.replace(guided, gradients=guided.gradients * cam, method=method)
         return Explanation(cam, targets, _joined(scores, (0,)), method, recomputed_rows=np.zeros(
             [images.shape[0]], bool), softmax_stripped=self.softmax_stripped)  # fmt: skip
 
-    def _seed_bits(self, images: np.ndarray, kind: str, seeds: Any) -> np.ndarray:
+    def _seed_bits(self, images: np.ndarray, smooth: bool, seeds: Any) -> np.ndarray:
         batch = images.shape[0]
         if seeds is not None:
             seed_array = np.asarray(seeds)
-        elif kind == "smoothgrad":
+        elif smooth:
             seed_array = image_seeds(images, self.seed)
         else:  # no noise is drawn: skip hashing the images (~4% of a vanilla call on CPU)
             seed_array = np.zeros([batch], np.uint64)

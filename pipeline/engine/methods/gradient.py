@@ -6,7 +6,7 @@ Guided backprop is the same function on the guided-patched model (engine.guided)
 import keras
 import tensorflow as tf
 
-from pipeline.engine.methods.loop import sample_loop
+from pipeline.engine.methods.loop import Path
 
 
 def target_gradient(
@@ -34,27 +34,10 @@ def target_gradient(
     return gradients, scores
 
 
-def _same_inputs(images: tf.Tensor, rows: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
-    return images
+def _same_inputs(images: tf.Tensor, rows: tf.Tensor, step: tf.Tensor) -> tuple[tf.Tensor, None]:
+    return images, None
 
 
-def gradient(
-    model: keras.Model, x: tf.Tensor, targets: tf.Tensor, *, chunk_limit: int, loss_scale: float
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """The batched input gradient; a batch larger than ``chunk_limit`` runs in chunks.
-
-    A batch that fits one chunk is the plain batched gradient: no loop, gather, mask or
-    segment sum (the graph it is benchmarked against)."""
-    batch = int(x.shape[0])
-    if batch <= chunk_limit:
-        return target_gradient(model, x, targets, tf.ones([batch]), loss_scale)
-    return sample_loop(
-        model,
-        x,
-        targets,
-        reps=1,
-        chunk_limit=chunk_limit,
-        make_inputs=_same_inputs,
-        gradient_fn=target_gradient,
-        loss_scale=loss_scale,
-    )
+def gradient_path() -> Path:
+    """The plain gradient: one model input per image, the image itself."""
+    return Path(reps=1, make=_same_inputs)

@@ -1,4 +1,4 @@
-"""The chunked sample loop shared by SmoothGrad and integrated gradients.
+"""The chunked sample loop every gradient method runs in, and its Path.
 
 Samples (or steps) are flattened to ``B * reps`` model inputs and run in chunks of at most
 ``chunk_limit`` inputs inside one ``tf.while_loop``, one chunk at a time; per-image sums are
@@ -7,6 +7,7 @@ of at most ``chunk_limit``), and the last one is padded with masked copies, so e
 has the same static shape and little work is wasted.
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import keras
@@ -18,8 +19,9 @@ import tensorflow as tf
 # already fills the device, and memory is what bounds the chunk size.
 LOOP_PARALLEL_ITERATIONS = 1
 
-# (images [n, H, W, C], image rows [n], sample index [n]) -> model inputs [n, H, W, C]
-MakeInputs = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
+# (images [n, H, W, C], image rows [n], sample index [n]) -> (model inputs [n, H, W, C],
+# their gradient weight, broadcastable to the inputs, or None for 1)
+MakeInputs = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor | None]]
 
 
 def balanced_chunks(total: int, limit: int) -> tuple[int, int]:
@@ -68,25 +70,39 @@ def target_logits(model: keras.Model, x: tf.Tensor, targets: tf.Tensor, chunk: i
     return tf.gather(logits, targets, axis=1, batch_dims=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class Path:
+    """A gradient method as ``reps`` model inputs per image: its map is the mean over them of
+    (gradient x per-input weight), times a per-image ``row_weight`` of the image.
+
+    ``make(images, rows, step)`` returns the chunk's model inputs and their gradient weight
+    (None: 1); ``row_weight(x)`` (None: 1) multiplies the mean (integrated gradients' x - b).
+    Wrappers (SmoothGrad's noise tunnel) build a new Path from an inner one.
+    """
+
+    reps: int
+    make: MakeInputs
+    row_weight: Callable[[tf.Tensor], tf.Tensor] | None = None
+
+
 def sample_loop(
     model: keras.Model,
     x: tf.Tensor,
     targets: tf.Tensor,
+    path: Path,
     *,
-    reps: int,
     chunk_limit: int,
-    make_inputs: MakeInputs,
     gradient_fn: Callable[..., tuple[tf.Tensor, tf.Tensor]],
     loss_scale: float,
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Sums over ``reps`` model inputs per image of (gradient, target logit).
+    """Sums over ``path.reps`` model inputs per image of (weighted gradient, target logit).
 
-    ``make_inputs`` builds the inputs of one chunk from their images, rows and sample
-    indices; ``gradient_fn`` is ``gradient.target_gradient`` (passed in, so this module
-    does not import a method).
+    ``gradient_fn`` is ``gradient.target_gradient`` (passed in, so this module does not
+    import a method).
     """
     shape = x.shape
     batch = int(shape[0])
+    reps = path.reps
     total = batch * reps
     chunks, chunk = balanced_chunks(total, chunk_limit)
 
@@ -95,9 +111,11 @@ def sample_loop(
         valid = flat < total
         flat = tf.minimum(flat, total - 1)  # the last chunk: masked copies
         rows, step = flat // reps, flat % reps
-        inputs = make_inputs(tf.gather(x, rows), rows, step)
-        weight = tf.cast(valid, tf.float32)
-        grads, scores = gradient_fn(model, inputs, tf.gather(targets, rows), weight, loss_scale)
+        inputs, weight = path.make(tf.gather(x, rows), rows, step)
+        mask = tf.cast(valid, tf.float32)
+        grads, scores = gradient_fn(model, inputs, tf.gather(targets, rows), mask, loss_scale)
+        if weight is not None:
+            grads = grads * weight
         grads = tf.where(valid[:, None, None, None], grads, 0.0)
         grad_sum += tf.math.unsorted_segment_sum(grads, rows, batch)
         score_sum += tf.math.unsorted_segment_sum(tf.where(valid, scores, 0.0), rows, batch)
