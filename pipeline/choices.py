@@ -40,7 +40,12 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 #  caffe: RGB->BGR, minus ImageNet BGR mean   torch: x/255, minus mean, / std
 #  auto: the keras.applications family's own preprocess_input (named models only)
 PREPROCESSING_MODES = ("none", "unit", "symmetric", "caffe", "torch", "auto")
-TARGET_MODES = ("predicted", "label", "class", "top_k")
+# labels_above: every class whose probability reaches saliency.threshold (multi-label heads;
+# an image with none gets its top class), one record per (image, class).
+TARGET_MODES = ("predicted", "label", "class", "top_k", "labels_above")
+# model.head: how logits become probabilities. auto: sigmoid where the model ends in a sigmoid
+# (multi-label), else softmax. Either head is stripped: maps are taken at the logits.
+HEADS = ("auto", "softmax", "sigmoid")
 IG_BASELINES = ("zeros", "black")
 SOURCE_KINDS = ("files", "tfrecord", "tfds")
 # source.labels for file inputs: none (-1), or the class folder each file sits in (sorted
@@ -58,6 +63,7 @@ RECORD_VIEWS = ("abs", "positive", "negative")
 DEFAULT_SAMPLES = 50  # SmoothGrad N (the seed notebook's REPETITIONS)
 DEFAULT_NOISE = 0.2  # SmoothGrad sigma as a fraction of (max - min) of each input
 DEFAULT_SEED = 0
+DEFAULT_THRESHOLD = 0.5  # labels_above: a label is positive from this probability on
 DEFAULT_PRECISION = "float32"
 DEFAULT_SAMPLE_BATCH_SIZE = 64  # model inputs per SmoothGrad / IG chunk (memory bound)
 DEFAULT_IG_STEPS = 32

@@ -17,27 +17,19 @@ from typing import Any
 from pipeline.choices import (
     ARTIFACT_VIEWS,
     AUDIT_DRIFT,
-    DEFAULT_IG_BASELINE,
-    DEFAULT_IG_STEPS,
     DEFAULT_MAX_PIXELS,
-    DEFAULT_NOISE,
-    DEFAULT_PRECISION,
     DEFAULT_RESIZE,
-    DEFAULT_SAMPLE_BATCH_SIZE,
-    DEFAULT_SAMPLES,
-    DEFAULT_SEED,
+    DEFAULT_THRESHOLD,
     DRIFT_RULE,
-    IG_BASELINES,
+    HEADS,
     LABEL_SOURCES,
-    METHODS,
-    PRECISIONS,
     PREPROCESSING_MODES,
     RESIZE_POLICIES,
     SOURCE_KINDS,
-    TARGET_MODES,
 )
 from pipeline.config_audit import AuditConfig
 from pipeline.config_beam import BeamConfig
+from pipeline.config_saliency import SaliencyConfig
 from pipeline.validation import (
     check_choice,
     check_int,
@@ -71,9 +63,14 @@ class ModelConfig:
     # Keras downloads it). Must match the model's class count (checked before any data is
     # read). Empty: class ids only.
     class_names: tuple[str, ...] | str = ()
+    # How logits become probabilities: `auto` (sigmoid where the model ends in a sigmoid,
+    # else softmax), `softmax`, or `sigmoid` (multi-label: one probability per class, e.g.
+    # a model trained on logits with binary cross-entropy). Maps are taken at the logits.
+    head: str = "auto"
 
     def __post_init__(self) -> None:
         check_str("model.name", self.name)
+        check_choice("model.head", self.head, HEADS)
         names = self.class_names
         if isinstance(names, list):
             object.__setattr__(self, "class_names", tuple(names))
@@ -171,88 +168,6 @@ class SourceConfig:
             fail("source.labels", self.labels, f"it applies to kind 'files' only (kind is "
                  f"{self.kind!r})", "remove source.labels, or use label_key / "
                  "tfds_label_feature for TFRecord / TFDS labels")  # fmt: skip
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SaliencyConfig:
-    """Which maps to compute, for which class, and how."""
-
-    # Any of `vanilla`, `guided`, `smoothgrad`, `guided_smoothgrad`, `integrated_gradients`,
-    # `gradcam`, `guided_gradcam` (Grad-CAM maps are [H, W, 1], upsampled to the input).
-    methods: tuple[str, ...] = ("vanilla", "guided", "smoothgrad")
-    # The class each map explains: `predicted`, `label` (ground truth), `class` (with
-    # `target_class`, for every image) or `top_k` (k records per image).
-    target: str = "predicted"
-    # target `class`: the class index.
-    target_class: int | None = None
-    # target `top_k`: how many classes per image.
-    top_k: int = 1
-    # SmoothGrad: noisy copies per image (N).
-    samples: int = DEFAULT_SAMPLES
-    # SmoothGrad: sigma = noise x (max - min) of the input, in the model's input space.
-    noise: float = DEFAULT_NOISE
-    # Mixed into every image's noise seed (noise is seeded per image from its content).
-    seed: int = DEFAULT_SEED
-    # `float32` (exact), `mixed_float16`, `mixed_bfloat16` or `auto` (mixed_float16 on a GPU;
-    # on a CPU with native bf16 mixed_bfloat16, but float32 for depthwise / separable
-    # convolutions; else float32). A non-finite map is redone in float32.
-    precision: str = DEFAULT_PRECISION
-    # Model inputs per SmoothGrad / IG chunk inside one compiled function (memory bound).
-    sample_batch_size: int = DEFAULT_SAMPLE_BATCH_SIZE
-    # Integrated gradients: midpoint-rule steps.
-    ig_steps: int = DEFAULT_IG_STEPS
-    # Integrated gradients: the baseline, `zeros` (in model space) or `black` (pixels 0).
-    ig_baseline: str = DEFAULT_IG_BASELINE
-    # Jit-compile the gradient functions with XLA (helps on GPUs; same maps).
-    xla: bool = False
-    # gradcam / guided_gradcam: the layer whose feature maps are weighted; "": the last
-    # layer with a spatial 4-D output (a CNN's last convolutional block).
-    gradcam_layer: str = ""
-
-    def __post_init__(self) -> None:
-        methods = self.methods
-        if isinstance(methods, str):
-            methods = tuple(m.strip() for m in methods.split(",") if m.strip())
-        if not isinstance(methods, (tuple, list)) or not methods:
-            fail(
-                "saliency.methods",
-                self.methods,
-                f"a non-empty list of {list(METHODS)} is required",
-                "write e.g. methods: [vanilla, guided]",
-            )
-        for method in methods:
-            check_choice("saliency.methods", method, METHODS)
-        if len(set(methods)) != len(methods):
-            fail("saliency.methods", list(methods), "each method may appear once", "remove dups")
-        object.__setattr__(self, "methods", tuple(methods))
-        check_choice("saliency.target", self.target, TARGET_MODES)
-        if self.target == "class":
-            if self.target_class is None:
-                fail(
-                    "saliency.target_class",
-                    None,
-                    "target 'class' needs the class index to explain",
-                    "set saliency.target_class",
-                )
-            check_int("saliency.target_class", self.target_class, minimum=0)
-        check_int("saliency.top_k", self.top_k, minimum=1, maximum=1000)
-        if self.target != "top_k" and self.top_k != 1:
-            fail(
-                "saliency.top_k",
-                self.top_k,
-                f"top_k only applies with target 'top_k' (target is {self.target!r})",
-                "set saliency.target=top_k or top_k=1",
-            )
-        check_int("saliency.samples", self.samples, minimum=1, maximum=100_000)
-        check_number("saliency.noise", self.noise, minimum=0.0, maximum=10.0)
-        check_int("saliency.seed", self.seed, minimum=0)
-        check_choice("saliency.precision", self.precision, PRECISIONS)
-        check_int("saliency.sample_batch_size", self.sample_batch_size, minimum=1)
-        check_int("saliency.ig_steps", self.ig_steps, minimum=1, maximum=10_000)
-        check_choice("saliency.ig_baseline", self.ig_baseline, IG_BASELINES)
-        if not isinstance(self.xla, bool):
-            fail("saliency.xla", self.xla, "true or false is required")
-        check_str("saliency.gradcam_layer", self.gradcam_layer, empty_ok=True)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -388,7 +303,13 @@ class Config:
         """Hash of every setting that changes what is computed (not where it is written)."""
         data = self.to_dict()
         data["output"].pop("dir")
+        data["output"].pop("fsync")  # how durably it is written, not what
         data.pop("beam")  # where and how it runs, not what it computes
+        # Keys added after outputs existed hash only when set: at their default they compute
+        # what the version before them did, so an upgrade does not redo a whole output.
+        for (section, key), default in _LATER_KEYS.items():
+            if data[section][key] == default:
+                data[section].pop(key)
         for key in ("progress_every", "audit_drift", "audit_fail_on", "lock_ttl_s"):
             data["run"].pop(key)
         # The audit reads records and changes nothing in them but the deletion / insertion
@@ -405,6 +326,14 @@ class Config:
     def run_id(self) -> str:
         return self.run.id or f"cfg-{self.fingerprint()}"
 
+
+# (section, key) -> the default of a key added after outputs existed (see fingerprint)
+_LATER_KEYS = {
+    ("model", "head"): "auto",
+    ("source", "labels"): "",
+    ("saliency", "gradcam_layer"): "",
+    ("saliency", "threshold"): DEFAULT_THRESHOLD,
+}
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,

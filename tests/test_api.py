@@ -106,13 +106,20 @@ def test_every_softmax_form_is_differentiated_at_its_logits(kind):
     assert _relative_l2(guided.gradients, want) <= 1e-6
 
 
-def test_a_sigmoid_head_is_kept_and_said_so():
-    model, _ = _head("sigmoid")
+def test_a_sigmoid_head_is_stripped_and_its_probabilities_are_per_class_sigmoids():
+    model, logits = _head("sigmoid")
     x = _images(2, (8, 8, 3), seed=2)
     result = explain(model, x, "vanilla")
-    assert result.softmax_stripped is None
-    expected, _ = _tape_gradient(model, x, result.targets)  # d sigmoid / d x, as documented
+    assert result.softmax_stripped is None and result.head == "sigmoid"
+    expected, scores = _tape_gradient(logits, x, result.targets)  # at the logits
     assert _relative_l2(result.gradients, expected) <= 1e-6
+    np.testing.assert_allclose(result.scores, scores, rtol=1e-6)
+    explainer = Explainer(model)
+    np.testing.assert_allclose(explainer.probabilities(x), np.asarray(model(x)), rtol=1e-5)
+    # A model that outputs logits is softmax unless told it is multi-label.
+    assert Explainer(logits).head == "softmax"
+    told = Explainer(logits, head="sigmoid")
+    np.testing.assert_allclose(told.probabilities(x), np.asarray(model(x)), rtol=1e-5)
 
 
 def test_the_softmax_is_stripped_once_and_logged(caplog):

@@ -104,14 +104,14 @@ def test_choices_and_defaults_are_declared_once():
     # engine and the Beam modules all use those very objects, so they cannot drift apart.
     import inspect
 
-    from pipeline import choices
+    from pipeline import choices, config_saliency
     from pipeline.beam import sinks, sources
     from pipeline.engine import api, checks, explainer, precision, targets
     from pipeline.store import decode
 
-    assert C.METHODS is choices.METHODS is checks.METHODS
-    assert targets.TARGET_MODES is choices.TARGET_MODES is C.TARGET_MODES
-    assert precision.PRECISIONS is choices.PRECISIONS is C.PRECISIONS
+    assert config_saliency.METHODS is choices.METHODS is checks.METHODS
+    assert targets.TARGET_MODES is choices.TARGET_MODES is config_saliency.TARGET_MODES
+    assert precision.PRECISIONS is choices.PRECISIONS is config_saliency.PRECISIONS
     assert decode.RESIZE_POLICIES is choices.RESIZE_POLICIES
     assert sinks.ARTIFACT_VIEWS is choices.ARTIFACT_VIEWS
     assert sources.SOURCE_KINDS is choices.SOURCE_KINDS
@@ -181,3 +181,17 @@ def test_unknown_beam_option_in_the_config_is_named_with_its_key():
     assert problems == [
         "config key 'beam.machne_type': not a Beam option. Did you mean beam.machine_type?"
     ]
+
+
+def test_keys_added_later_change_the_run_id_only_when_set():
+    """At their defaults, keys added after outputs existed compute what the version before
+    them did: the run id (and so an incremental rerun after an upgrade) is unchanged."""
+    base = load_config(None, [])
+    assert base.fingerprint() == "626311a741cfb1ac"  # main 38e4193, before these keys
+    assert load_config(None, ["output.fsync=false"]).fingerprint() == base.fingerprint()
+    for setting in ("model.head=sigmoid", "saliency.gradcam_layer=conv",
+                    "source.labels=folders"):  # fmt: skip
+        assert load_config(None, [setting]).fingerprint() != base.fingerprint(), setting
+    labels_above = ["saliency.target=labels_above"]
+    assert (load_config(None, [*labels_above, "saliency.threshold=0.3"]).fingerprint()
+            != load_config(None, labels_above).fingerprint())  # fmt: skip

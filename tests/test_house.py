@@ -15,6 +15,7 @@ SHARED = {
     "config_files",
     "config_beam",
     "config_audit",
+    "config_saliency",
     "config_reference",
     "validation",
 }  # bottom modules any room may import

@@ -13,6 +13,7 @@ import tensorflow as tf
 from pipeline import cli
 from pipeline.engine import models
 from pipeline.engine.guided import guided_model
+from pipeline.engine.heads import strip_head
 from pipeline.engine.model_files import method_problem
 from pipeline.engine.models import (
     PREPROCESSING_MODES,
@@ -22,7 +23,6 @@ from pipeline.engine.models import (
     fingerprint,
     load_model,
     preprocess,
-    strip_softmax,
 )
 
 X = np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32)
@@ -37,6 +37,8 @@ def _classifier(head: str) -> keras.Model:
     h = keras.layers.Dense(5, activation="relu", name="body")(inputs)
     if head == "dense_softmax":
         out = keras.layers.Dense(4, activation="softmax", name="head")(h)
+    elif head == "dense_sigmoid":
+        out = keras.layers.Dense(4, activation="sigmoid", name="head")(h)
     else:
         out = keras.layers.Dense(4, name="head")(h)
     if head == "activation":
@@ -45,6 +47,8 @@ def _classifier(head: str) -> keras.Model:
         out = keras.layers.Softmax(name="probs")(out)
     elif head == "ops_softmax":
         out = keras.ops.softmax(out)
+    elif head == "ops_sigmoid":
+        out = keras.ops.sigmoid(out)
     model = keras.Model(inputs, out)
     model.get_layer("body").set_weights(BODY_W)
     model.get_layer("head").set_weights(HEAD_W)
@@ -56,12 +60,18 @@ def _reference_logits(x: np.ndarray) -> np.ndarray:
     return h @ HEAD_W[0] + HEAD_W[1]
 
 
-@pytest.mark.parametrize("head", ["dense_softmax", "activation", "softmax_layer", "ops_softmax"])
-def test_strip_softmax_gives_the_pre_softmax_logits(head):
+@pytest.mark.parametrize(
+    "head", ["dense_softmax", "activation", "softmax_layer", "ops_softmax", "dense_sigmoid",
+             "ops_sigmoid"])  # fmt: skip
+def test_strip_head_gives_the_logits_before_a_softmax_or_sigmoid(head):
     model = _classifier(head)
     probabilities = model(X).numpy()
-    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)  # softmax is there
-    logits_model = strip_softmax(model)
+    if "sigmoid" in head:  # one probability per class, from its own logit
+        np.testing.assert_allclose(probabilities, 1 / (1 + np.exp(-_reference_logits(X))),
+                                   rtol=1e-5)  # fmt: skip
+    else:
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    logits_model = strip_head(model)
     expected = _classifier("logits")(X).numpy()
     np.testing.assert_array_equal(logits_model(X).numpy(), expected)
     np.testing.assert_allclose(expected, _reference_logits(X), rtol=1e-5, atol=1e-5)
@@ -69,12 +79,12 @@ def test_strip_softmax_gives_the_pre_softmax_logits(head):
     assert logits_model.get_layer("body") is model.get_layer("body")
 
 
-def test_strip_softmax_inside_a_nested_model_and_identity_without_softmax():
+def test_strip_head_inside_a_nested_model_and_identity_without_one():
     inner = _classifier("softmax_layer")
     outer = keras.Sequential([keras.Input((6,)), inner])
-    np.testing.assert_array_equal(strip_softmax(outer)(X).numpy(), _classifier("logits")(X).numpy())
+    np.testing.assert_array_equal(strip_head(outer)(X).numpy(), _classifier("logits")(X).numpy())
     plain = _classifier("logits")
-    assert strip_softmax(plain) is plain
+    assert strip_head(plain) is plain
 
 
 # ------------------------------------------------------------------ model files

@@ -70,7 +70,9 @@ _LOG = logging.getLogger(__name__)
 
 class _RowsFn(beam.DoFn):
     """DecodedRecord -> (row JSON line) on "rows", and ((group, method, id), (key, row,
-    map, curves)) for its predicted class, its true label and its error (when known)."""
+    map, curves)) for the class its map explains (the predicted class unless the target is
+    a label, a fixed class, top-k or a multi-label's positive labels), its true label and
+    its error (when known)."""
 
     def __init__(self, annotations: dict[str, Annotation], policy: str, size: int) -> None:
         self._annotations = annotations
@@ -85,14 +87,14 @@ class _RowsFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput("rows", json.dumps(row, sort_keys=True))
             value = (row["key"], row, small, curves)
             method, predicted, label = row["method"], row["class"], row["label"]
-            yield ("class", method, predicted), value
+            yield ("class", method, row["target"]), value
             if label >= 0:
                 yield ("label", method, label), value
                 if label != predicted:
                     yield ("error", method, error_id(label, predicted)), value
 
 
-_NOT_METRICS = ("key", "record_id", "class", "label", "method", "confidence")
+_NOT_METRICS = ("key", "record_id", "class", "target", "label", "method", "confidence")
 
 
 class _AggregateFn(beam.CombineFn):

@@ -11,7 +11,7 @@ audit.json::
                                       "insertion_curve"} | null,
                      "sanity": {"layers", "correlations", "depends_on_weights",
                                 "threshold", "images", "caveat"} | null}},
-     "classes": {"<predicted class>": {"count", "accuracy", "mean_confidence",
+     "classes": {"<class explained>": {"count", "accuracy", "mean_confidence",
                                        "flags": [{"kind", "method", "cluster", "members",
                                                   "evidence"}],
                                        "clusters": [{"method", "cluster", "size",

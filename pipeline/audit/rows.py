@@ -128,6 +128,15 @@ def _ground_truth(record, annotation, policy: str):
     return boxes, None if boxes is None else box_mask(boxes, size)
 
 
+def target_probability(record) -> float:
+    """The probability of the class a record explains (its entry in the ranked list, which
+    holds every explained class), else the top probability (records written before)."""
+    ranked = [int(c) for c in record.top_k_classes]
+    if int(record.target_class) in ranked:
+        return float(record.top_k_probabilities[ranked.index(int(record.target_class))])
+    return float(record.prediction_probability)
+
+
 def record_rows(
     record, *, annotation: Annotation | None, resize_policy: str, map_size: int
 ) -> list[tuple[dict, np.ndarray, dict]]:
@@ -146,9 +155,10 @@ def record_rows(
             "key": record.key,
             "record_id": record.record_id,
             "class": int(record.prediction_class),
+            "target": int(record.target_class),
             "label": label,
             "method": method,
-            "confidence": float(record.prediction_probability),
+            "confidence": target_probability(record),
             "gini": gini(m),
             "entropy": entropy(m),
             **spatial_metrics(m),

@@ -33,7 +33,7 @@ from pipeline.engine.explainer import Explainer
 from pipeline.engine.from_config import explainer_options
 from pipeline.engine.geometry import check_class_names, load_once
 from pipeline.engine.models import LoadedModel
-from pipeline.engine.targets import resolve_targets, softmax, top_classes
+from pipeline.engine.targets import probabilities, resolve_targets, top_classes
 from pipeline.store.class_names import class_name, configured_class_names
 
 _LOG = logging.getLogger(__name__)
@@ -219,11 +219,15 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
     pixels = np.stack([item.pixels for item in items]).astype(np.float32)
     x = np.asarray(loaded.preprocess(pixels), dtype=np.float32)
     logits = engine.explainer.logits(x)
-    probs = softmax(logits)
-    top = top_classes(probs, max(5, s.top_k))
+    probs = probabilities(logits, engine.explainer.head)
     labels = np.array([item.label for item in items], dtype=np.int64)
     classes = np.full(len(items), s.target_class, dtype=np.int64) if s.target == "class" else None
-    rows, targets = resolve_targets(logits, s.target, labels=labels, classes=classes, k=s.top_k)
+    rows, targets = resolve_targets(
+        logits, s.target, labels=labels, classes=classes, k=s.top_k, probabilities=probs,
+        threshold=s.threshold,
+    )  # fmt: skip
+    # The ranked list holds every explained class (all of an image's positive labels).
+    top = top_classes(probs, max(5, s.top_k, int(np.bincount(rows).max(initial=0))))
     per_method = {m: engine.explainer.explain(x[rows], m, targets=targets) for m in s.methods}
     bad = _non_finite(logits, rows, per_method)
     f = engine.faithfulness

@@ -1,8 +1,9 @@
 """The Explainer: one classifier, its model variants and compiled functions, kept.
 
-Every map is the gradient of the target class's pre-softmax logit with respect to the model
-input, in model space (after preprocessing), as in Simonyan et al. (2013). A softmax head
-is stripped once, at construction (engine.heads), and reported.
+Every map is the gradient of the target class's logit with respect to the model input, in
+model space (after preprocessing), as in Simonyan et al. (2013). A softmax or sigmoid head
+is stripped once, at construction (engine.heads), and reported; ``head`` says how the
+logits become probabilities (softmax, or a sigmoid per class for multi-label models).
 
 - Variants: (guided or not) x precision, each built on first use and kept. The float32
   variants are BatchNorm-folded when the fold keeps the input gradients (engine.folding,
@@ -63,6 +64,7 @@ from pipeline.engine.methods.registry import (
     run_path,
 )
 from pipeline.engine.precision import cast_model, resolve_precision
+from pipeline.engine.targets import probabilities, resolve_head
 
 _LOG = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class Explanation:
     recomputed_rows: np.ndarray | None = None  # bool [B]: which rows were redone in fp32
     precision: str = "float32"  # the precision the maps were computed in (auto resolved)
     softmax_stripped: str | None = None  # the softmax head differentiated past, if any
+    head: str = "softmax"  # how the logits become probabilities: "softmax" or "sigmoid"
 
 
 class Explainer:
@@ -106,8 +109,11 @@ class Explainer:
         xla: bool = False,
         fold: bool = True,
         gradcam_layer: str = "",
+        head: str = "auto",
     ) -> None:
-        base, self.softmax_stripped = logits_base(model)
+        base, stripped, kind = logits_base(model)
+        self.head = resolve_head(head, kind)
+        self.softmax_stripped = stripped if kind == "softmax" else None
         if not isinstance(fold, bool):
             raise TypeError(f"fold: got {fold!r}; True or False is required.")
         self.fold = fold
@@ -134,11 +140,12 @@ class Explainer:
         if gradcam_layer:
             cam_layer(base, gradcam_layer)  # a wrong name fails here, not at the first map
         self.gradcam_layer = gradcam_layer
-        if self.softmax_stripped:
+        if stripped:
             _LOG.info(
-                "model %r: softmax head stripped (%s); maps and scores are taken at the logits",
+                "model %r: %s head stripped (%s); maps and scores are taken at the logits",
                 model.name,
-                self.softmax_stripped,
+                kind,
+                stripped,
             )
         self._base = base
         # The caller's variables that some variant holds a copy of (those can go stale when
@@ -301,6 +308,11 @@ class Explainer:
             return np.zeros([0, self.num_classes], np.float32)
         return np.concatenate(out, axis=0)
 
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Per-class probabilities [B, classes] (float64) by the head: softmax, or sigmoid
+        per class for a multi-label head."""
+        return probabilities(self.logits(x), self.head)
+
     def explain(
         self, x: np.ndarray, method: str, *, targets: Any, seeds: Any = None
     ) -> Explanation:
@@ -351,6 +363,7 @@ class Explainer:
             recomputed_rows=np.concatenate(redone) if redone else np.zeros([batch], bool),
             precision=self.precision,
             softmax_stripped=self.softmax_stripped,
+            head=self.head,
         )
 
     def _explain_cam(self, images: np.ndarray, targets: np.ndarray, method: str, seeds: Any):
@@ -370,7 +383,8 @@ class Explainer:
             guided = self.explain(images, "guided", targets=targets, seeds=seeds)
             return dataclasses.replace(guided, gradients=guided.gradients * cam, method=method)
         return Explanation(cam, targets, _joined(scores, (0,)), method, recomputed_rows=np.zeros(
-            [images.shape[0]], bool), softmax_stripped=self.softmax_stripped)  # fmt: skip
+            [images.shape[0]], bool), softmax_stripped=self.softmax_stripped,
+            head=self.head)  # fmt: skip
 
     def _seed_bits(self, images: np.ndarray, smooth: bool, seeds: Any) -> np.ndarray:
         batch = images.shape[0]

@@ -16,6 +16,7 @@ def model_spec(m: ModelConfig) -> ModelSpec:
         input_size=m.input_size,
         safe_mode=m.safe_mode,
         custom_objects=m.custom_objects,
+        head=m.head,
     )
 
 
@@ -32,4 +33,5 @@ def explainer_options(loaded: LoadedModel, s: SaliencyConfig) -> dict[str, Any]:
         "ig_baseline": baseline,
         "xla": s.xla,
         "gradcam_layer": s.gradcam_layer,
+        "head": loaded.head,  # the model is already at its logits: the resolved head
     }

@@ -5,8 +5,9 @@ architecture Keras ships is registered, see ``applications()``) or by a path: a 
 file, a legacy ``.h5`` file, or a TensorFlow SavedModel directory, local or remote
 (``gs://``, ``s3://``: copied to a local temporary path with ``tf.io.gfile`` first).
 
-The loaded model always outputs float32 LOGITS: a softmax head is stripped
-(``strip_softmax``), and named applications are built with ``classifier_activation=None``.
+The loaded model always outputs float32 LOGITS: a softmax or sigmoid head is stripped
+(``heads.logits_model``), and named applications are built with
+``classifier_activation=None``.
 
 SavedModel directories are wrapped with ``keras.layers.TFSMLayer`` (endpoint
 "serving_default"). Their graph is opaque to Keras: they must already output logits, and
@@ -33,13 +34,14 @@ import tensorflow as tf
 from pipeline.choices import PREPROCESSING_MODES
 from pipeline.engine.applications import Application, applications
 from pipeline.engine.fingerprint import directory_digest, fingerprint
-from pipeline.engine.heads import float32_output, strip_softmax
+from pipeline.engine.heads import float32_output, logits_model
 from pipeline.engine.model_files import (
     MODEL_FILE_SUFFIXES,
     looks_like_path,
     resolve_custom_objects,
 )
 from pipeline.engine.preprocessing import preprocess
+from pipeline.engine.targets import resolve_head
 
 __all__ = ["LoadedModel", "ModelSpec", "load_model"]
 
@@ -61,6 +63,7 @@ class ModelSpec:
     preprocessing: one of PREPROCESSING_MODES; "auto" only for named applications.
     input_size: (H, W); None: the model's own, or the family default.
     safe_mode: keras safe_mode for model files (refuses Lambda layers' Python code).
+    head: "auto", "softmax" or "sigmoid": how logits become probabilities (choices.HEADS).
     """
 
     name: str
@@ -69,6 +72,7 @@ class ModelSpec:
     input_size: tuple[int, int] | None = None
     safe_mode: bool = True
     custom_objects: tuple[str, ...] = ()  # "module:attr" import paths, for model files
+    head: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -87,6 +91,7 @@ class ModelSpec:
                 f"{sorted(applications())}."
             )
         self._check_weights()
+        resolve_head(self.head, None)  # a bad value fails here
         if self.preprocessing not in PREPROCESSING_MODES:
             raise ValueError(
                 f"model.preprocessing={self.preprocessing!r} is not one of "
@@ -144,13 +149,14 @@ def _check_input_size(size: Any) -> tuple[int, int] | None:
 class LoadedModel:
     """A logits model ready for saliency, with what is needed to feed it."""
 
-    model: keras.Model  # outputs LOGITS (softmax stripped), float32 output
+    model: keras.Model  # outputs LOGITS (softmax / sigmoid stripped), float32 output
     name: str
     input_size: tuple[int, int]  # (H, W)
     channels: int  # 1 or 3
     preprocessing: str  # resolved mode (never "auto")
     fingerprint: str  # sha256 hex of architecture json + weights
     num_classes: int
+    head: str = "softmax"  # "softmax" or "sigmoid" (multi-label): model.head resolved
 
     def preprocess(self, pixels: Any) -> tf.Tensor:
         """Float pixels 0..255 ``[B, H, W, C]`` -> the model's input space."""
@@ -172,7 +178,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     else:
         model, digest = _load_file(spec)
         mode = spec.preprocessing
-    model = float32_output(strip_softmax(model))
+    model, _, kind = logits_model(model)
+    model = float32_output(model)
     input_size, channels = _input_geometry(model, spec)
     if mode in ("caffe", "torch") and channels != 3:
         raise ValueError(
@@ -193,6 +200,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         preprocessing=mode,
         fingerprint=digest or fingerprint(model),
         num_classes=int(output_shape[-1]),
+        head=resolve_head(spec.head, kind),
     )
 
 

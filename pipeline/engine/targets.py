@@ -1,10 +1,11 @@
-"""Which class each map explains: predicted, label, class or top_k."""
+"""Which class each map explains (predicted, label, class, top_k, labels_above), and the
+head's probabilities (softmax over the classes, or a sigmoid per class)."""
 
 from typing import Any
 
 import numpy as np
 
-from pipeline.choices import TARGET_MODES
+from pipeline.choices import DEFAULT_THRESHOLD, HEADS, TARGET_MODES
 from pipeline.engine.checks import check_index_vector, check_int
 
 
@@ -15,12 +16,16 @@ def resolve_targets(
     labels: Any = None,
     classes: Any = None,
     k: int = 1,
+    probabilities: Any = None,
+    threshold: float = DEFAULT_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Which class to explain for each image.
 
     Returns (rows, targets), both int64 [M]: ``rows`` index into the batch. "predicted" is
     the argmax, "label" the given labels, "class" the given per-image classes (or one class
-    for all), "top_k" the k best classes per image, each image repeated k times in rank order.
+    for all), "top_k" the k best classes per image, each image repeated k times in rank
+    order, "labels_above" every class whose ``probabilities`` reach ``threshold``, by
+    decreasing probability (an image with none: its top class, so none goes unexplained).
     """
     scores = np.asarray(logits)
     if scores.ndim != 2 or scores.shape[1] < 1:
@@ -35,6 +40,8 @@ def resolve_targets(
     rows = np.arange(batch, dtype=np.int64)
     if mode == "predicted":
         return rows, np.argmax(scores, axis=1).astype(np.int64)
+    if mode == "labels_above":
+        return _labels_above(scores, probabilities, threshold)
     if mode == "top_k":
         if k > num_classes:
             raise ValueError(f"k: got {k}; the model has only {num_classes} classes.")
@@ -59,6 +66,40 @@ def resolve_targets(
             f"{num_classes}, the model's number of classes."
         )
     return rows, targets
+
+
+def _labels_above(logits: np.ndarray, probabilities: Any, threshold: float):
+    if probabilities is None:
+        raise ValueError("target mode 'labels_above' needs probabilities=...; got None.")
+    probs = np.asarray(probabilities)
+    if probs.shape != logits.shape:
+        raise ValueError(f"probabilities: got shape {probs.shape}; {logits.shape} is required.")
+    order = np.argsort(-probs, axis=1, kind="stable")
+    counts = np.maximum((probs >= threshold).sum(axis=1), 1)
+    rows = np.repeat(np.arange(len(probs), dtype=np.int64), counts)
+    targets = np.concatenate([order[i, :n] for i, n in enumerate(counts)]) if len(probs) else []
+    return rows, np.asarray(targets, dtype=np.int64)
+
+
+def resolve_head(setting: str, detected: str | None) -> str:
+    """model.head ("auto", "softmax", "sigmoid") and the stripped head's kind -> the
+    probability rule: auto is sigmoid where the model ended in a sigmoid, else softmax."""
+    if setting not in HEADS:
+        raise ValueError(
+            f"head: got {setting!r}; allowed values are {list(HEADS)}. Fix: 'sigmoid' for a "
+            "multi-label model that outputs logits, else 'auto'."
+        )
+    if setting == "auto":
+        return "sigmoid" if detected == "sigmoid" else "softmax"
+    return setting
+
+
+def probabilities(logits: Any, head: str) -> np.ndarray:
+    """Per-class probabilities (float64): softmax over the classes, or sigmoid per class."""
+    if head == "sigmoid":
+        scores = np.asarray(logits, dtype=np.float64)
+        return 0.5 * (1.0 + np.tanh(0.5 * scores))  # sigmoid without exp overflow
+    return softmax(logits)
 
 
 def softmax(logits: Any) -> np.ndarray:
