@@ -77,8 +77,9 @@ DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb limit: larger inp
 BOX_FEATURES = tuple(f"image/object/bbox/{side}" for side in ("ymin", "xmin", "ymax", "xmax"))
 
 # Drift gating rules (python -m pipeline drift --fail-on, run.audit_fail_on):
-# METRIC[@METHOD]:CHANGE, a signed number, absolute or with %.
+# METRIC[@METHOD][[SLICE]]:CHANGE, a signed number, absolute or with %.
 DRIFT_RULE = (
-    r"^(?P<metric>[a-z_]+)(@(?P<method>[A-Za-z0-9_]+))?:(?P<change>[+-]\d+(\.\d+)?)(?P<pct>%)?$"
+    r"^(?P<metric>[a-z_]+)(@(?P<method>[A-Za-z0-9_]+))?(\[(?P<slice>[^\]]+)\])?"
+    r":(?P<change>[+-]\d+(\.\d+)?)(?P<pct>%)?$"
 )
 AUDIT_DRIFT = ("", "previous")  # run.audit_drift: compare each audit with the last one

@@ -6,6 +6,30 @@ import dataclasses
 
 from pipeline.validation import check_faithfulness, check_int, check_str, fail
 
+# A slice spec: (column, fixed value or None) per column, in the order written.
+SliceSpec = tuple[tuple[str, str | None], ...]
+
+
+def slice_spec(text: object) -> SliceSpec:
+    """``"site"``, ``"site,camera"``, ``"site=B"``, ``"site=B,camera"`` -> SliceSpec; a bad
+    spec raises ValueError saying what is wrong."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"slice {text!r}: a non-empty string is required")
+    spec = []
+    for part in text.split(","):
+        column, has_value, value = (p.strip() for p in part.partition("="))
+        if not column or (has_value and not value):
+            raise ValueError(f"slice {text!r}: each part is COLUMN or COLUMN=VALUE")
+        spec.append((column, value if has_value else None))
+    if len({c for c, _ in spec}) != len(spec):
+        raise ValueError(f"slice {text!r}: a column appears twice")
+    return tuple(spec)
+
+
+def slice_text(spec: SliceSpec) -> str:
+    """The spec written back in its normal form (no spaces)."""
+    return ",".join(c if v is None else f"{c}={v}" for c, v in spec)
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AuditConfig:
@@ -31,6 +55,13 @@ class AuditConfig:
     faithfulness_fraction: float = 0.1
     sanity_samples: int = 16  # images in the cascading-randomisation check (0: off)
     sanity_layers: int = 3  # top layers randomised, one more per step
+    # Slices (TFMA's SlicingSpec): each a column (`site`: one slice per value), a cross
+    # (`site,camera`: one per pair) or fixed values (`site=B`, `site=B,camera`). Columns:
+    # the inputs' TFRecord features (single-valued), the annotations sidecar's fields and
+    # `folder` (a file's folder below the patterns' root). Per slice: counts, accuracy,
+    # metrics, mean maps and flags in audit.json and the report; drift rules take
+    # `[slice]` (`pointing@guided[site=B]:-0.05`).
+    slices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.enabled, bool):
@@ -46,6 +77,15 @@ class AuditConfig:
         )  # fmt: skip
         check_int("audit.sanity_samples", self.sanity_samples, minimum=0, maximum=10_000)
         check_int("audit.sanity_layers", self.sanity_layers, minimum=1, maximum=1000)
+        slices = (self.slices,) if isinstance(self.slices, str) else self.slices
+        if not isinstance(slices, (list, tuple)):
+            fail("audit.slices", self.slices, "a list of slice specs is required",
+                 "write e.g. slices: [site, 'site=B,camera']")  # fmt: skip
+        try:
+            specs = tuple(slice_spec(s) for s in slices)
+        except ValueError as exc:
+            fail("audit.slices", self.slices, str(exc), "write e.g. slices: [site, 'site=B']")
+        object.__setattr__(self, "slices", tuple(slice_text(s) for s in specs))
 
     @property
     def faithfulness(self) -> int:

@@ -13,6 +13,9 @@ import numpy as np
 # features hold them: (ymin, xmin, ymax, xmax), each a fraction of the ORIGINAL image's
 # height or width, in [0, 1].
 Boxes = tuple[tuple[float, float, float, float], ...]
+# An input's metadata columns, sorted (name, text value): the single-valued features of a
+# TFRecord input besides its image, label, key and boxes (audit.slices groups by them).
+Metadata = tuple[tuple[str, str], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +28,7 @@ class EncodedImage:
     pixels: np.ndarray | None = None
     label: int = -1
     boxes: Boxes = ()  # ground-truth boxes, normalised (see Boxes)
+    metadata: Metadata = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +43,7 @@ class ImageItem:
     original_height: int
     original_width: int
     boxes: Boxes = ()
+    metadata: Metadata = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +83,7 @@ class SaliencyRecord:
     original_height: int = 0  # the input's size before resizing (0: unknown)
     original_width: int = 0
     boxes: Boxes = ()
+    metadata: Metadata = ()
     prediction_name: str = ""  # model.class_names of prediction_class ("" when unnamed)
     target_name: str = ""
     # method -> {"deletion": curve, "insertion": curve}: the target logit at steps 0..S

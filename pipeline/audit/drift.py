@@ -17,7 +17,9 @@ a drop, a positive one a rise (``deletion_auc:+0.5``: lower is better there). ME
 method-level number (``pointing``, ``energy_in_box``, ``rank_accuracy``, ``box_iou``,
 ``box_correct``, ``deletion_auc``, ``insertion_auc``) or ``flags`` (the total number of
 flags; ``flags:+0`` fails on any new flag) or ``similarity`` (the lowest mean-map
-similarity of any class, absolute change from 1: ``similarity:-0.2``).
+similarity of any class, absolute change from 1: ``similarity:-0.2``). A metric of one
+slice (audit.slices) is ``METRIC[@METHOD][SLICE]``: ``pointing@guided[site=B]:-0.05`` gates
+the mean pointing of that slice's records, and fails when the slice is not in both audits.
 """
 
 import dataclasses
@@ -25,6 +27,7 @@ import math
 import re
 
 from pipeline.choices import DRIFT_RULE
+from pipeline.config_audit import slice_spec, slice_text
 
 LOCALISATION = ("pointing", "energy_in_box", "rank_accuracy", "box_iou", "box_correct")
 FAITHFULNESS = ("deletion_auc", "insertion_auc")
@@ -42,10 +45,11 @@ class Rule:
     change: float
     relative: bool = False
     method: str | None = None
+    slice: str | None = None  # a slice id of audit.json's "slices" (normal form)
 
     @property
     def text(self) -> str:
-        at = f"@{self.method}" if self.method else ""
+        at = (f"@{self.method}" if self.method else "") + (f"[{self.slice}]" if self.slice else "")
         return f"{self.metric}{at}:{self.change:+g}{'%' if self.relative else ''}"
 
 
@@ -61,7 +65,19 @@ def parse_rule(text: str) -> Rule:
         )
     if match["metric"] in ("flags", "similarity") and match["pct"]:
         raise ValueError(f"--fail-on {text!r}: {match['metric']} takes an absolute change.")
-    return Rule(match["metric"], float(match["change"]), bool(match["pct"]), match["method"])
+    where = None
+    if match["slice"]:
+        if match["metric"] not in METHOD_METRICS:
+            raise ValueError(f"--fail-on {text!r}: a slice takes one of {list(METHOD_METRICS)}.")
+        try:  # the id as audit.json writes it: every column with its value
+            spec = slice_spec(match["slice"])
+        except ValueError as exc:
+            raise ValueError(f"--fail-on {text!r}: {exc}.") from exc
+        if any(value is None for _, value in spec):
+            raise ValueError(f"--fail-on {text!r}: name the slice with values, e.g. [site=B].")
+        where = slice_text(spec)
+    return Rule(match["metric"], float(match["change"]), bool(match["pct"]), match["method"],
+                where)  # fmt: skip
 
 
 def _change(before, after) -> dict:
@@ -144,7 +160,19 @@ def compare(a: dict, b: dict) -> dict:
         "classes": classes,
         "classes_appeared": sorted(set(b["classes"]) - set(a["classes"]), key=_class_order),
         "classes_gone": sorted(set(a["classes"]) - set(b["classes"]), key=_class_order),
+        "slices": _slice_changes(a.get("slices", {}), b.get("slices", {})),
     }
+
+
+def _slice_changes(a: dict, b: dict) -> dict:
+    """slice id -> method -> metric -> change, for the slices in both audits."""
+    out = {}
+    for sid in sorted(set(a) & set(b)):
+        ma, mb = a[sid]["methods"], b[sid]["methods"]
+        out[sid] = {m: {name: _change(ma[m]["metrics"].get(name), mb[m]["metrics"].get(name))
+                        for name in METHOD_METRICS}
+                    for m in sorted(set(ma) & set(mb))}  # fmt: skip
+    return out
 
 
 def _class_order(cid: str) -> tuple:
@@ -167,6 +195,14 @@ def check_rules(drift: dict, rules: list[Rule]) -> list[str]:
         elif rule.metric == "similarity":
             low = drift["lowest_similarity"]
             changes = {"lowest class": _change(1.0, low)} if low is not None else {}
+        elif rule.slice:
+            methods = drift.get("slices", {}).get(rule.slice)
+            if methods is None:
+                broken.append(f"{rule.text}: slice {rule.slice!r} is not in both audits "
+                              f"(they have {sorted(drift.get('slices', {}))})")  # fmt: skip
+                continue
+            changes = {f"{m}[{rule.slice}]": numbers[rule.metric]
+                       for m, numbers in methods.items() if rule.method in (None, m)}  # fmt: skip
         else:
             changes = {m: numbers[rule.metric] for m, numbers in drift["methods"].items()
                        if rule.method in (None, m)}  # fmt: skip

@@ -32,7 +32,9 @@ from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
 from pipeline.audit.rows import Annotation, load_annotations, record_rows
 from pipeline.audit.sanity import sanity_panel
+from pipeline.audit.slices import record_columns, slice_ids
 from pipeline.config import AuditConfig, Config
+from pipeline.config_audit import slice_spec
 from pipeline.store import records
 from pipeline.store.files import (
     delete_files,
@@ -74,13 +76,19 @@ class _RowsFn(beam.DoFn):
     a label, a fixed class, top-k or a multi-label's positive labels), its true label and
     its error (when known)."""
 
-    def __init__(self, annotations: dict[str, Annotation], policy: str, size: int) -> None:
+    def __init__(
+        self, annotations: dict[str, Annotation], policy: str, size: int, slices: tuple = ()
+    ) -> None:
         self._annotations = annotations
         self._policy = policy
         self._size = size
+        self._slices = tuple(slice_spec(s) for s in slices)
 
     def process(self, record: Any):
         annotation = self._annotations.get(record.key)
+        columns = record_columns(record.key, record.metadata,
+                                 dict(annotation.columns) if annotation else {})  # fmt: skip
+        in_slices = slice_ids(self._slices, columns)
         for row, small, curves in record_rows(record, annotation=annotation,
                                               resize_policy=self._policy,
                                               map_size=self._size):  # fmt: skip
@@ -92,6 +100,8 @@ class _RowsFn(beam.DoFn):
                 yield ("label", method, label), value
                 if label != predicted:
                     yield ("error", method, error_id(label, predicted)), value
+            for slice_name in in_slices:
+                yield ("slice", method, slice_name), value
 
 
 _NOT_METRICS = ("key", "record_id", "class", "target", "label", "method", "confidence")
@@ -158,7 +168,7 @@ def build_audit(records_pcoll: beam.PCollection, config: Config) -> beam.PCollec
     a, out_dir = config.audit, config.output.dir.rstrip("/")
     annotations = load_annotations(a.annotations)
     rows = records_pcoll | "AuditRows" >> beam.ParDo(
-        _RowsFn(annotations, config.source.resize, a.map_size)
+        _RowsFn(annotations, config.source.resize, a.map_size, a.slices)
     ).with_outputs("rows", main="keyed")
     _ = rows.rows | "WriteAuditRows" >> beam.io.WriteToText(
         join_path(out_dir, AUDIT_ROWS), num_shards=1, shard_name_template=""

@@ -181,6 +181,25 @@ def _classes(audit: dict, manifest: dict[str, dict]) -> dict:
     return {"head": head, "rows": rows}
 
 
+def _slices(audit: dict, manifest: dict[str, dict]) -> dict:
+    """The slice table: per slice its numbers, mean maps and flags (audit.slices)."""
+    methods = list(audit["methods"])
+    head = ["slice", "count", "accuracy", "confidence", "flags"]
+    head += [f"{m} {name}" for m in methods for name in ("pointing", "gini", "deletion AUC")]
+    rows = []
+    for sid, entry in (audit.get("slices") or {}).items():
+        per = entry["methods"]
+        cells = [entry["count"], entry["accuracy"], entry["mean_confidence"], len(entry["flags"])]
+        cells += [per.get(m, {}).get("metrics", {}).get(name) for m in methods
+                  for name in ("pointing", "gini", "deletion_auc")]  # fmt: skip
+        rows.append({
+            "id": sid, "cells": cells,
+            "maps": [_figure(_in_audit_dir(per[m]["mean_map"]), f"{m} mean") for m in per],
+            "flags": [_flag(f, entry["clusters"], manifest) for f in entry["flags"]],
+        })  # fmt: skip
+    return {"head": head, "rows": rows}
+
+
 def _errors(audit: dict) -> list[dict]:
     return [
         {"label": e["label"], "prediction": e["prediction"], "count": e["count"],
@@ -263,6 +282,7 @@ def render_report(
             drift=_drift(drift),
             methods=_methods(audit),
             classes=_classes(audit, by_key),
+            slices=_slices(audit, by_key),
             errors=_errors(audit),
             examples=_examples(rows or [], by_key),
         )

@@ -21,6 +21,8 @@ audit.json::
      "labels": {"<true label>": {"count", "accuracy", "mean_confidence", "methods"}},
      "errors": {"<label>-<prediction>": {"label", "prediction", "count",
                                          "mean_confidence", "methods"}},
+     "slices": {"<column>=<value>[,...]": {"count", "accuracy", "mean_confidence", "flags",
+                                           "clusters", "methods"}},
      "records": n, "map_size": s}
 
 Faithfulness is null for a method whose records carry no curves (the audit was off when
@@ -35,7 +37,8 @@ from pipeline.audit.strategies import discover
 from pipeline.maps.render import heatmap_png
 from pipeline.store.layout import audit_map_path
 
-GROUPS = ("class", "label", "error")
+GROUPS = ("class", "label", "error", "slice")
+DISCOVERED = ("class", "slice")  # the groups with strategies (clusters) and flags
 LOCALISATION = ("pointing", "energy_in_box", "rank_accuracy", "box_iou", "box_correct")
 FAITHFULNESS = ("deletion_auc", "insertion_auc")
 _PNG_SIZE = 128  # prototypes and mean maps are drawn at least this large
@@ -67,7 +70,7 @@ def group_report(
     max_clusters: int,
 ) -> tuple[dict, dict[str, bytes]]:
     """(one group-and-method part of audit.json, {relative path: PNG bytes}); strategies
-    and flags for predicted classes only."""
+    and flags for classes and slices."""
     mean_path = audit_map_path(method, group_id, group=group)
     files = {mean_path: _png(aggregate.mean_map())}
     part = {
@@ -82,10 +85,10 @@ def group_report(
         "flags": [],
     }
     keys, maps = aggregate.sample()
-    if group == "class" and len(keys) >= 3:
+    if group in DISCOVERED and len(keys) >= 3:
         found = discover(maps, neighbours=neighbours, max_clusters=max_clusters)
         for cluster, prototype in enumerate(found.prototypes):
-            path = audit_map_path(method, group_id, cluster)
+            path = audit_map_path(method, group_id, cluster, group=group)
             files[path] = _png(prototype)
             members = [k for k, label in zip(keys, found.labels) if label == cluster]
             part["clusters"].append({"method": method, "cluster": cluster,
@@ -150,7 +153,7 @@ def assemble(
     for part in sorted(parts, key=lambda p: (p["group"], str(p["id"]), p["method"])):
         key = str(part["id"])
         entry = tables[part["group"]].setdefault(key, _entry(part))
-        if part["group"] == "class":
+        if part["group"] in DISCOVERED:
             entry.setdefault("flags", [])
             entry.setdefault("clusters", [])
             entry["flags"] += part["flags"]
@@ -174,6 +177,7 @@ def assemble(
         "classes": tables["class"],
         "labels": tables["label"],
         "errors": tables["error"],
+        "slices": tables["slice"],
         "records": records,
         "map_size": map_size,
     }

@@ -42,6 +42,8 @@ class Annotation:
     boxes: tuple[tuple[float, float, float, float], ...] = ()
     label: int = -1
     mask: str = ""  # a PNG of the original image's size: nonzero = object
+    # the row's other scalar fields, as text: columns for audit.slices
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 def parse_annotations(
@@ -82,8 +84,12 @@ def parse_annotations(
             mask = join_path(base, mask) if base else mask
         if row["key"] in found:
             raise ValueError(f"{where}: key {row['key']!r} appears twice.")
+        columns = tuple(sorted(
+            (k, v if isinstance(v, str) else json.dumps(v)) for k, v in row.items()
+            if k not in ("key", "boxes", "mask") and isinstance(v, (str, int, float, bool))
+        ))  # fmt: skip
         found[row["key"]] = Annotation(
-            tuple(tuple(float(v) for v in b) for b in boxes), label, mask
+            tuple(tuple(float(v) for v in b) for b in boxes), label, mask, columns
         )
     return found
 

@@ -271,6 +271,7 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
                 original_height=item.original_height,
                 original_width=item.original_width,
                 boxes=item.boxes,
+                metadata=item.metadata,
                 prediction_name=class_name(engine.class_names, int(top[row, 0])),
                 target_name=class_name(engine.class_names, int(target)),
                 faithfulness={

@@ -38,6 +38,7 @@ from pipeline.store.listing import (
     relative_key,
     split_patterns,
 )
+from pipeline.store.metadata import example_metadata
 from pipeline.store.tfrecord_scan import Corrupt, scan_file
 
 __all__ = ["Read", "ReadImages"]
@@ -154,6 +155,7 @@ class _ParseExampleFn(beam.DoFn):
         self._image_key = image_key
         self._label_key = label_key
         self._key_key = key_key
+        self._known = frozenset({image_key, label_key, key_key, *BOX_FEATURES})
         self._failed = beam.metrics.Metrics.counter("sources", "read_failures")
 
     def process(self, element: tuple[str, bytes]):
@@ -201,6 +203,7 @@ class _ParseExampleFn(beam.DoFn):
             data=images[0],
             label=int(labels[0]) if labels else -1,
             boxes=normalised_boxes(list(zip(*sides))),
+            metadata=example_metadata(example.features.feature, skip=self._known),
         )
 
 

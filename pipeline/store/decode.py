@@ -366,6 +366,7 @@ def to_image_item(
         original_height=int(pixels.shape[0]),
         original_width=int(pixels.shape[1]),
         boxes=encoded.boxes,
+        metadata=encoded.metadata,
     )
 
 

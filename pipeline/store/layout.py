@@ -140,6 +140,9 @@ def audit_map_path(
     method: str, class_id: int | str, cluster: int | None = None, *, group: str = "class"
 ) -> str:
     """Relative path of a group's mean map (cluster None) or a cluster prototype PNG;
-    ``group`` "class" (predicted), "label" (true) or "error" (class_id "<label>-<pred>")."""
+    ``group`` "class" (explained), "label" (true), "error" (class_id "<label>-<pred>") or
+    "slice" (class_id "<column>=<value>[,...]", made safe for a file name)."""
     name = "mean" if cluster is None else f"cluster_{cluster}"
+    if group == "slice":
+        class_id = safe_key(str(class_id).replace("/", "|"))
     return f"{AUDIT_DIR}/maps/{method}/{group}_{class_id}_{name}.png"

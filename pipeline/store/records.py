@@ -34,6 +34,9 @@ prediction/name, target/name              bytes       model.class_names of the c
 faithfulness/<method>/deletion, insertion float list  the target logit at steps 0..S of the
                                                       deletion / insertion curve (when the
                                                       audit is on)
+metadata/<name>                           bytes       the input's metadata columns (a
+                                                      TFRecord input's single-valued
+                                                      features, store.metadata)
 ========================================  ==========  ======================================
 
 Tensors are serialised as ``TensorProto`` bytes built straight from numpy (the same bytes
@@ -62,6 +65,7 @@ from pipeline.elements import SaliencyRecord
 from pipeline.maps import render
 from pipeline.maps import views as maps
 from pipeline.store import manifest
+from pipeline.store.metadata import METADATA_PREFIX
 
 FEATURES = {
     "image/key": tf.io.FixedLenFeature([], tf.string),
@@ -125,6 +129,7 @@ class DecodedRecord:
     model_fingerprint: str
     recomputed: int
     boxes: tuple[tuple[float, float, float, float], ...] = ()  # normalised, original image
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)  # column -> value
     faithfulness: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     prediction_name: str = ""
     target_name: str = ""
@@ -251,6 +256,8 @@ def encode(
     if record.prediction_name or record.target_name:
         feature["prediction/name"] = _bytes(record.prediction_name)
         feature["target/name"] = _bytes(record.target_name)
+    for name, value in record.metadata:
+        feature[METADATA_PREFIX + name] = _bytes(value)
     if record.boxes:
         for i, key in enumerate(BOX_FEATURES):
             feature[key] = _floats(*(box[i] for box in record.boxes))
@@ -298,6 +305,10 @@ class _Fields:
 
     def text(self, key: str) -> str:
         return self.one(key, "bytes_list").decode("utf-8")
+
+    def metadata(self) -> dict[str, str]:
+        return {k[len(METADATA_PREFIX) :]: self.text(k) for k in sorted(self._f)
+                if k.startswith(METADATA_PREFIX)}  # fmt: skip
 
 
 def _decode_png(data: bytes) -> np.ndarray:
@@ -348,6 +359,7 @@ def parse(serialized: bytes) -> DecodedRecord:
         model_fingerprint=f.text("model/fingerprint"),
         recomputed=int(f.one("run/recomputed", "int64_list", default=0)),
         boxes=_boxes(f),
+        metadata=f.metadata(),
         prediction_name=f.one("prediction/name", "bytes_list", default=b"").decode("utf-8"),
         target_name=f.one("target/name", "bytes_list", default=b"").decode("utf-8"),
         faithfulness={
