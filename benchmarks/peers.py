@@ -149,6 +149,52 @@ def _pair(model, x, targets, samples) -> Contenders:
 # tf-keras-vis 0.8 has no guided backprop; PAIR's guided backprop is in its TF1 module only.
 _RUNNERS = {"xplique": _xplique, "tf_keras_vis": _tf_keras_vis, "saliency": _pair}
 
+CAM_PEERS = ("xplique", "tf_keras_vis")  # PAIR's Grad-CAM is in its TF1 module only
+
+
+def _gradcam_contenders(model, x, targets, layer: str, found: dict) -> Contenders:
+    """Grad-CAM as each peer documents it, at ``layer``, maps upsampled to the input."""
+    out: Contenders = {}
+    if found.get("xplique"):
+        from xplique.attributions import GradCAM
+
+        onehot = np.eye(int(model.outputs[0].shape[-1]), dtype=np.float32)[targets]
+        cam = GradCAM(model, conv_layer=layer, batch_size=len(x))
+        out["xplique/gradcam"] = (lambda: np.asarray(cam.explain(x, onehot)), len(x))
+    if found.get("tf_keras_vis"):
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        gradcam = Gradcam(model, clone=False)
+        score = CategoricalScore([int(t) for t in targets])
+        out["tf_keras_vis/gradcam"] = (
+            lambda: gradcam(score, x, penultimate_layer=layer, normalize_cam=False),
+            len(x),
+        )
+    return out
+
+
+def run_gradcam(*, batch: int = 8, rounds: int = 5, layer: str = "out_relu") -> dict[str, Any]:
+    """Grad-CAM of the peers, timed round-robin with the plain reference (as ``run``)."""
+    import keras
+
+    found = available()
+    result: dict[str, Any] = {"machine": common.machine(), "versions": found, "peers": {}}
+    model = common.random_weight_model("MobileNetV2", keras_module=keras)
+    common.calibrate_batchnorm(model, common.symmetric(common.photo_batch(16)))
+    x = common.symmetric(common.photo_batch(batch))
+    targets = np.argmax(np.asarray(model(x, training=False)), axis=1)
+    contenders = {"reference/vanilla": (_reference(model, x, targets), batch)}
+    contenders.update(_gradcam_contenders(model, x, targets, layer, found))
+    for key, timing in common.interleaved(contenders, rounds=rounds, log=common.log).items():
+        name, method = key.split("/")
+        entry = {"images_per_s": timing.images_per_s, "seconds": list(timing.seconds)}
+        if name == "reference":
+            result["reference_vanilla"] = entry
+        else:
+            result["peers"].setdefault(name, {})[method] = entry
+    return result
+
 
 def run(
     *,
@@ -217,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--only", nargs="*", default=list(PEERS), choices=PEERS)
     parser.add_argument("--json", default="-", help="where to write the result ('-': stdout)")
+    parser.add_argument("--gradcam", action="store_true", help="Grad-CAM of the peers only")
     args = parser.parse_args(argv)
+    if args.gradcam:
+        common.dump_json(run_gradcam(batch=args.batch, rounds=args.rounds), args.json)
+        return 0
     result = run(
         batch=args.batch,
         rounds=args.rounds,
