@@ -153,8 +153,8 @@ def _flag(flag: dict, clusters: list[dict], manifest: dict[str, dict]) -> dict:
 
 
 def _classes(audit: dict, manifest: dict[str, dict]) -> dict:
-    names = {str(m["prediction_class"]): m["prediction_name"] for m in manifest.values()
-             if m.get("prediction_name")}  # fmt: skip
+    names = {str(m[f"{kind}_class"]): m[f"{kind}_name"] for m in manifest.values()
+             for kind in ("prediction", "target") if m.get(f"{kind}_name")}  # fmt: skip
     methods = list(audit["methods"])
     head = ["class", "count", "accuracy", "confidence", "flags"]
     head += [f"{m} pointing" for m in methods] + [f"{m} deletion AUC" for m in methods]

@@ -110,6 +110,7 @@ def manifest_entry(record: SaliencyRecord, artifacts: dict[str, dict[str, str]])
         "prediction_probability": float(record.prediction_probability),
         "prediction_name": record.prediction_name,
         "target_class": int(record.target_class),
+        "target_name": record.target_name,
         "target_rank": int(record.target_rank),
         "target_score": float(record.target_score),
         "model_fingerprint": record.model_fingerprint,
