@@ -9,7 +9,14 @@ import pytest
 from PIL import Image
 
 from pipeline.audit.metrics.correlation import average_ranks, spearman
-from pipeline.audit.sanity import CAVEAT, cascading_randomisation, layers_top_down
+from pipeline.audit.metrics.ssim import ssim, unit_peak
+from pipeline.audit.sanity import (
+    CAVEAT,
+    STATISTICS,
+    cascading_randomisation,
+    layers_top_down,
+    similarity,
+)
 from pipeline.engine.models import ModelSpec, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +66,11 @@ def test_cascading_randomisation_separates_gradients_from_guided_backprop():
     assert result.depends_on_weights == {"vanilla": True, "guided": False, "smoothgrad": True}
     assert all(g > v + 0.1 for g, v in zip(c["guided"], c["vanilla"]))
     assert c["vanilla"][-1] < c["vanilla"][0]  # falls as more of the model goes
+    for method, stats in result.statistics.items():  # every statistic, every step
+        assert set(stats) == set(STATISTICS) and stats["spearman_abs"] == c[method]
+        assert all(len(v) == 3 and all(-1 <= x <= 1 for x in v) for v in stats.values())
+    s = result.statistics
+    assert s["guided"]["ssim"][0] > s["vanilla"]["ssim"][0]  # SSIM tells them apart too
     assert result.caveat == CAVEAT and "Binder et al. 2023" in CAVEAT
 
 
@@ -84,3 +96,47 @@ def test_sync_copies_carries_in_place_weight_changes_into_the_guided_clone():
     assert not np.allclose(synced, before)
     with pytest.raises(TypeError, match="fold"):
         Explainer(model, fold="no")
+
+
+def _ssim_by_hand(x: np.ndarray, y: np.ndarray, w: int = 7) -> float:
+    """SSIM as Wang et al. define it, window by window with numpy's sample statistics."""
+    c1, c2 = 0.01**2, 0.03**2
+    values = []
+    for i in range(x.shape[0] - w + 1):
+        for j in range(x.shape[1] - w + 1):
+            a, b = x[i : i + w, j : j + w].ravel(), y[i : i + w, j : j + w].ravel()
+            cov = np.cov(a, b, ddof=1)
+            ma, mb = a.mean(), b.mean()
+            top = (2 * ma * mb + c1) * (2 * cov[0, 1] + c2)
+            values.append(top / ((ma**2 + mb**2 + c1) * (cov[0, 0] + cov[1, 1] + c2)))
+    return float(np.mean(values))
+
+
+def test_ssim_window_by_window_and_its_invariances():
+    rng = np.random.default_rng(0)
+    x, y = rng.random((7, 7)), rng.random((7, 7))
+    assert ssim(x, y) == pytest.approx(_ssim_by_hand(x, y), rel=1e-12)  # one window
+    x, y = rng.random((11, 9)), rng.random((11, 9)) ** 3
+    assert ssim(x, y) == pytest.approx(_ssim_by_hand(x, y), rel=1e-12)  # 5 x 3 windows
+    assert ssim(x, x) == pytest.approx(1.0)
+    small = rng.random((4, 5))  # smaller than the window: the largest odd one (3)
+    assert ssim(small, small**2) == pytest.approx(_ssim_by_hand(small, small**2, 3), rel=1e-12)
+    assert ssim(unit_peak(x), unit_peak(5 * x)) == pytest.approx(1.0)  # the scale is not shape
+    with pytest.raises(ValueError, match="one shape"):
+        ssim(np.zeros((7, 7)), np.zeros((7, 8)))
+
+
+def test_the_three_sanity_statistics_by_hand():
+    g0 = np.array([[[1.0, -2.0], [0.0, 0.0]], [[3.0, 1.0], [-1.0, -1.0]]])  # [2, 2, 2]
+    g1 = -g0
+    # |g| summed is the same map: rank 1 on |map|; the signed sums are negated: -1
+    assert similarity("spearman_abs", g0, g1) == pytest.approx(1.0)
+    assert similarity("spearman_signed", g0, g1) == pytest.approx(-1.0)
+    assert similarity("ssim", g0, g1) == pytest.approx(1.0)
+    # ties: signed sums [-1, 0, 4, -2] vs [-1, 0, 0, -2] -> ranks [2, 3, 4, 1] and
+    # [2, 3.5, 3.5, 1]: centred [-.5, .5, 1.5, -1.5] . [-.5, 1, 1, -1.5] = 4.5 / sqrt(5 * 4.5)
+    g2 = g0.copy()
+    g2[1, 0] = [0.0, 0.0]
+    assert similarity("spearman_signed", g0, g2) == pytest.approx(4.5 / np.sqrt(5 * 4.5))
+    with pytest.raises(ValueError, match="statistic"):
+        similarity("hog", g0, g1)

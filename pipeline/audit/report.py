@@ -131,9 +131,10 @@ def _methods(audit: dict) -> dict:
                 title=f"{method}: mean target logit", x_ends=("0", "1 (fraction of pixels)"),
             ))  # fmt: skip
         if san:
+            series = san.get("statistics") or {"spearman_abs": san["correlations"]}
             sanity.append(line_chart(
-                {method: [1.0, *san["correlations"]]},
-                title=f"{method}: Spearman vs layers randomised",
+                {name: [1.0, *values] for name, values in series.items()},
+                title=f"{method}: similarity vs layers randomised",
                 x_ends=("0", str(len(san["correlations"]))),
             ))  # fmt: skip
     caveat = next(

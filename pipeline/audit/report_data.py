@@ -10,6 +10,8 @@ audit.json::
                                       "baseline", "score", "deletion_curve",
                                       "insertion_curve"} | null,
                      "sanity": {"layers", "correlations", "depends_on_weights",
+                                "statistics": {"spearman_abs", "spearman_signed", "ssim"},
+                                "verdicts",
                                 "threshold", "images", "caveat"} | null}},
      "classes": {"<class explained>": {"count", "accuracy", "mean_confidence",
                                        "flags": [{"kind", "method", "cluster", "members",

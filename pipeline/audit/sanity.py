@@ -2,17 +2,21 @@
 
 Step i replaces the trainable weights of the i top-most layers that have any (the logits
 layer first) with Gaussian noise of each weight's own standard deviation, and recomputes
-every method's maps on the same images and targets; per method and step the result is the
-Spearman rank correlation of the relevance maps (sum over channels of |g|) with the
-original model's, averaged over the images. A method whose maps stay correlated while the
-weights that make the decision are gone does not explain the decision: gradients and
-SmoothGrad are expected to fall, guided backprop is known to stay (it reconstructs the
-image). BatchNorm moving statistics are left as they are (they are not learnt weights).
+every method's maps on the same images and targets. Per method and step, averaged over the
+images, three similarities with the original model's maps, as Adebayo et al. report them:
+the Spearman rank correlation (average ranks for ties) of the relevance maps (sum over
+channels of |g|), of the signed maps (sum over channels of g), and the SSIM of the
+relevance maps each scaled to peak 1. The verdict (``depends_on_weights``) reads the first;
+each statistic's own verdict at the same threshold is reported beside it. A method whose
+maps stay correlated while the weights that make the decision are gone does not explain
+the decision: gradients and SmoothGrad are expected to fall, guided backprop is known to
+stay (it reconstructs the image). BatchNorm moving statistics are left as they are (they
+are not learnt weights).
 
 What the test cannot show (Binder et al. 2023): a low correlation means the maps depend
 on the weights, not that they are right; randomising a layer also changes the scale and
-the statistics of later activations, and the correlation of |g| ignores sign; a method
-can pass and still be unfaithful (see the deletion / insertion curves).
+the statistics of later activations (the signed statistic and SSIM see what |g| ranks
+do not); a method can pass and still be unfaithful (see the deletion / insertion curves).
 """
 
 import dataclasses
@@ -23,6 +27,7 @@ import numpy as np
 
 from pipeline.audit.metrics.correlation import spearman
 from pipeline.audit.metrics.relevance import relevance
+from pipeline.audit.metrics.ssim import ssim, unit_peak
 from pipeline.choices import GUIDED_METHODS
 from pipeline.config import ModelConfig, SaliencyConfig
 from pipeline.engine.explainer import Explainer
@@ -43,13 +48,29 @@ CAVEAT = (
 )
 
 
+STATISTICS = ("spearman_abs", "spearman_signed", "ssim")  # the first decides the verdict
+
+
+def similarity(statistic: str, g0: np.ndarray, g1: np.ndarray) -> float:
+    """One statistic of two gradient maps [H, W, C] (or [H, W])."""
+    if statistic == "spearman_abs":
+        return spearman(relevance(g0), relevance(g1))
+    if statistic == "spearman_signed":
+        signed = [g if g.ndim == 2 else g.sum(axis=-1) for g in (np.asarray(g0), np.asarray(g1))]
+        return spearman(*signed)
+    if statistic == "ssim":
+        return ssim(unit_peak(relevance(g0)), unit_peak(relevance(g1)))
+    raise ValueError(f"statistic: got {statistic!r}; one of {list(STATISTICS)}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class SanityResult:
-    """Per method: the correlation after each cascading step, and the verdict."""
+    """Per method: each statistic after each cascading step, and the verdict."""
 
     layers: tuple[str, ...]  # randomised in this order (top first)
-    correlations: dict[str, tuple[float, ...]]
+    correlations: dict[str, tuple[float, ...]]  # Spearman of |maps| (statistics' first)
     depends_on_weights: dict[str, bool]
+    statistics: dict[str, dict[str, tuple[float, ...]]] = dataclasses.field(default_factory=dict)
     threshold: float = DEPENDENCE_THRESHOLD
     caveat: str = CAVEAT
 
@@ -73,10 +94,7 @@ def _clone(op: Any) -> Any:
 
 
 def _maps(explainer: Explainer, x: np.ndarray, targets: np.ndarray, methods) -> dict:
-    return {
-        m: [relevance(g) for g in explainer.explain(x, m, targets=targets).gradients]
-        for m in methods
-    }
+    return {m: explainer.explain(x, m, targets=targets).gradients for m in methods}
 
 
 def cascading_randomisation(
@@ -103,19 +121,22 @@ def cascading_randomisation(
     work.set_weights(base.get_weights())
     explainer = Explainer(work, fold=False, **explainer_options)
     original = _maps(explainer, x, targets, methods)
-    correlations: dict[str, list[float]] = {m: [] for m in methods}
+    stats: dict[str, dict[str, list[float]]] = {m: {s: [] for s in STATISTICS} for m in methods}
     for i, name in enumerate(order, 1):
         randomise(work, name, np.random.default_rng(randomisation_seed + i))
         explainer.sync_copies()
         maps = _maps(explainer, x, targets, methods)
         for method in methods:
-            correlations[method].append(
-                float(np.mean([spearman(a, b) for a, b in zip(original[method], maps[method])]))
-            )
+            pairs = list(zip(original[method], maps[method]))
+            for statistic in STATISTICS:
+                values = [similarity(statistic, a, b) for a, b in pairs]
+                stats[method][statistic].append(float(np.mean(values)))
+    correlations = {m: tuple(s[STATISTICS[0]]) for m, s in stats.items()}
     return SanityResult(
         layers=tuple(order),
-        correlations={m: tuple(c) for m, c in correlations.items()},
+        correlations=correlations,
         depends_on_weights={m: min(c) < DEPENDENCE_THRESHOLD for m, c in correlations.items()},
+        statistics={m: {s: tuple(v) for s, v in by.items()} for m, by in stats.items()},
     )
 
 
@@ -140,6 +161,9 @@ def sanity_panel(
             "layers": list(result.layers),
             "correlations": list(result.correlations[m]),
             "depends_on_weights": result.depends_on_weights[m],
+            # every statistic by step, and its own verdict at the same threshold
+            "statistics": {s: list(v) for s, v in result.statistics[m].items()},
+            "verdicts": {s: min(v) < result.threshold for s, v in result.statistics[m].items()},
             # Adebayo et al. 2018: gradients, SmoothGrad (and IG) change with the weights;
             # guided backprop's maps are known not to (it reconstructs the image).
             "expected": "may not depend" if m in GUIDED_METHODS else "depends",
