@@ -16,6 +16,7 @@ SHARED = {
     "config_beam",
     "config_audit",
     "config_saliency",
+    "runners",
     "config_reference",
     "validation",
 }  # bottom modules any room may import
@@ -28,6 +29,8 @@ ALLOWED = {
     "beam": {"engine", "maps", "store", "audit"},
 }
 MAX_LINES = 420  # "no module over ~400 lines"
+# the audit's Beam wiring: its pipeline, and where its row lines are read from
+AUDIT_BEAM = ("pipeline.audit.pipeline", "pipeline.audit.line_sources")
 
 
 def _modules():
@@ -66,7 +69,7 @@ def test_imports_run_one_way_and_engine_maps_never_import_beam():
                 if (
                     room == "audit"
                     and name.startswith("apache_beam")
-                    and module != ("pipeline.audit.pipeline")
+                    and module not in AUDIT_BEAM
                 ):
                     broken.append(f"{module}:{node.lineno} imports {name}")
             for name in names:

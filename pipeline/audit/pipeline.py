@@ -1,18 +1,22 @@
-"""The audit as Beam transforms: published records -> rows.jsonl, audit.json, PNG maps.
+"""The audit as Beam transforms: published row lines -> rows.jsonl, audit.json, PNG maps.
 
-    records -> AuditRows (per record and method) --+-- rows.jsonl (streamed, one file)
+    row lines (audit_rows/, written by the job on its workers; or rebuilt from the records,
+    audit.line_sources) -> AuditRows (per record and method) --+-- rows.jsonl
                |                                   `-- per (group, method, id)
                |                                       ClassAggregate (a CombineFn,
                |                                       bounded memory; groups: predicted
                |                                       class, true label, label-prediction
                |                                       error) -> strategies + flags + PNGs
                |                                       -> audit.json (one small list)
-               `-- SanitySample (the sanity_samples smallest key hashes) -> the
-                   cascading-randomisation check (loads the model) -> audit.json
+    records -> SanitySample (the sanity_samples smallest key hashes) -> the
+               cascading-randomisation check (loads the model) -> audit.json
 
 The maths is in audit/metrics, strategies, flags, aggregates and report_data; this module
-only wires it. ``run_audit`` reads an output dir's published records (so an incremental
-nightly run audits old and new records together) with the in-process runner.
+only wires it. ``run_audit`` aggregates an output dir's published row lines (so a nightly
+incremental run measures only its new records, and the audit reads old and new lines
+together) on the configured runner (``--runner`` / ``beam:``; the in-process FnApiRunner
+for DirectRunner). With ``audit.sanity_samples`` > 0 it also reads the records, for the
+sample's images.
 """
 
 import dataclasses
@@ -24,18 +28,19 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
 from pipeline.audit.drift import check_rules, compare, parse_rule
+from pipeline.audit.line_sources import ReadRowLines, SanitySample, plan_lines
 from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
-from pipeline.audit.rows import Annotation, load_annotations, record_rows
+from pipeline.audit.row_lines import audit_settings
+from pipeline.audit.rows import Annotation
 from pipeline.audit.sanity import sanity_panel
 from pipeline.audit.slices import record_columns, slice_ids
 from pipeline.config import AuditConfig, Config
 from pipeline.config_audit import slice_spec
-from pipeline.store import records
+from pipeline.runners import make_runner
 from pipeline.store.files import (
     delete_files,
     delete_tree,
@@ -71,27 +76,22 @@ _LOG = logging.getLogger(__name__)
 
 
 class _RowsFn(beam.DoFn):
-    """DecodedRecord -> (row JSON line) on "rows", and ((group, method, id), (key, row,
-    map, curves)) for the class its map explains (the predicted class unless the target is
-    a label, a fixed class, top-k or a multi-label's positive labels), its true label and
-    its error (when known)."""
+    """A row line (audit.row_lines) -> (row JSON line) on "rows", and ((group, method, id),
+    (key, row, map, curves)) for the class its map explains (the predicted class unless the
+    target is a label, a fixed class, top-k or a multi-label's positive labels), its true
+    label, its error (when known) and its slices."""
 
-    def __init__(
-        self, annotations: dict[str, Annotation], policy: str, size: int, slices: tuple = ()
-    ) -> None:
+    def __init__(self, annotations: dict[str, Annotation], slices: tuple = ()) -> None:
         self._annotations = annotations
-        self._policy = policy
-        self._size = size
         self._slices = tuple(slice_spec(s) for s in slices)
 
-    def process(self, record: Any):
-        annotation = self._annotations.get(record.key)
-        columns = record_columns(record.key, record.metadata,
+    def process(self, line: dict):
+        annotation = self._annotations.get(line["key"])
+        columns = record_columns(line["key"], line["metadata"],
                                  dict(annotation.columns) if annotation else {})  # fmt: skip
         in_slices = slice_ids(self._slices, columns)
-        for row, small, curves in record_rows(record, annotation=annotation,
-                                              resize_policy=self._policy,
-                                              map_size=self._size):  # fmt: skip
+        for entry in line["methods"]:
+            row, small, curves = entry["row"], entry["map"], entry["curves"]
             yield beam.pvalue.TaggedOutput("rows", json.dumps(row, sort_keys=True))
             value = (row["key"], row, small, curves)
             method, predicted, label = row["method"], row["class"], row["label"]
@@ -156,34 +156,38 @@ def _record_priority(record: Any) -> tuple[int, str]:
 
 
 def _sanity(sample: list, config: Config) -> dict:
+    sample = sorted(sample, key=_record_priority)  # the order does not depend on the runner
     a = config.audit
     _LOG.info("sanity check: cascading randomisation of %d layers on %d images",
               a.sanity_layers, len(sample))  # fmt: skip
     return sanity_panel(config.model, config.saliency, sample, layers=a.sanity_layers)
 
 
-def build_audit(records_pcoll: beam.PCollection, config: Config) -> beam.PCollection:
-    """Add the audit of ``records_pcoll`` (DecodedRecord) to its pipeline; returns the
-    PCollection of the one audit.json dict."""
+def build_audit(
+    lines: beam.PCollection,
+    config: Config,
+    *,
+    annotations: dict[str, Annotation],
+    sample: beam.PCollection | None = None,
+) -> beam.PCollection:
+    """Add the audit of ``lines`` (parsed row lines) to their pipeline, the sanity check
+    on ``sample`` (DecodedRecords; None: no check); returns the PCollection of the one
+    audit.json dict."""
     a, out_dir = config.audit, config.output.dir.rstrip("/")
-    annotations = load_annotations(a.annotations)
-    rows = records_pcoll | "AuditRows" >> beam.ParDo(
-        _RowsFn(annotations, config.source.resize, a.map_size, a.slices)
-    ).with_outputs("rows", main="keyed")
+    rows = lines | "AuditRows" >> beam.ParDo(_RowsFn(annotations, a.slices)).with_outputs(
+        "rows", main="keyed"
+    )
     _ = rows.rows | "WriteAuditRows" >> beam.io.WriteToText(
         join_path(out_dir, AUDIT_ROWS), num_shards=1, shard_name_template=""
     )
     sanity = (
         beam.pvalue.AsList(
-            records_pcoll
-            | "SanitySample"
-            >> beam.combiners.Top.Of(
-                a.sanity_samples, key=_record_priority, reverse=True
-            )  # fmt: skip
+            sample
+            | "CollectSample" >> beam.combiners.ToList()
             | "SanityCheck" >> beam.Map(_sanity, config)
         )
-        if a.sanity_samples
-        else beam.pvalue.AsList(records_pcoll.pipeline | "NoSanity" >> beam.Create([]))
+        if sample is not None
+        else beam.pvalue.AsList(lines.pipeline | "NoSanity" >> beam.Create([]))
     )
     return (
         rows.keyed
@@ -230,8 +234,8 @@ class AuditResult:
 def run_audit(config: Config, beam_args: Sequence[str] = ()) -> AuditResult:
     """Audit the published records of ``config.output.dir``: audit.json, rows.jsonl, the PNG
     maps, drift.json (run.audit_drift), report.html, the archive under audits/<timestamp>/
-    and index.html. Runs in this process; ``beam_args`` give its filesystems their options
-    (e.g. --s3_endpoint_url), whatever runner they name.
+    and index.html. Runs on the runner ``beam_args`` / ``beam:`` name (DirectRunner: this
+    process), which also give its filesystems their options (e.g. --s3_endpoint_url).
 
     Holds the output lock (a run cannot publish under it, nor another audit write), and
     first removes what a killed audit left (store.history.recover_audits)."""
@@ -255,14 +259,20 @@ def _audit_locked(config: Config, options: PipelineOptions, out_dir: str, held) 
             f"{out_dir} has no published records (no shard named by {MANIFEST_NAME}): run "
             "`python -m pipeline run` with output.records: true first"
         )
-    with beam.Pipeline(runner=FnApiRunner(), options=options) as p:
-        decoded = (
-            p
-            | "Shards" >> beam.Create(shards)
-            | "ReadRecords" >> beam.io.ReadAllFromTFRecord()
-            | "ParseRecords" >> beam.Map(records.parse)
-        )
-        _ = build_audit(decoded, config)
+    annotations, settings = audit_settings(config)
+    plan = plan_lines(out_dir, settings)
+    if plan.rebuilt_sets:
+        _LOG.info("audit: row lines rebuilt from the records of %d shard set(s)",
+                  len(plan.rebuilt_sets))  # fmt: skip
+    with beam.Pipeline(runner=make_runner(options), options=options) as p:
+        lines = p | "RowLines" >> ReadRowLines(
+            plan, annotations=annotations, policy=config.source.resize,
+            map_size=config.audit.map_size, settings=settings,
+        )  # fmt: skip
+        sample = None
+        if config.audit.sanity_samples:  # the sample's images are in its records
+            sample = lines | "SanitySample" >> SanitySample(shards, config.audit.sanity_samples)
+        _ = build_audit(lines, config, annotations=annotations, sample=sample)
     audit = read_json(join_path(out_dir, AUDIT_JSON))
     drift, broken = None, ()
     if previous is not None:

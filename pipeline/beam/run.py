@@ -3,6 +3,7 @@
 ```
 ReadImages -> [SkipDone] -> DecodeImages -> RunInference -> SplitResults -> GuardFinite
    |              |              |                              |               |-- WriteRecords
+   |              |              |                              |               |-- [AuditRows]
    |              |              |                              |               `-- WriteArtifacts
    |              |              |                              |                    -> manifest
    |              |              `-- failures ------------------+---------------+-- failures.jsonl
@@ -33,10 +34,10 @@ from apache_beam.options.pipeline_options import (
     SetupOptions,
     StandardOptions,
 )
-from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineState
 
 from pipeline.beam import sinks
+from pipeline.beam.audit_stage import AuditRows
 from pipeline.beam.prepare import SkipDone
 from pipeline.beam.progress import REPORTER, ReportProgress
 from pipeline.beam.sources import ReadImages
@@ -45,6 +46,7 @@ from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config
 from pipeline.elements import Failure, SaliencyRecord
 from pipeline.engine.geometry import check_methods, model_geometry
+from pipeline.runners import LOCAL_RUNNERS, make_runner
 from pipeline.store.class_names import configured_class_names, folder_class_names
 from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
 from pipeline.store.index import write_index
@@ -63,8 +65,6 @@ from pipeline.store.publish import (
 from pipeline.validation import ConfigError
 
 _LOG = logging.getLogger(__name__)
-# Runner names that run in this process through the FnApiRunner (never Prism's download).
-_LOCAL_RUNNERS = (None, "DirectRunner", "direct", "FnApiRunner")
 
 
 class Outputs(NamedTuple):
@@ -208,6 +208,10 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
             num_shards=config.output.num_shards,
             include_image=config.output.include_image,
         )
+        if config.audit.enabled:  # the audit's per-record work, where the maps are
+            _ = records | "AuditRows" >> AuditRows(
+                staging, config, num_shards=config.output.num_shards
+            )
     manifest_rows = (
         records
         | "Artifacts"
@@ -267,14 +271,6 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     options = PipelineOptions(list(beam_args))
     options.view_as(SetupOptions).save_main_session = False
     return options
-
-
-def make_runner(options: PipelineOptions):
-    """The runner object for the options (FnApiRunner for DirectRunner)."""
-    name = options.view_as(StandardOptions).runner
-    if name in _LOCAL_RUNNERS:
-        return FnApiRunner()
-    return name  # Dataflow, Flink, Portable, ... resolved by Beam
 
 
 def _carried_rows(output_dir: str, model_fingerprint: str, settings: str) -> list[dict]:
@@ -386,7 +382,7 @@ def _in_process(options: PipelineOptions) -> bool:
     this process's progress bar."""
     runner = options.view_as(StandardOptions).runner
     mode = options.view_as(DirectOptions).direct_running_mode
-    return runner in _LOCAL_RUNNERS and mode in (None, "in_memory")
+    return runner in LOCAL_RUNNERS and mode in (None, "in_memory")
 
 
 def input_total(config: Config) -> int | None:

@@ -3,18 +3,21 @@
 Output layout under ``output_dir`` (what readers see)::
 
     records/saliency-<set>-SSSSS-of-NNNNN.tfrecord   the shards of committed shard sets
+    audit_rows/rows-<set>-SSSSS-of-NNNNN.tfrecord    their audit rows (audit.enabled), one
+                                                     JSON line per record, same shard sets
     artifacts/<safe_key(key)>/<method>_<view>[_t<class>].png   beam.sinks.WriteArtifacts
     manifest.jsonl       one row per record, sorted by record_id: the commit point
     failures.jsonl       the inputs of the last run that failed, sorted by key (may be empty)
     summary.json         the last run's counts
     audit/, audits/<timestamp>/   the audit layer's outputs (reserved)
     .staging/<set>/      one run attempt's unpublished outputs (hidden; removed):
-        records/, manifest.jsonl, failures.jsonl, counts.json, done.txt, tmp/
+        records/, audit_rows/, manifest.jsonl, failures.jsonl, counts.json, done.txt, tmp/
     .lock                held by the running run (local directories only)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import string
@@ -23,9 +26,41 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.elements import SaliencyRecord
 
-RECORDS_DIR = "records"
-RECORDS_PREFIX = "records/saliency"
 RECORDS_SUFFIX = ".tfrecord"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardFamily:
+    """Sharded files published per shard set: ``<directory>/<stem>-<set>-SSSSS-of-NNNNN``
+    + RECORDS_SUFFIX once committed, ``<stem>-SSSSS-of-NNNNN`` + suffix while staged."""
+
+    directory: str
+    stem: str
+
+    @property
+    def prefix(self) -> str:
+        """Where Beam's sink writes (relative to the output or staging dir)."""
+        return f"{self.directory}/{self.stem}"
+
+    def name(self, shard_set: str, n: str) -> str:
+        return f"{self.stem}-{shard_set}-{n}{RECORDS_SUFFIX}"
+
+    def set_of(self, name: str) -> str | None:
+        """The shard set of a committed shard's file name, None for any other name."""
+        m = re.match(rf"^{self.stem}-(?P<set>[A-Za-z0-9]+)-\d{{5}}-of-\d{{5}}\.tfrecord$", name)
+        return m["set"] if m else None
+
+    def staged(self, name: str) -> str | None:
+        """The SSSSS-of-NNNNN of a staged (or pre-1.0 unnamed) shard, else None."""
+        m = re.match(rf"^{self.stem}-(?P<n>\d{{5}}-of-\d{{5}})\.tfrecord$", name)
+        return m["n"] if m else None
+
+
+RECORD_SHARDS = ShardFamily("records", "saliency")  # the saliency records
+ROW_SHARDS = ShardFamily("audit_rows", "rows")  # their audit rows (audit.row_lines)
+SHARD_FAMILIES = (RECORD_SHARDS, ROW_SHARDS)
+RECORDS_DIR = RECORD_SHARDS.directory
+RECORDS_PREFIX = RECORD_SHARDS.prefix
 MANIFEST_NAME = "manifest.jsonl"
 FAILURES_NAME = "failures.jsonl"
 SUMMARY_NAME = "summary.json"
@@ -55,8 +90,6 @@ def index_page(page: int) -> str:
     return "index.html" if page == 1 else f"index-{page}.html"
 
 
-_SHARD_NAME = re.compile(r"^saliency-(?P<set>[A-Za-z0-9]+)-(?P<n>\d{5}-of-\d{5})\.tfrecord$")
-BEAM_SHARD_NAME = re.compile(r"^saliency-(?P<n>\d{5}-of-\d{5})\.tfrecord$")  # also pre-1.0
 TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 
 
@@ -92,9 +125,8 @@ def tmp_dir(staging: str) -> str:
 
 
 def shard_set_of(name: str) -> str | None:
-    """The shard set of a published shard's file name, None for any other name."""
-    m = _SHARD_NAME.match(name)
-    return m["set"] if m else None
+    """The shard set of a published record shard's file name, None for any other name."""
+    return RECORD_SHARDS.set_of(name)
 
 
 def safe_key(key: str) -> str:

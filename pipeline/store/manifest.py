@@ -11,9 +11,15 @@ from __future__ import annotations
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.store.files import list_files, read_jsonl
-from pipeline.store.layout import MANIFEST_NAME, RECORDS_DIR, join_path, shard_set_of
+from pipeline.store.layout import (
+    MANIFEST_NAME,
+    RECORD_SHARDS,
+    RECORDS_DIR,
+    ShardFamily,
+    join_path,
+)
 
-__all__ = ["committed_shards", "has_manifest", "read_manifest", "shard_files"]
+__all__ = ["committed_sets", "committed_shards", "has_manifest", "read_manifest", "shard_files"]
 
 
 def has_manifest(output_dir: str) -> bool:
@@ -36,18 +42,25 @@ def read_manifest(output_dir: str) -> list[dict]:
         ) from exc
 
 
-def shard_files(output_dir: str, shard_sets: set[str]) -> list[str]:
-    """The shards in records/ that belong to ``shard_sets``, sorted."""
-    root = join_path(output_dir, RECORDS_DIR).rstrip("/") + "/"
+def shard_files(
+    output_dir: str, shard_sets: set[str], family: ShardFamily = RECORD_SHARDS
+) -> list[str]:
+    """The shards of ``family`` (records/ by default) that belong to ``shard_sets``, sorted."""
+    root = join_path(output_dir, family.directory).rstrip("/") + "/"
     return [
         path
         for path in list_files(root)
-        if shard_set_of(path[len(root) :] if path.startswith(root) else path) in shard_sets
+        if family.set_of(path[len(root) :] if path.startswith(root) else path) in shard_sets
     ]
+
+
+def committed_sets(output_dir: str, rows: list[dict] | None = None) -> list[str]:
+    """The shard sets the committed manifest (or ``rows``) names, sorted."""
+    rows = read_manifest(output_dir) if rows is None else rows
+    return sorted({str(row["shard_set"]) for row in rows if row.get("shard_set")})
 
 
 def committed_shards(output_dir: str, rows: list[dict] | None = None) -> list[str]:
     """The record shards of the shard sets the committed manifest (or ``rows``) names,
     sorted; shards of any other set in records/ are left out."""
-    rows = read_manifest(output_dir) if rows is None else rows
-    return shard_files(output_dir, {str(row["shard_set"]) for row in rows if row.get("shard_set")})
+    return shard_files(output_dir, set(committed_sets(output_dir, rows)))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import json
 import logging
 import os
 import time
@@ -53,16 +54,15 @@ from pipeline.store.files import (
     write_sorted_jsonl,
 )
 from pipeline.store.layout import (
-    BEAM_SHARD_NAME,
     FAILURES_NAME,
     LOCK_NAME,
     MANIFEST_NAME,
-    RECORDS_DIR,
-    RECORDS_SUFFIX,
+    RECORD_SHARDS,
+    SHARD_FAMILIES,
     STAGING_DIR,
     TEMP_NAME,
+    ShardFamily,
     join_path,
-    shard_set_of,
     staging_dir,
 )
 from pipeline.store.manifest import read_manifest, shard_files
@@ -138,24 +138,22 @@ def output_lock(
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _records_dir(output_dir: str) -> str:
-    return join_path(output_dir, RECORDS_DIR)
-
-
 def _stale_record_files(output_dir: str, referenced: set[str]) -> list[str]:
-    """Files in records/ that no committed row needs: shards of other sets, shards of the
-    old unnamed layout, Beam temp files, our temp files. Other names are left alone."""
-    root = _records_dir(output_dir).rstrip("/") + "/"
+    """Files in records/ and audit_rows/ that no committed row needs: shards of other sets,
+    shards of the old unnamed layout, Beam temp files, our temp files. Other names are left
+    alone."""
     stale = []
-    for path in list_files(root):
-        rel = path[len(root) :] if path.startswith(root) else os.path.basename(path)
-        name = rel.rsplit("/", 1)[-1]
-        shard_set = shard_set_of(rel)
-        if shard_set is not None:
-            if shard_set not in referenced:
+    for family in SHARD_FAMILIES:
+        root = join_path(output_dir, family.directory).rstrip("/") + "/"
+        for path in list_files(root):
+            rel = path[len(root) :] if path.startswith(root) else os.path.basename(path)
+            name = rel.rsplit("/", 1)[-1]
+            shard_set = family.set_of(rel)
+            if shard_set is not None:
+                if shard_set not in referenced:
+                    stale.append(path)
+            elif family.staged(rel) or rel.startswith("beam-temp-") or TEMP_NAME.match(name):
                 stale.append(path)
-        elif BEAM_SHARD_NAME.match(rel) or rel.startswith("beam-temp-") or TEMP_NAME.match(name):
-            stale.append(path)
     return stale
 
 
@@ -184,25 +182,49 @@ class Published:
     superseded: int  # earlier rows replaced by this attempt's rows for the same key
 
 
-def _compact(
-    output_dir: str, staging: str, shard_set: str, drop_keys: set[str], durable: bool
-) -> str | None:
-    """Copy the records of ``shard_set`` whose key is not in ``drop_keys`` into a new shard
-    set (renamed into records/, not yet referenced); returns its id, None when no shard."""
-    shards = shard_files(output_dir, {shard_set})
+def _record_key(raw: bytes) -> str:
+    feature = tf.train.Example.FromString(raw).features.feature["image/key"]
+    return feature.bytes_list.value[0].decode("utf-8")
+
+
+def _row_key(raw: bytes) -> str:
+    return json.loads(raw)["key"]
+
+
+_KEY_OF = {RECORD_SHARDS.stem: _record_key, "rows": _row_key}  # family stem -> key reader
+
+
+def _compact_family(
+    output_dir: str, staging: str, family: ShardFamily, shard_set: str, new_set: str,
+    drop_keys: set[str], durable: bool,
+) -> bool:  # fmt: skip
+    """Copy ``family``'s entries of ``shard_set`` whose key is not in ``drop_keys`` into
+    ``new_set`` (renamed into place, not yet referenced); False when it has no shard."""
+    shards = shard_files(output_dir, {shard_set}, family)
     if not shards:
-        return None
-    new_set = new_shard_set()
-    tmp = join_path(staging, f"compact/saliency-{new_set}-00000-of-00001{RECORDS_SUFFIX}")
+        return False
+    key_of = _KEY_OF[family.stem]
+    name = family.name(new_set, "00000-of-00001")
+    tmp = join_path(staging, f"compact/{name}")
     with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
         for raw in (raw for shard in shards for raw in records.read_raw(shard)):
-            feature = tf.train.Example.FromString(raw).features.feature["image/key"]
-            if feature.bytes_list.value[0].decode("utf-8") not in drop_keys:
+            if key_of(raw) not in drop_keys:
                 _TFRecordUtil.write_record(out, raw)
     if durable:
         fsync_file(tmp)
-    rename(tmp, join_path(output_dir, f"{RECORDS_DIR}/{tmp.rsplit('/', 1)[-1]}"))
-    return new_set
+    rename(tmp, join_path(output_dir, f"{family.directory}/{name}"))
+    return True
+
+
+def _compact(
+    output_dir: str, staging: str, shard_set: str, drop_keys: set[str], durable: bool
+) -> str | None:
+    """Copy the records (and audit rows) of ``shard_set`` whose key is not in ``drop_keys``
+    into a new shard set; returns its id, None when the set has no shard."""
+    new_set = new_shard_set()
+    found = [_compact_family(output_dir, staging, family, shard_set, new_set, drop_keys,
+                             durable) for family in SHARD_FAMILIES]  # fmt: skip
+    return new_set if any(found) else None
 
 
 def publish(
@@ -241,16 +263,17 @@ def publish(
         for row in kept:
             if new_set and row["shard_set"] == old_set:
                 row["shard_set"] = new_set
-    staged_root = join_path(staging, RECORDS_DIR).rstrip("/") + "/"
     moved = 0
-    for path in list_files(staged_root):
-        m = BEAM_SHARD_NAME.match(path[len(staged_root) :])
-        if m:
-            name = f"saliency-{shard_set}-{m['n']}{RECORDS_SUFFIX}"
-            rename(path, join_path(output_dir, f"{RECORDS_DIR}/{name}"))
-            moved += 1
-    if durable:  # the renamed shards' entries, before the manifest that names them
-        fsync_dir(_records_dir(output_dir))
+    for family in SHARD_FAMILIES:
+        staged_root = join_path(staging, family.directory).rstrip("/") + "/"
+        for path in list_files(staged_root):
+            n = family.staged(path[len(staged_root) :])
+            if n:
+                target = f"{family.directory}/{family.name(shard_set, n)}"
+                rename(path, join_path(output_dir, target))
+                moved += family is RECORD_SHARDS
+        if durable and FileSystems.exists(join_path(output_dir, family.directory)):
+            fsync_dir(join_path(output_dir, family.directory))  # before the manifest
     rows = kept + new_rows
     write_sorted_jsonl(join_path(output_dir, MANIFEST_NAME), rows, sort_key=manifest_sort_key,
                        fsync=durable)  # fmt: skip

@@ -1,0 +1,142 @@
+"""Where an audit's row lines come from: the published ``audit_rows/`` shards of each
+committed shard set whose lines have this audit's settings, else (an output dir written
+by an older version, with the audit off, or with other annotations / map size) the set's
+records, re-read and measured on the runner by the same function (audit.row_lines)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import apache_beam as beam
+import tensorflow as tf
+
+from pipeline.audit.aggregates import key_priority
+from pipeline.audit.row_lines import line_settings, parse_row_line, row_line
+from pipeline.audit.rows import Annotation
+from pipeline.store import records
+from pipeline.store.layout import ROW_SHARDS
+from pipeline.store.manifest import committed_sets, shard_files
+
+__all__ = ["LinePlan", "ReadRowLines", "SanitySample", "plan_lines"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LinePlan:
+    """Which shards an audit reads: row-line shards, and record shards to rebuild from."""
+
+    row_shards: tuple[str, ...]
+    rebuild_shards: tuple[str, ...]
+    rebuilt_sets: tuple[str, ...]
+
+
+def _first_settings(paths: list[str]) -> str | None:
+    for path in paths:
+        for raw in records.read_raw(path):
+            return line_settings(raw)
+    return None
+
+
+def plan_lines(output_dir: str, settings: str) -> LinePlan:
+    """The plan for the committed shard sets of ``output_dir`` (reads one line per set)."""
+    row_shards, rebuild, rebuilt = [], [], []
+    for shard_set in committed_sets(output_dir):
+        lines = shard_files(output_dir, {shard_set}, ROW_SHARDS)
+        found = _first_settings(lines) if lines else None
+        if lines and found in (None, settings):  # None: the set's row shards are empty
+            row_shards += lines
+        else:
+            rebuild += shard_files(output_dir, {shard_set})
+            rebuilt.append(shard_set)
+    return LinePlan(tuple(row_shards), tuple(rebuild), tuple(rebuilt))
+
+
+class _RebuildFn(beam.DoFn):
+    """records.DecodedRecord -> its row line (parsed), as the job would have written it."""
+
+    def __init__(self, annotations: dict[str, Annotation], policy: str, map_size: int,
+                 settings: str) -> None:  # fmt: skip
+        self._annotations = annotations
+        self._policy = policy
+        self._map_size = map_size
+        self._settings = settings
+        self._rebuilt = beam.metrics.Metrics.counter("audit", "row_lines_rebuilt")
+
+    def process(self, record):
+        self._rebuilt.inc()
+        yield parse_row_line(row_line(record, annotation=self._annotations.get(record.key),
+                                      resize_policy=self._policy, map_size=self._map_size,
+                                      settings=self._settings))  # fmt: skip
+
+
+class ReadRowLines(beam.PTransform):
+    """PBegin -> PCollection[dict]: every committed record's row line, per the plan."""
+
+    def __init__(self, plan: LinePlan, *, annotations: dict[str, Annotation], policy: str,
+                 map_size: int, settings: str) -> None:  # fmt: skip
+        super().__init__()
+        self._plan = plan
+        self._rebuild = _RebuildFn(annotations, policy, map_size, settings)
+
+    def expand(self, pbegin):
+        published = (
+            pbegin
+            | "RowShards" >> beam.Create(list(self._plan.row_shards))
+            | "ReadRowShards" >> beam.io.ReadAllFromTFRecord()
+            | "ParseRowLines" >> beam.Map(parse_row_line)
+        )
+        rebuilt = (
+            pbegin
+            | "RebuildShards" >> beam.Create(list(self._plan.rebuild_shards))
+            | "ReadRecords" >> beam.io.ReadAllFromTFRecord()
+            | "ParseRecords" >> beam.Map(records.parse)
+            | "RebuildRowLines" >> beam.ParDo(self._rebuild)
+        )
+        return (published, rebuilt) | "AllRowLines" >> beam.Flatten()
+
+
+def _line_priority(line: dict) -> tuple[int, str]:
+    return key_priority(line["record_id"]), line["record_id"]
+
+
+def _sample_ids(lines: list[dict]) -> list[str]:
+    return [line["record_id"] for line in lines]
+
+
+def record_id_of(raw: bytes) -> str:
+    """A serialised record's record_id (DecodedRecord.record_id), without decoding its maps."""
+    f = tf.train.Example.FromString(raw).features.feature
+    key = f["image/key"].bytes_list.value[0].decode("utf-8")
+    rank = f["target/rank"].int64_list.value[0] if "target/rank" in f else 0
+    return key if rank == 0 else f"{key}#target={f['target/class'].int64_list.value[0]}"
+
+
+class _SampledFn(beam.DoFn):
+    """Serialised record -> DecodedRecord, for the sampled record_ids only."""
+
+    def process(self, raw: bytes, wanted: list[str]):
+        if record_id_of(raw) in wanted:
+            yield records.parse(raw)
+
+
+class SanitySample(beam.PTransform):
+    """Row lines -> the DecodedRecords of the ``n`` lines with the smallest key hashes (a
+    uniform sample, the same on every runner): chosen from the lines, then read from the
+    record ``shards`` (only the chosen ones are decoded)."""
+
+    def __init__(self, shards: list[str], n: int) -> None:
+        super().__init__()
+        self._shards = list(shards)
+        self._n = int(n)
+
+    def expand(self, lines):
+        wanted = (
+            lines
+            | "SampleLines" >> beam.combiners.Top.Of(self._n, key=_line_priority, reverse=True)
+            | "SampleIds" >> beam.Map(_sample_ids)
+        )
+        return (
+            lines.pipeline
+            | "SampleShards" >> beam.Create(self._shards)
+            | "ReadSampleRecords" >> beam.io.ReadAllFromTFRecord()
+            | "DecodeSample" >> beam.ParDo(_SampledFn(), beam.pvalue.AsSingleton(wanted))
+        )
