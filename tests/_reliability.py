@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import time
@@ -16,6 +17,8 @@ from PIL import Image
 
 from pipeline.store import records
 from pipeline.store.files import read_jsonl
+from pipeline.store.layout import ROW_SHARDS
+from pipeline.store.manifest import committed_sets, shard_files
 
 SIZE = 16  # the tiny model's input size
 
@@ -104,6 +107,15 @@ def read_records(out: str) -> list[records.DecodedRecord]:
     return list(records.read(out)) if os.path.exists(os.path.join(out, "manifest.jsonl")) else []
 
 
+def committed_row_ids(out: str) -> list[str]:
+    """The record_ids of the audit row lines of the committed shard sets, as the audit
+    reads them (sorted; duplicates kept)."""
+    committed = os.path.exists(os.path.join(out, "manifest.jsonl"))
+    sets = set(committed_sets(out)) if committed else set()
+    paths = shard_files(out, sets, ROW_SHARDS)
+    return sorted(json.loads(raw)["record_id"] for p in paths for raw in records.read_raw(p))
+
+
 def check_complete(out: str) -> dict:
     """Assert the output dir is complete and readable; returns what it holds.
 
@@ -117,6 +129,8 @@ def check_complete(out: str) -> dict:
             assert np.isfinite(r.gradients[method].astype(np.float32)).all()
     manifest = read_jsonl(os.path.join(out, "manifest.jsonl"))
     assert sorted(row["record_id"] for row in manifest) == sorted(record_ids)
+    if os.path.isdir(os.path.join(out, ROW_SHARDS.directory)):  # audit rows: each line once
+        assert committed_row_ids(out) == sorted(record_ids)
     real_out = os.path.realpath(out)
     listed = set()
     for row in manifest:
@@ -144,3 +158,20 @@ def check_complete(out: str) -> dict:
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
         summary = json.load(handle)
     return {"records": recs, "manifest": manifest, "failures": failures, "summary": summary}
+
+
+def same_json(a, b, where: str = "audit") -> None:
+    """Assert equal JSON values, floats to 1e-9 relative (sums taken in another order, as
+    runners and incremental runs do)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a) == sorted(b), where
+        for k in a:
+            same_json(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            same_json(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), f"{where}: {a} != {b}"
+    else:
+        assert a == b, where

@@ -21,6 +21,7 @@ import pytest
 from _reliability import (
     base_overrides,
     check_complete,
+    committed_row_ids,
     noise_png,
     read_records,
     write_files,
@@ -222,6 +223,7 @@ def _committed_view_is_exact(out: str) -> list[dict]:
     rows = outputs.read_jsonl(os.path.join(out, "manifest.jsonl"))
     recs = read_records(out)
     assert sorted(r.record_id for r in recs) == sorted(row["record_id"] for row in rows)
+    assert committed_row_ids(out) == sorted(row["record_id"] for row in rows)  # audit rows
     sha = {row["record_id"]: row["sha256"] for row in rows}
     assert all(r.sha256 == sha[r.record_id] for r in recs)
     return rows
@@ -234,9 +236,11 @@ def test_kill_before_each_step_of_publish_then_rerun(tmp_path, tiny_model, monke
     see the old or the new committed records, each once; a rerun ends exact."""
     bucket = _bucket(str(tmp_path / "bucket"), n=6)
     out, snapshot = str(tmp_path / "out"), str(tmp_path / "snapshot")
-    extra = ["run.incremental=true", "run.max_failure_fraction=0.5", "output.num_shards=1"]
+    extra = ["run.incremental=true", "run.max_failure_fraction=0.5", "output.num_shards=1",
+             "audit.enabled=true"]  # fmt: skip
     run(load_config(None, [*base_overrides(tiny_model, f"{bucket}/*", out), *extra]))
     old = _committed_view_is_exact(out)
+    assert len(committed_row_ids(out)) == len(old) == 6
     write_files(bucket, {GOOD[6]: noise_png(6), GOOD[7]: noise_png(7), GOOD[0]: noise_png(100)})
     second = load_config(
         None, [*base_overrides(tiny_model, f"{bucket}/*", out), *extra, "output.num_shards=2"]

@@ -80,8 +80,8 @@ def test_dataflow_job_of_the_gpu_config_builds_offline(gcs, flag):
     assert (job["max_num_workers"], job["threads_per_worker"]) == (8, 2)
     assert (job["project"], job["region"]) == ("saliency-ci", "us-central1")
     # The whole graph translated: every stage of the job, down to Beam's primitives.
-    stages = {"ReadImages", "ExplainImages", "WriteRecords", "Artifacts", "WriteManifest",
-              "WriteFailures", "WriteCounts"}  # fmt: skip
+    stages = {"ReadImages", "ExplainImages", "WriteRecords", "AuditRows", "Artifacts",
+              "WriteManifest", "WriteFailures", "WriteCounts"}  # fmt: skip
     assert stages <= set(job["top_level_transforms"])
     assert job["transforms"] > 100
     assert gcs.sizes("dataflow/") == {}  # nothing staged, locked or written

@@ -66,11 +66,7 @@ def test_imports_run_one_way_and_engine_maps_never_import_beam():
             for name in names[:1]:
                 if name.startswith("apache_beam") and room in ("engine", "maps"):
                     broken.append(f"{module}:{node.lineno} imports {name}")
-                if (
-                    room == "audit"
-                    and name.startswith("apache_beam")
-                    and module not in AUDIT_BEAM
-                ):
+                if room == "audit" and name.startswith("apache_beam") and module not in AUDIT_BEAM:
                     broken.append(f"{module}:{node.lineno} imports {name}")
             for name in names:
                 parts = name.split(".")

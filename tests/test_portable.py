@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from _reliability import noise_png, save_tiny_model, write_files
+from _reliability import noise_png, same_json, save_tiny_model, write_files
 from _stores import _free_port, _wait_for
 
 from pipeline.store import records
@@ -99,6 +99,16 @@ def _files(out: str, sub: str) -> dict[str, bytes]:
     return found
 
 
+def _audit(out: str) -> dict:
+    with open(os.path.join(out, "audit", "audit.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _lines(out: str) -> list[bytes]:
+    paths = glob.glob(os.path.join(out, "audit_rows", "*.tfrecord"))
+    return sorted(raw for path in paths for raw in records.read_raw(path))
+
+
 def test_portable_runner_on_external_worker_pools_equals_direct_runner(topology, tmp_path):
     job, pools, logs = topology
     images = {f"img_{i}.png": noise_png(i) for i in range(8)}
@@ -112,6 +122,7 @@ def test_portable_runner_on_external_worker_pools_equals_direct_runner(topology,
         "batch: {max_batch_size: 3}\n"
         "output: {views: [heatmap, grid], num_shards: 2}\n"
         "run: {progress_every: 0}\n"
+        "audit: {enabled: true, sanity_samples: 2, faithfulness_fraction: 0.5}\n"
     )
     direct = str(tmp_path / "direct")
     _run(str(config), direct)
@@ -141,3 +152,7 @@ def test_portable_runner_on_external_worker_pools_equals_direct_runner(topology,
         with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
             summary = json.load(handle)
         assert (summary["images_written"], summary["images_failed"]) == (8, 1)
+        # The audit ran on the portable runner too (row lines written by the job's
+        # workers, aggregated and the sanity check run by the audit's): the same audit.
+        same_json(_audit(out), _audit(direct))
+        assert _lines(out) == _lines(direct) and len(_lines(direct)) == 8
