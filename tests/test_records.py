@@ -67,6 +67,26 @@ def test_round_trip_is_exact():
     assert records.encode(record) == data  # deterministic bytes
 
 
+def test_views_are_derived_on_read_and_records_that_store_them_keep_theirs():
+    record = make_record()
+    lean = records.encode(record)
+    feature = tf.train.Example.FromString(lean).features.feature
+    assert "saliency/vanilla/abs" not in feature  # a third of a method's bytes: not stored
+    assert feature[records.PERCENTILE_KEY].float_list.value[0] == 99.0
+    g = record.gradients["guided"]
+    at90 = records.parse(records.encode(record, percentile=90.0)).maps["guided"]
+    for view, m in maps.compute_views(g, percentile=90.0, views=records.RECORD_VIEWS).items():
+        np.testing.assert_array_equal(at90[view], m)  # the writer's percentile, on read
+    # A record written before views were derived stores them: it is read as stored.
+    old = tf.train.Example.FromString(lean)
+    stored = np.full((H, W), 0.5, np.float32)
+    for view in records.RECORD_VIEWS:
+        key = records.method_keys("vanilla")[view]
+        old.features.feature[key].bytes_list.value.append(records.serialize_array(stored))
+    out = records.parse(old.SerializeToString())
+    assert all((out.maps["vanilla"][v] == 0.5).all() for v in records.RECORD_VIEWS)
+
+
 def test_without_image_grayscale_and_further_target():
     record = make_record(channels=1, rank=1)
     out = records.parse(records.encode(record, include_image=False))

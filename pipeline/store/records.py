@@ -22,8 +22,10 @@ target/class, target/rank, target/score   int64,      the class explained, its r
 saliency/methods                          bytes list  method names present
 saliency/<method>/gradient                bytes       tf.io.serialize_tensor, float16
                                                       [H, W, C]
-saliency/<method>/abs, positive, negative bytes       tf.io.serialize_tensor, float32
-                                                      [H, W] in [0, 1] (maps.compute_views)
+saliency/percentile                       float       the clipping percentile of the views
+saliency/<method>/abs, positive, negative derived     float32 [H, W] in [0, 1], computed on
+                                                      read (maps.compute_views); stored
+                                                      only by records before 2026-12-04
 run/id, model/name, model/fingerprint     bytes       provenance
 run/recomputed                            int64       maps redone in float32
 image/object/bbox/ymin, xmin, ymax, xmax  float list  ground-truth boxes (when the input had
@@ -34,9 +36,8 @@ prediction/name, target/name              bytes       model.class_names of the c
 faithfulness/<method>/deletion, insertion float list  the target logit at steps 0..S of the
                                                       deletion / insertion curve (when the
                                                       audit is on)
-metadata/<name>                           bytes       the input's metadata columns (a
-                                                      TFRecord input's single-valued
-                                                      features, store.metadata)
+metadata/<name>                           bytes       the input's metadata columns
+                                                      (store.metadata)
 ========================================  ==========  ======================================
 
 Tensors are serialised as ``TensorProto`` bytes built straight from numpy (the same bytes
@@ -95,6 +96,8 @@ FEATURES = {
     "target/name": tf.io.FixedLenFeature([], tf.string, default_value=b""),
 }
 CURVES = ("deletion", "insertion")
+PERCENTILE_KEY = "saliency/percentile"  # the views' clipping percentile (views are derived)
+FEATURES[PERCENTILE_KEY] = tf.io.FixedLenFeature([], tf.float32, default_value=DEFAULT_PERCENTILE)
 for _key in BOX_FEATURES:
     FEATURES[_key] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
 
@@ -153,7 +156,8 @@ def _check_method(method: str) -> str:
 
 
 def method_keys(method: str) -> dict[str, str]:
-    """The record keys of one method: {"gradient": ..., "abs": ..., ...}."""
+    """The record keys of one method: {"gradient": ..., "abs": ..., ...} (the views' keys
+    are those of records written before they were derived on read)."""
     m = _check_method(method)
     return {part: f"saliency/{m}/{part}" for part in ("gradient", *RECORD_VIEWS)}
 
@@ -164,11 +168,11 @@ def curve_key(method: str, curve: str) -> str:
 
 
 def features_for(methods: Iterable[str]) -> dict:
-    """Parse spec for ``tf.io.parse_single_example``: FEATURES plus each method's keys."""
+    """Parse spec for ``tf.io.parse_single_example``: FEATURES plus each method's gradient
+    and curves (views are derived: ``maps.compute_views`` of the parsed gradient)."""
     spec = dict(FEATURES)
     for method in methods:
-        for key in method_keys(method).values():
-            spec[key] = tf.io.FixedLenFeature([], tf.string)
+        spec[method_keys(method)["gradient"]] = tf.io.FixedLenFeature([], tf.string)
         for curve in CURVES:
             spec[curve_key(method, curve)] = tf.io.FixedLenSequenceFeature(
                 [], tf.float32, allow_missing=True
@@ -266,15 +270,10 @@ def encode(
             feature[curve_key(method, curve)] = _floats(*curves[curve])
     if include_image:
         feature["image/encoded"] = _bytes(render.encode_png(np.asarray(record.pixels)))
+    feature[PERCENTILE_KEY] = _floats(percentile)
     for method in methods:
         g = _check_gradient(record, method, record.gradients[method])
-        keys = method_keys(method)
-        feature[keys["gradient"]] = _bytes(serialize_array(g))
-        views = record.views.get(method) or maps.compute_views(
-            g, percentile=percentile, views=RECORD_VIEWS
-        )
-        for view in RECORD_VIEWS:
-            feature[keys[view]] = _bytes(serialize_array(views[view]))
+        feature[method_keys(method)["gradient"]] = _bytes(serialize_array(g))
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
@@ -323,14 +322,16 @@ def parse(serialized: bytes) -> DecodedRecord:
     methods = tuple(m.decode("utf-8") for m in f.bytes_list("saliency/methods"))
     gradients: dict[str, np.ndarray] = {}
     views: dict[str, dict[str, np.ndarray]] = {}
+    percentile = float(f.one(PERCENTILE_KEY, "float_list", default=DEFAULT_PERCENTILE))
     for method in methods:
         keys = method_keys(method)
         gradients[method] = deserialize_array(f.one(keys["gradient"], "bytes_list"))
-        views[method] = {
-            view: deserialize_array(f.one(keys[view], "bytes_list"))
-            for view in RECORD_VIEWS
-            if f.bytes_list(keys[view], required=False) is not None
-        }
+        stored = {view: deserialize_array(f.one(keys[view], "bytes_list"))
+                  for view in RECORD_VIEWS
+                  if f.bytes_list(keys[view], required=False) is not None}  # fmt: skip
+        views[method] = stored or maps.compute_views(
+            gradients[method], percentile=percentile, views=RECORD_VIEWS
+        )
     encoded = f.one("image/encoded", "bytes_list", default=b"")
     return DecodedRecord(
         key=f.text("image/key"),
