@@ -99,12 +99,26 @@ def test_an_output_dir_without_lines_gets_them_rebuilt_from_its_records(tmp_path
     assert len(plan_lines(out, settings).rebuilt_sets) == 1
     rebuilt = run_audit(load_config(None, on)).audit
 
+    # The rebuilt lines were kept: the next audit reads them and measures nothing again.
+    assert plan_lines(out, settings).rebuilt_sets == ()
+    assert committed_row_ids(out) == KEYS
+    same_json(run_audit(load_config(None, on)).audit, rebuilt)
+    # A set whose lines are incomplete (a shard gone) is rebuilt whole, not read in part.
+    twin = shard_files(out, set(committed_sets(out)), ROW_SHARDS)[0]
+    os.remove(twin)
+    assert len(plan_lines(out, settings).rebuilt_sets) == 1
+    same_json(run_audit(load_config(None, on)).audit, rebuilt)
+    assert plan_lines(out, settings).rebuilt_sets == ()
+
     with_lines = _setup(tmp_path, tiny_model, "lines", KEYS, "audit.faithfulness_steps=0")
     run(load_config(None, with_lines))
     assert plan_lines(str(tmp_path / "lines_out"), settings).rebuilt_sets == ()
     same_json(rebuilt, run_audit(load_config(None, with_lines)).audit)
-    # Other settings (a new map size) are not mixed in: those lines are rebuilt.
+    # Other settings (a new map size) are not mixed in: those lines are rebuilt, and
+    # replace the old ones.
     bigger = [*with_lines, "audit.map_size=8"]
     other = audit_settings(load_config(None, bigger))[1]
     assert len(plan_lines(str(tmp_path / "lines_out"), other).rebuilt_sets) == 1
     assert run_audit(load_config(None, bigger)).audit["map_size"] == 8
+    assert plan_lines(str(tmp_path / "lines_out"), other).rebuilt_sets == ()
+    assert committed_row_ids(str(tmp_path / "lines_out")) == KEYS

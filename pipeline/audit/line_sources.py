@@ -1,20 +1,29 @@
 """Where an audit's row lines come from: the published ``audit_rows/`` shards of each
-committed shard set whose lines have this audit's settings, else (an output dir written
-by an older version, with the audit off, or with other annotations / map size) the set's
-records, re-read and measured on the runner by the same function (audit.row_lines)."""
+committed shard set whose lines are complete and have this audit's settings, else (an output
+dir written by an older version, with the audit off, or with other annotations / map size)
+the set's records, re-read and measured on the runner by the same function
+(audit.row_lines). Rebuilt lines are kept: each record shard's lines are written (a temp
+file renamed: whole or absent) as its twin ``rows-<set>-SSSSS-of-NNNNN``, so the next audit
+reads them; a set is read from its lines only when every shard of their numbering is there.
+The audit holds the output lock, so no run publishes meanwhile."""
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import apache_beam as beam
 import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.tfrecordio import _TFRecordUtil  # the format Beam's sink writes
 
 from pipeline.audit.aggregates import key_priority
 from pipeline.audit.row_lines import line_settings, parse_row_line, row_line
 from pipeline.audit.rows import Annotation
 from pipeline.store import records
-from pipeline.store.layout import ROW_SHARDS
+from pipeline.store.files import delete_files, rename
+from pipeline.store.layout import RECORD_SHARDS, ROW_SHARDS, join_path
 from pipeline.store.manifest import committed_sets, shard_files
 
 __all__ = ["LinePlan", "ReadRowLines", "SanitySample", "plan_lines"]
@@ -36,13 +45,20 @@ def _first_settings(paths: list[str]) -> str | None:
     return None
 
 
+def _complete(paths: list[str]) -> bool:
+    """Every shard SSSSS of one numbering NNNNN is there."""
+    positions = {ROW_SHARDS.position(p.rsplit("/", 1)[-1]) for p in paths}
+    counts = {n for _, n in positions if n}
+    return len(counts) == 1 and {i for i, _ in positions} == set(range(counts.pop()))
+
+
 def plan_lines(output_dir: str, settings: str) -> LinePlan:
     """The plan for the committed shard sets of ``output_dir`` (reads one line per set)."""
     row_shards, rebuild, rebuilt = [], [], []
     for shard_set in committed_sets(output_dir):
         lines = shard_files(output_dir, {shard_set}, ROW_SHARDS)
         found = _first_settings(lines) if lines else None
-        if lines and found in (None, settings):  # None: the set's row shards are empty
+        if lines and _complete(lines) and found in (None, settings):  # None: all empty
             row_shards += lines
         else:
             rebuild += shard_files(output_dir, {shard_set})
@@ -50,8 +66,25 @@ def plan_lines(output_dir: str, settings: str) -> LinePlan:
     return LinePlan(tuple(row_shards), tuple(rebuild), tuple(rebuilt))
 
 
-class _RebuildFn(beam.DoFn):
-    """records.DecodedRecord -> its row line (parsed), as the job would have written it."""
+def clear_rebuilt(output_dir: str, plan: LinePlan) -> int:
+    """Delete the row shards of the sets the plan rebuilds (incomplete, or of other
+    settings), so their rebuilt twins are the set's only lines; returns how many."""
+    return delete_files(shard_files(output_dir, set(plan.rebuilt_sets), ROW_SHARDS))
+
+
+def twin_path(record_shard: str) -> str:
+    """The row shard that holds the rebuilt lines of a committed record shard."""
+    directory, name = record_shard.rsplit("/", 1)
+    shard_set = RECORD_SHARDS.set_of(name)
+    index, count = RECORD_SHARDS.position(name)
+    output_dir = directory[: -len(RECORD_SHARDS.directory)].rstrip("/")
+    relative = f"{ROW_SHARDS.directory}/{ROW_SHARDS.name(shard_set, f'{index:05d}-of-{count:05d}')}"
+    return join_path(output_dir, relative)
+
+
+class _RebuildShardFn(beam.DoFn):
+    """A committed record shard -> the row lines of its records (parsed), as the job would
+    have written them; they are also kept as the shard's twin row shard."""
 
     def __init__(self, annotations: dict[str, Annotation], policy: str, map_size: int,
                  settings: str) -> None:  # fmt: skip
@@ -61,11 +94,20 @@ class _RebuildFn(beam.DoFn):
         self._settings = settings
         self._rebuilt = beam.metrics.Metrics.counter("audit", "row_lines_rebuilt")
 
-    def process(self, record):
-        self._rebuilt.inc()
-        yield parse_row_line(row_line(record, annotation=self._annotations.get(record.key),
-                                      resize_policy=self._policy, map_size=self._map_size,
-                                      settings=self._settings))  # fmt: skip
+    def process(self, shard: str):
+        target = twin_path(shard)
+        directory, name = target.rsplit("/", 1)
+        tmp = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}"
+        with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
+            for raw in records.read_raw(shard):
+                record = records.parse(raw)
+                line = row_line(record, annotation=self._annotations.get(record.key),
+                                resize_policy=self._policy, map_size=self._map_size,
+                                settings=self._settings)  # fmt: skip
+                _TFRecordUtil.write_record(out, line)
+                self._rebuilt.inc()
+                yield parse_row_line(line)
+        rename(tmp, target)
 
 
 class ReadRowLines(beam.PTransform):
@@ -75,7 +117,7 @@ class ReadRowLines(beam.PTransform):
                  map_size: int, settings: str) -> None:  # fmt: skip
         super().__init__()
         self._plan = plan
-        self._rebuild = _RebuildFn(annotations, policy, map_size, settings)
+        self._rebuild = _RebuildShardFn(annotations, policy, map_size, settings)
 
     def expand(self, pbegin):
         published = (
@@ -87,8 +129,6 @@ class ReadRowLines(beam.PTransform):
         rebuilt = (
             pbegin
             | "RebuildShards" >> beam.Create(list(self._plan.rebuild_shards))
-            | "ReadRecords" >> beam.io.ReadAllFromTFRecord()
-            | "ParseRecords" >> beam.Map(records.parse)
             | "RebuildRowLines" >> beam.ParDo(self._rebuild)
         )
         return (published, rebuilt) | "AllRowLines" >> beam.Flatten()

@@ -31,7 +31,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
 from pipeline.audit.drift import check_rules, compare, parse_rule
-from pipeline.audit.line_sources import ReadRowLines, SanitySample, plan_lines
+from pipeline.audit.line_sources import ReadRowLines, SanitySample, clear_rebuilt, plan_lines
 from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
 from pipeline.audit.row_lines import audit_settings
@@ -70,7 +70,7 @@ from pipeline.store.layout import (
 )
 from pipeline.store.manifest import committed_shards
 from pipeline.store.object_stores import configure
-from pipeline.store.publish import output_lock
+from pipeline.store.publish import output_lock, recover_output
 
 _LOG = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def run_audit(config: Config, beam_args: Sequence[str] = ()) -> AuditResult:
     configure(options)
     out_dir = config.output.dir.rstrip("/")
     with output_lock(out_dir, ttl_s=config.run.lock_ttl_s, options=options) as held:
-        removed = recover_audits(out_dir)
+        removed = recover_audits(out_dir) + recover_output(out_dir)  # incl. killed rebuilds
         if removed:
             _LOG.info("removed %d file(s) left by an interrupted audit", removed)
         return _audit_locked(config, options, out_dir, held)
@@ -261,7 +261,8 @@ def _audit_locked(config: Config, options: PipelineOptions, out_dir: str, held) 
         )
     annotations, settings = audit_settings(config)
     plan = plan_lines(out_dir, settings)
-    if plan.rebuilt_sets:
+    if plan.rebuilt_sets:  # their lines are rebuilt from the records, and kept
+        clear_rebuilt(out_dir, plan)
         _LOG.info("audit: row lines rebuilt from the records of %d shard set(s)",
                   len(plan.rebuilt_sets))  # fmt: skip
     with beam.Pipeline(runner=make_runner(options), options=options) as p:

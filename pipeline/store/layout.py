@@ -50,6 +50,11 @@ class ShardFamily:
         m = re.match(rf"^{self.stem}-(?P<set>[A-Za-z0-9]+)-\d{{5}}-of-\d{{5}}\.tfrecord$", name)
         return m["set"] if m else None
 
+    def position(self, name: str) -> tuple[int, int] | None:
+        """(SSSSS, NNNNN) of a committed shard's file name, None for any other name."""
+        m = re.match(rf"^{self.stem}-[A-Za-z0-9]+-(\d{{5}})-of-(\d{{5}})\.tfrecord$", name)
+        return (int(m[1]), int(m[2])) if m else None
+
     def staged(self, name: str) -> str | None:
         """The SSSSS-of-NNNNN of a staged (or pre-1.0 unnamed) shard, else None."""
         m = re.match(rf"^{self.stem}-(?P<n>\d{{5}}-of-\d{{5}})\.tfrecord$", name)
