@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -133,5 +134,7 @@ def test_an_audit_with_two_slices_equals_the_hand_filtered_subsets(tmp_path, tin
     assert '<table id="slices">' in report and "site=B,camera=2" in report
     mean_map = audit["slices"]["site=B,camera=2"]["methods"]["vanilla"]["mean_map"]
     assert os.path.exists(os.path.join(out, mean_map))
+    name = mean_map.rsplit("/", 1)[-1]  # safe in a URL as it is: the report's <img> loads it
+    assert name.startswith("slice_site_B_camera_2-") and re.fullmatch(r"[\w.-]+", name)
     written = json.loads((tmp_path / "out" / "audit" / "audit.json").read_text())
     assert written["slices"].keys() == audit["slices"].keys()

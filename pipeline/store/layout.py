@@ -180,6 +180,9 @@ def audit_map_path(
     ``group`` "class" (explained), "label" (true), "error" (class_id "<label>-<pred>") or
     "slice" (class_id "<column>=<value>[,...]", made safe for a file name)."""
     name = "mean" if cluster is None else f"cluster_{cluster}"
-    if group == "slice":
-        class_id = safe_key(str(class_id).replace("/", "|"))
+    if group == "slice":  # "site=B,camera=2": letters, digits, . _ - and a hash, so the
+        # name is the same in a URL (no % escapes a browser would decode) and unique
+        text = str(class_id)
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        class_id = f"{re.sub(r'[^A-Za-z0-9._-]', '_', text)[:80]}-{digest}"
     return f"{AUDIT_DIR}/maps/{method}/{group}_{class_id}_{name}.png"
