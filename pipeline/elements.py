@@ -18,6 +18,11 @@ Boxes = tuple[tuple[float, float, float, float], ...]
 Metadata = tuple[tuple[str, str], ...]
 
 
+def record_id(key: str, target_rank: int, target_class: int) -> str:
+    """Unique per output: the key, plus the target for an image's further targets."""
+    return key if target_rank == 0 else f"{key}#target={target_class}"
+
+
 @dataclasses.dataclass(frozen=True)
 class EncodedImage:
     """An input as read from storage: encoded bytes, or pixels for TFDS inputs."""
@@ -104,4 +109,4 @@ class SaliencyRecord:
     @property
     def record_id(self) -> str:
         """Unique per output: the key, plus the target for images with several targets."""
-        return self.key if self.target_rank == 0 else f"{self.key}#target={self.target_class}"
+        return record_id(self.key, self.target_rank, self.target_class)

@@ -20,7 +20,7 @@ from _reliability import (
 
 from pipeline.audit.line_sources import plan_lines
 from pipeline.audit.pipeline import run_audit
-from pipeline.audit.row_lines import audit_settings, row_line
+from pipeline.audit.row_lines import line_maker
 from pipeline.beam.run import run
 from pipeline.config_files import load_config
 from pipeline.store import records
@@ -62,7 +62,7 @@ def test_an_incremental_audit_equals_the_audit_from_scratch(tmp_path, tiny_model
     out = str(tmp_path / "grown_out")
     check_complete(out)  # each record's line exactly once
     assert committed_row_ids(out) == KEYS
-    settings = audit_settings(load_config(None, grown))[1]
+    settings = line_maker(load_config(None, grown)).settings
     assert plan_lines(out, settings).rebuilt_sets == ()  # nothing re-measured
     incremental = run_audit(load_config(None, grown)).audit
 
@@ -77,14 +77,10 @@ def test_an_incremental_audit_equals_the_audit_from_scratch(tmp_path, tiny_model
 
     # The job's lines are the lines the records give, byte for byte.
     config = load_config(None, scratch)
-    annotations, settings = audit_settings(config)
+    maker = line_maker(config)
     published = _lines(str(tmp_path / "scratch_out"))
     for record in records.read(str(tmp_path / "scratch_out")):
-        again = row_line(
-            record, annotation=annotations.get(record.key), settings=settings,
-            resize_policy=config.source.resize, map_size=config.audit.map_size,
-        )  # fmt: skip
-        assert again == published[record.record_id], record.key
+        assert maker.line(record) == published[record.record_id], record.key
 
 
 def test_an_output_dir_without_lines_gets_them_rebuilt_from_its_records(tmp_path, tiny_model):
@@ -95,7 +91,7 @@ def test_an_output_dir_without_lines_gets_them_rebuilt_from_its_records(tmp_path
     out = str(tmp_path / "off_out")
     assert not os.path.exists(os.path.join(out, ROW_SHARDS.directory))
     on = [*off, "audit.enabled=true"]
-    settings = audit_settings(load_config(None, on))[1]
+    settings = line_maker(load_config(None, on)).settings
     assert len(plan_lines(out, settings).rebuilt_sets) == 1
     rebuilt = run_audit(load_config(None, on)).audit
 
@@ -117,7 +113,7 @@ def test_an_output_dir_without_lines_gets_them_rebuilt_from_its_records(tmp_path
     # Other settings (a new map size) are not mixed in: those lines are rebuilt, and
     # replace the old ones.
     bigger = [*with_lines, "audit.map_size=8"]
-    other = audit_settings(load_config(None, bigger))[1]
+    other = line_maker(load_config(None, bigger)).settings
     assert len(plan_lines(str(tmp_path / "lines_out"), other).rebuilt_sets) == 1
     assert run_audit(load_config(None, bigger)).audit["map_size"] == 8
     assert plan_lines(str(tmp_path / "lines_out"), other).rebuilt_sets == ()

@@ -19,8 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil  # the format Beam's sink writes
 
 from pipeline.audit.aggregates import key_priority
-from pipeline.audit.row_lines import line_settings, parse_row_line, row_line
-from pipeline.audit.rows import Annotation
+from pipeline.audit.row_lines import LineMaker, line_settings, parse_row_line
+from pipeline.elements import record_id
 from pipeline.store import records
 from pipeline.store.files import delete_files, rename
 from pipeline.store.layout import RECORD_SHARDS, ROW_SHARDS, join_path
@@ -86,12 +86,8 @@ class _RebuildShardFn(beam.DoFn):
     """A committed record shard -> the row lines of its records (parsed), as the job would
     have written them; they are also kept as the shard's twin row shard."""
 
-    def __init__(self, annotations: dict[str, Annotation], policy: str, map_size: int,
-                 settings: str) -> None:  # fmt: skip
-        self._annotations = annotations
-        self._policy = policy
-        self._map_size = map_size
-        self._settings = settings
+    def __init__(self, maker: LineMaker) -> None:
+        self._maker = maker
         self._rebuilt = beam.metrics.Metrics.counter("audit", "row_lines_rebuilt")
 
     def process(self, shard: str):
@@ -100,10 +96,7 @@ class _RebuildShardFn(beam.DoFn):
         tmp = f"{directory}/.{name}.tmp-{uuid.uuid4().hex}"
         with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as out:
             for raw in records.read_raw(shard):
-                record = records.parse(raw)
-                line = row_line(record, annotation=self._annotations.get(record.key),
-                                resize_policy=self._policy, map_size=self._map_size,
-                                settings=self._settings)  # fmt: skip
+                line = self._maker.line(records.parse(raw))
                 _TFRecordUtil.write_record(out, line)
                 self._rebuilt.inc()
                 yield parse_row_line(line)
@@ -113,11 +106,10 @@ class _RebuildShardFn(beam.DoFn):
 class ReadRowLines(beam.PTransform):
     """PBegin -> PCollection[dict]: every committed record's row line, per the plan."""
 
-    def __init__(self, plan: LinePlan, *, annotations: dict[str, Annotation], policy: str,
-                 map_size: int, settings: str) -> None:  # fmt: skip
+    def __init__(self, plan: LinePlan, maker: LineMaker) -> None:
         super().__init__()
         self._plan = plan
-        self._rebuild = _RebuildShardFn(annotations, policy, map_size, settings)
+        self._rebuild = _RebuildShardFn(maker)
 
     def expand(self, pbegin):
         published = (
@@ -147,7 +139,7 @@ def record_id_of(raw: bytes) -> str:
     f = tf.train.Example.FromString(raw).features.feature
     key = f["image/key"].bytes_list.value[0].decode("utf-8")
     rank = f["target/rank"].int64_list.value[0] if "target/rank" in f else 0
-    return key if rank == 0 else f"{key}#target={f['target/class'].int64_list.value[0]}"
+    return record_id(key, rank, f["target/class"].int64_list.value[0])
 
 
 class _SampledFn(beam.DoFn):

@@ -34,7 +34,7 @@ from pipeline.audit.drift import check_rules, compare, parse_rule
 from pipeline.audit.line_sources import ReadRowLines, SanitySample, clear_rebuilt, plan_lines
 from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
-from pipeline.audit.row_lines import audit_settings
+from pipeline.audit.row_lines import line_maker
 from pipeline.audit.rows import Annotation
 from pipeline.audit.sanity import sanity_panel
 from pipeline.audit.slices import record_columns, slice_ids
@@ -259,21 +259,18 @@ def _audit_locked(config: Config, options: PipelineOptions, out_dir: str, held) 
             f"{out_dir} has no published records (no shard named by {MANIFEST_NAME}): run "
             "`python -m pipeline run` with output.records: true first"
         )
-    annotations, settings = audit_settings(config)
-    plan = plan_lines(out_dir, settings)
+    maker = line_maker(config)
+    plan = plan_lines(out_dir, maker.settings)
     if plan.rebuilt_sets:  # their lines are rebuilt from the records, and kept
         clear_rebuilt(out_dir, plan)
         _LOG.info("audit: row lines rebuilt from the records of %d shard set(s)",
                   len(plan.rebuilt_sets))  # fmt: skip
     with beam.Pipeline(runner=make_runner(options), options=options) as p:
-        lines = p | "RowLines" >> ReadRowLines(
-            plan, annotations=annotations, policy=config.source.resize,
-            map_size=config.audit.map_size, settings=settings,
-        )  # fmt: skip
+        lines = p | "RowLines" >> ReadRowLines(plan, maker)
         sample = None
         if config.audit.sanity_samples:  # the sample's images are in its records
             sample = lines | "SanitySample" >> SanitySample(shards, config.audit.sanity_samples)
-        _ = build_audit(lines, config, annotations=annotations, sample=sample)
+        _ = build_audit(lines, config, annotations=maker.annotations, sample=sample)
     audit = read_json(join_path(out_dir, AUDIT_JSON))
     drift, broken = None, ()
     if previous is not None:

@@ -14,6 +14,7 @@ when you change a mask.)
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import Any
@@ -34,14 +35,31 @@ def rows_settings(*, annotations: bytes, resize_policy: str, map_size: int) -> s
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def audit_settings(config: Config) -> tuple[dict[str, Annotation], str]:
-    """(the annotations sidecar, the lines' settings id) of a config: read once, in the
-    launcher, by the job and the audit alike."""
+@dataclasses.dataclass(frozen=True)
+class LineMaker:
+    """What a line depends on besides its record (the annotations sidecar, the resize
+    policy, the map size) and their settings id: the job and the audit's rebuild make
+    their lines with the same one."""
+
+    annotations: dict[str, Annotation]
+    resize_policy: str
+    map_size: int
+    settings: str
+
+    def line(self, record: Any) -> bytes:
+        """The line of one records.DecodedRecord (see row_line)."""
+        return row_line(record, annotation=self.annotations.get(record.key),
+                        resize_policy=self.resize_policy, map_size=self.map_size,
+                        settings=self.settings)  # fmt: skip
+
+
+def line_maker(config: Config) -> LineMaker:
+    """The LineMaker of a config: the sidecar read once, in the launcher."""
     a = config.audit
     sidecar = read_bytes(a.annotations) if a.annotations else b""
     settings = rows_settings(annotations=sidecar, resize_policy=config.source.resize,
                              map_size=a.map_size)  # fmt: skip
-    return load_annotations(a.annotations), settings
+    return LineMaker(load_annotations(a.annotations), config.source.resize, a.map_size, settings)
 
 
 def row_line(

@@ -58,6 +58,7 @@ from pipeline.store.layout import (
     LOCK_NAME,
     MANIFEST_NAME,
     RECORD_SHARDS,
+    ROW_SHARDS,
     SHARD_FAMILIES,
     STAGING_DIR,
     TEMP_NAME,
@@ -191,7 +192,7 @@ def _row_key(raw: bytes) -> str:
     return json.loads(raw)["key"]
 
 
-_KEY_OF = {RECORD_SHARDS.stem: _record_key, "rows": _row_key}  # family stem -> key reader
+_KEY_OF = {RECORD_SHARDS.stem: _record_key, ROW_SHARDS.stem: _row_key}  # stem -> key reader
 
 
 def _compact_family(

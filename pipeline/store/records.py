@@ -62,7 +62,7 @@ from PIL import Image
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from pipeline.choices import BOX_FEATURES, DEFAULT_PERCENTILE, RECORD_VIEWS
-from pipeline.elements import SaliencyRecord
+from pipeline.elements import SaliencyRecord, record_id
 from pipeline.maps import render
 from pipeline.maps import views as maps
 from pipeline.store import manifest
@@ -140,7 +140,7 @@ class DecodedRecord:
     @property
     def record_id(self) -> str:
         """Same as SaliencyRecord.record_id: the key, plus the target for further targets."""
-        return self.key if self.target_rank == 0 else f"{self.key}#target={self.target_class}"
+        return record_id(self.key, self.target_rank, self.target_class)
 
 
 _WILDCARDS = re.compile(r"[*?\[]")
