@@ -1,7 +1,8 @@
 """Record bytes per image: MobileNetV2 at 224 x 224, vanilla + guided + SmoothGrad-50, the
-bundled photos, each record as the job writes it (the image included), against the same
-record with its three float32 views stored as well (how records were written before
-2026-12-04).
+bundled photos, each record as the job writes it (the image included, gradients `compact`),
+against the same record with TensorProto gradients (`output.gradient_encoding: tensor`) and
+with TensorProto gradients plus its three float32 views (how records were written before
+2026-12-04). Also the encode and parse time per record of each encoding.
 
     python -m benchmarks.record_bytes [--images 6] [--json out.json]
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     explainer = Explainer(model)
     targets = np.argmax(explainer.logits(x), axis=1)
     maps = {m: explainer.explain(x, m, targets=targets).gradients for m in METHODS}
-    lean_sizes, old_sizes = [], []
+    lean_sizes, tensor_sizes, old_sizes = [], [], []
+    seconds = {"compact": {"encode": [], "parse": []}, "tensor": {"encode": [], "parse": []}}
     for i in range(args.images):
         record = SaliencyRecord(
             key=f"photo_{i}.png", source="bench", label=-1, sha256="0" * 64, pixels=pixels[i],
@@ -64,18 +67,37 @@ def main(argv: list[str] | None = None) -> int:
             gradients={m: maps[m][i].astype(np.float16) for m in METHODS},
             run_id="bench", model_name="MobileNetV2", model_fingerprint="0" * 64,
         )  # fmt: skip
-        lean = records.encode(record)
-        lean_sizes.append(len(lean))
-        old_sizes.append(len(_with_views(lean, record)))
+        encoded = {}
+        for encoding, times in seconds.items():
+            start = time.perf_counter()
+            encoded[encoding] = records.encode(record, gradient_encoding=encoding)
+            times["encode"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            records.parse(encoded[encoding])
+            times["parse"].append(time.perf_counter() - start)
+        lean_sizes.append(len(encoded["compact"]))
+        tensor_sizes.append(len(encoded["tensor"]))
+        old_sizes.append(len(_with_views(encoded["tensor"], record)))
+    mean = statistics.mean
     result = {
-        "lean_bytes_per_image": statistics.mean(lean_sizes),
-        "with_views_bytes_per_image": statistics.mean(old_sizes),
-        "ratio": statistics.mean(lean_sizes) / statistics.mean(old_sizes),
+        "lean_bytes_per_image": mean(lean_sizes),
+        "tensor_bytes_per_image": mean(tensor_sizes),
+        "with_views_bytes_per_image": mean(old_sizes),
+        "ratio": mean(lean_sizes) / mean(old_sizes),
+        "tensor_ratio": mean(tensor_sizes) / mean(old_sizes),
+        "ms_per_record": {
+            e: {k: 1e3 * statistics.median(v) for k, v in t.items()} for e, t in seconds.items()
+        },  # fmt: skip
         "lean": lean_sizes,
+        "tensor": tensor_sizes,
         "with_views": old_sizes,
     }
     lean, old = result["lean_bytes_per_image"] / 1e6, result["with_views_bytes_per_image"] / 1e6
-    common.log(f"{lean:.3f} MB vs {old:.3f} MB: {result['ratio']:.3f}")
+    common.log(
+        f"compact {lean:.3f} MB, tensor {result['tensor_bytes_per_image'] / 1e6:.3f} MB, "
+        f"with views {old:.3f} MB: {result['ratio']:.3f} ({result['tensor_ratio']:.3f}); "
+        f"ms per record {result['ms_per_record']}"
+    )
     common.dump_json(result, args.json)
     return 0
 

@@ -56,6 +56,8 @@ ARTIFACT_VIEWS = ("heatmap", "overlay", "grid")
 # 2-D views of a gradient (maps.views.compute_views) and the ones stored in each record.
 MAP_VIEWS = ("abs", "positive", "negative", "max", "image_x_abs")
 RECORD_VIEWS = ("abs", "positive", "negative")
+# How a record stores its gradients (store.gradient_codec); the first is the default.
+GRADIENT_ENCODINGS = ("compact", "tensor")
 
 # Engine defaults: Explainer, explain(), ExplainImages and the config's saliency section.
 # float32 is exact; "auto" (reduced precision where the device has it) is opt-in, as the

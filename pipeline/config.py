@@ -21,6 +21,7 @@ from pipeline.choices import (
     DEFAULT_RESIZE,
     DEFAULT_THRESHOLD,
     DRIFT_RULE,
+    GRADIENT_ENCODINGS,
     HEADS,
     LABEL_SOURCES,
     PREPROCESSING_MODES,
@@ -213,6 +214,10 @@ class OutputConfig:
     num_shards: int = 0
     # Store the model-input-size image as PNG inside each record.
     include_image: bool = True
+    # How gradients are stored: `compact` (byte-shuffled zlib, lossless, ~0.87x the bytes;
+    # tf.data decodes it with store.gradient_codec.tf_decode) or `tensor` (the bytes
+    # tf.io.parse_tensor reads). Readers take either.
+    gradient_encoding: str = GRADIENT_ENCODINGS[0]
     # PNG artifacts are upscaled (nearest neighbour, by the integer factor
     # ceil(min_artifact_size / min(H, W)); 1 when the input is that large already), so that
     # small models' maps stay visible.
@@ -234,6 +239,7 @@ class OutputConfig:
         for view in views:
             check_choice("output.views", view, ARTIFACT_VIEWS)
         object.__setattr__(self, "views", tuple(views))
+        check_choice("output.gradient_encoding", self.gradient_encoding, GRADIENT_ENCODINGS)
         check_int("output.num_shards", self.num_shards, minimum=0, maximum=100_000)
         check_int("output.min_artifact_size", self.min_artifact_size, minimum=1, maximum=4096)
 
@@ -304,6 +310,7 @@ class Config:
         data = self.to_dict()
         data["output"].pop("dir")
         data["output"].pop("fsync")  # how durably it is written, not what
+        data["output"].pop("gradient_encoding")  # how maps are stored, not what they are
         data.pop("beam")  # where and how it runs, not what it computes
         # Keys added after outputs existed hash only when set: at their default they compute
         # what the version before them did, so an upgrade does not redo a whole output.

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from pipeline.elements import SaliencyRecord
 from pipeline.maps import views as maps
-from pipeline.store import records
+from pipeline.store import gradient_codec, records
 
 H, W = 6, 5
 
@@ -118,7 +118,14 @@ def test_parse_spec_with_tf():
     assert int(parsed["target/class"]) == 7 and int(parsed["image/height"]) == H
     np.testing.assert_array_equal(parsed["prediction/top_k/classes"].numpy(), [7, 3, 1])
     assert list(parsed["saliency/methods"].numpy()) == [b"vanilla", b"guided"]
-    g = tf.io.parse_tensor(parsed["saliency/guided/gradient"], tf.float16).numpy()
+    assert parsed[records.ENCODING_KEY].numpy() == b"compact"
+    g = gradient_codec.tf_decode(
+        parsed["saliency/guided/gradient"], parsed[records.ENCODING_KEY],
+        parsed["image/height"], parsed["image/width"],
+    )  # fmt: skip
+    assert g.dtype == tf.float16 and g.numpy().tobytes() == record.gradients["guided"].tobytes()
+    as_tensor = tf.io.parse_single_example(records.encode(record, gradient_encoding="tensor"), spec)
+    g = tf.io.parse_tensor(as_tensor["saliency/guided/gradient"], tf.float16).numpy()
     assert g.tobytes() == record.gradients["guided"].tobytes()
     assert "saliency/vanilla/abs" not in parsed  # views are derived from the gradient
     assert float(parsed[records.PERCENTILE_KEY]) == 99.0

@@ -207,6 +207,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
             staging,
             num_shards=config.output.num_shards,
             include_image=config.output.include_image,
+            gradient_encoding=config.output.gradient_encoding,
         )
         if config.audit.enabled:  # the audit's per-record work, where the maps are
             _ = records | "AuditRows" >> AuditRows(

@@ -19,12 +19,13 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.tfrecordio import _TFRecordSink  # the sink WriteToTFRecord wraps
 
 from pipeline.beam.tags import FAILURES
-from pipeline.choices import ARTIFACT_VIEWS, DEFAULT_PERCENTILE
+from pipeline.choices import ARTIFACT_VIEWS, DEFAULT_PERCENTILE, GRADIENT_ENCODINGS
 from pipeline.elements import Failure, SaliencyRecord
 from pipeline.maps import render
 from pipeline.maps import views as maps
 from pipeline.store import records
 from pipeline.store.files import write_atomic, write_sorted_jsonl
+from pipeline.store.gradient_codec import check_encoding
 from pipeline.store.layout import (
     FAILURES_NAME,
     MANIFEST_NAME,
@@ -41,9 +42,16 @@ _METHOD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 # --------------------------------------------------------------------------- records
 
 
-def encode_record(record: SaliencyRecord, include_image: bool, percentile: float) -> bytes:
+def encode_record(
+    record: SaliencyRecord, include_image: bool, percentile: float, gradient_encoding: str
+) -> bytes:
     """records.encode for beam.Map (positional options keep the call picklable)."""
-    return records.encode(record, include_image=include_image, percentile=percentile)
+    return records.encode(
+        record,
+        include_image=include_image,
+        percentile=percentile,
+        gradient_encoding=gradient_encoding,
+    )
 
 
 class WriteRecords(beam.PTransform):
@@ -61,6 +69,7 @@ class WriteRecords(beam.PTransform):
         num_shards: int = 0,
         include_image: bool = True,
         percentile: float = DEFAULT_PERCENTILE,
+        gradient_encoding: str = GRADIENT_ENCODINGS[0],
     ) -> None:
         super().__init__()
         if int(num_shards) < 0:
@@ -69,11 +78,13 @@ class WriteRecords(beam.PTransform):
         self._num_shards = int(num_shards)
         self._include_image = bool(include_image)
         self._percentile = float(percentile)
+        self._encoding = check_encoding(gradient_encoding, field="gradient_encoding")
 
     def expand(self, pcoll):
         return (
             pcoll
-            | "EncodeRecords" >> beam.Map(encode_record, self._include_image, self._percentile)
+            | "EncodeRecords"
+            >> beam.Map(encode_record, self._include_image, self._percentile, self._encoding)
             | "WriteTFRecords"
             >> beam.io.Write(
                 RecordSink(

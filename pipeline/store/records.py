@@ -20,8 +20,12 @@ target/class, target/rank, target/score   int64,      the class explained, its r
                                           int64,      the image's targets (0 = first) and
                                           float       its logit
 saliency/methods                          bytes list  method names present
-saliency/<method>/gradient                bytes       tf.io.serialize_tensor, float16
-                                                      [H, W, C]
+saliency/<method>/gradient                bytes       float16 [H, W, C], stored as
+                                                      saliency/gradient_encoding says
+saliency/gradient_encoding                bytes       compact (byte-shuffled zlib, lossless)
+                                                      or tensor (tf.io.serialize_tensor);
+                                                      absent: tensor (records before
+                                                      2026-12-05)
 saliency/percentile                       float       the clipping percentile of the views
 saliency/<method>/abs, positive, negative derived     float32 [H, W] in [0, 1], computed on
                                                       read (maps.compute_views); stored
@@ -40,10 +44,11 @@ metadata/<name>                           bytes       the input's metadata colum
                                                       (store.metadata)
 ========================================  ==========  ======================================
 
-Tensors are serialised as ``TensorProto`` bytes built straight from numpy (the same bytes
-``tf.io.serialize_tensor`` gives, without an eager op per record), so ``tf.io.parse_tensor``
-reads them in a ``tf.data`` pipeline. Encoding is deterministic: the Example is serialised
-with sorted map keys, so a rerun gives identical bytes.
+Gradients are stored by ``store.gradient_codec``: ``compact`` by default, which a ``tf.data``
+pipeline decodes in-graph with ``gradient_codec.tf_decode``; ``output.gradient_encoding:
+tensor`` writes ``TensorProto`` bytes that ``tf.io.parse_tensor`` reads. Encoding is
+deterministic: the Example is serialised with sorted map keys, so a rerun gives identical
+bytes.
 """
 
 from __future__ import annotations
@@ -59,13 +64,13 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil  # the format Beam's sink writes
 from PIL import Image
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from pipeline.choices import BOX_FEATURES, DEFAULT_PERCENTILE, RECORD_VIEWS
 from pipeline.elements import SaliencyRecord, record_id
 from pipeline.maps import render
 from pipeline.maps import views as maps
-from pipeline.store import manifest
+from pipeline.store import gradient_codec, manifest
+from pipeline.store.gradient_codec import deserialize_array, serialize_array  # noqa: F401
 from pipeline.store.metadata import METADATA_PREFIX
 
 FEATURES = {
@@ -98,10 +103,10 @@ FEATURES = {
 CURVES = ("deletion", "insertion")
 PERCENTILE_KEY = "saliency/percentile"  # the views' clipping percentile (views are derived)
 FEATURES[PERCENTILE_KEY] = tf.io.FixedLenFeature([], tf.float32, default_value=DEFAULT_PERCENTILE)
+ENCODING_KEY = "saliency/gradient_encoding"  # gradient_codec.ENCODINGS; absent: tensor
+FEATURES[ENCODING_KEY] = tf.io.FixedLenFeature([], tf.string, default_value=gradient_codec.TENSOR)
 for _key in BOX_FEATURES:
     FEATURES[_key] = tf.io.FixedLenSequenceFeature([], tf.float32, allow_missing=True)
-
-_DTYPES = {np.dtype(np.float16): types_pb2.DT_HALF, np.dtype(np.float32): types_pb2.DT_FLOAT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,26 +185,6 @@ def features_for(methods: Iterable[str]) -> dict:
     return spec
 
 
-def serialize_array(array: np.ndarray) -> bytes:
-    """TensorProto bytes of a float16/float32 array, byte-identical to tf.io.serialize_tensor."""
-    arr = np.asarray(array)
-    dtype = _DTYPES.get(arr.dtype.newbyteorder("="))
-    if dtype is None:
-        raise TypeError(f"array dtype {arr.dtype} is not serialisable here: use float16/32.")
-    # TensorProto.tensor_content is little-endian whatever the host.
-    arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
-    shape = tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=int(s)) for s in arr.shape]
-    )
-    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape=shape, tensor_content=arr.tobytes())
-    return proto.SerializeToString()
-
-
-def deserialize_array(data: bytes) -> np.ndarray:
-    """Inverse of :func:`serialize_array` (also reads tf.io.serialize_tensor bytes)."""
-    return tf.make_ndarray(tensor_pb2.TensorProto.FromString(data))
-
-
 def _bytes(*values: bytes | str) -> tf.train.Feature:
     raw = [v.encode("utf-8") if isinstance(v, str) else bytes(v) for v in values]
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=raw))
@@ -224,7 +209,11 @@ def _check_gradient(record: SaliencyRecord, method: str, gradient: np.ndarray) -
 
 
 def encode(
-    record: SaliencyRecord, *, include_image: bool = True, percentile: float = DEFAULT_PERCENTILE
+    record: SaliencyRecord,
+    *,
+    include_image: bool = True,
+    percentile: float = DEFAULT_PERCENTILE,
+    gradient_encoding: str = gradient_codec.COMPACT,
 ) -> bytes:
     """Serialise one SaliencyRecord as a ``tf.train.Example`` (deterministic bytes)."""
     if not isinstance(record, SaliencyRecord):
@@ -271,9 +260,12 @@ def encode(
     if include_image:
         feature["image/encoded"] = _bytes(render.encode_png(np.asarray(record.pixels)))
     feature[PERCENTILE_KEY] = _floats(percentile)
+    feature[ENCODING_KEY] = _bytes(gradient_codec.check_encoding(gradient_encoding))
     for method in methods:
         g = _check_gradient(record, method, record.gradients[method])
-        feature[method_keys(method)["gradient"]] = _bytes(serialize_array(g))
+        feature[method_keys(method)["gradient"]] = _bytes(
+            gradient_codec.encode(g, gradient_encoding)
+        )
     example = tf.train.Example(features=tf.train.Features(feature=feature))
     return example.SerializeToString(deterministic=True)
 
@@ -323,9 +315,13 @@ def parse(serialized: bytes) -> DecodedRecord:
     gradients: dict[str, np.ndarray] = {}
     views: dict[str, dict[str, np.ndarray]] = {}
     percentile = float(f.one(PERCENTILE_KEY, "float_list", default=DEFAULT_PERCENTILE))
+    encoding = f.one(ENCODING_KEY, "bytes_list", default=b"tensor").decode("utf-8")
+    size = {"height": int(f.one("image/height", "int64_list")),
+            "width": int(f.one("image/width", "int64_list"))}  # fmt: skip
     for method in methods:
         keys = method_keys(method)
-        gradients[method] = deserialize_array(f.one(keys["gradient"], "bytes_list"))
+        raw = f.one(keys["gradient"], "bytes_list")
+        gradients[method] = gradient_codec.decode(raw, encoding, **size)
         stored = {view: deserialize_array(f.one(keys[view], "bytes_list"))
                   for view in RECORD_VIEWS
                   if f.bytes_list(keys[view], required=False) is not None}  # fmt: skip
@@ -337,8 +333,7 @@ def parse(serialized: bytes) -> DecodedRecord:
         key=f.text("image/key"),
         source=f.text("image/source"),
         sha256=f.text("image/sha256"),
-        height=int(f.one("image/height", "int64_list")),
-        width=int(f.one("image/width", "int64_list")),
+        **size,
         original_height=int(f.one("image/original_height", "int64_list", default=0)),
         original_width=int(f.one("image/original_width", "int64_list", default=0)),
         label=int(f.one("label", "int64_list", default=-1)),
