@@ -77,7 +77,7 @@ _LOG = logging.getLogger(__name__)
 
 class _RowsFn(beam.DoFn):
     """A row line (audit.row_lines) -> (row JSON line) on "rows", and ((group, method, id),
-    (key, row, map, curves)) for the class its map explains (the predicted class unless the
+    (key, row, map, curves, hotspot)) for the class its map explains (the predicted class unless the
     target is a label, a fixed class, top-k or a multi-label's positive labels), its true
     label, its error (when known) and its slices."""
 
@@ -93,7 +93,7 @@ class _RowsFn(beam.DoFn):
         for entry in line["methods"]:
             row, small, curves = entry["row"], entry["map"], entry["curves"]
             yield beam.pvalue.TaggedOutput("rows", json.dumps(row, sort_keys=True))
-            value = (row["key"], row, small, curves)
+            value = (row["key"], row, small, curves, entry.get("hotspot"))
             method, predicted, label = row["method"], row["class"], row["label"]
             yield ("class", method, row["target"]), value
             if label >= 0:
@@ -108,7 +108,7 @@ _NOT_METRICS = ("key", "record_id", "class", "target", "label", "method", "confi
 
 
 class _AggregateFn(beam.CombineFn):
-    """(key, row, small map, curves) values -> one ClassAggregate (bounded by the
+    """(key, row, small map, curves, hotspot) values -> one ClassAggregate (bounded by the
     reservoir)."""
 
     def __init__(self, reservoir: int) -> None:
@@ -118,11 +118,11 @@ class _AggregateFn(beam.CombineFn):
         return ClassAggregate(reservoir=self._reservoir)
 
     def add_input(self, aggregate: ClassAggregate, value: tuple) -> ClassAggregate:
-        key, row, small, curves = value
+        key, row, small, curves, spot = value
         metrics = {k: v for k, v in row.items() if k not in _NOT_METRICS}
         correct = None if row["label"] < 0 else row["label"] == row["class"]
         aggregate.add(key, metrics=metrics, small_map=small, confidence=row["confidence"],
-                      correct=correct, curves=curves)  # fmt: skip
+                      correct=correct, curves=curves, hotspot=spot)  # fmt: skip
         return aggregate
 
     def merge_accumulators(self, aggregates) -> ClassAggregate:

@@ -143,6 +143,10 @@ def _methods(audit: dict) -> dict:
     return {"rows": rows, "curves": curves, "sanity": sanity, "caveat": caveat}
 
 
+# evidence beyond value / threshold that the report prints (audit.hotspots)
+_DETAIL = ("control", "contrast_threshold", "movement", "hotspot_share")
+
+
 def _flag(flag: dict, clusters: list[dict], manifest: dict[str, dict]) -> dict:
     ev = flag["evidence"]
     same = [c for c in clusters if (c["method"], c["cluster"]) == (flag["method"], flag["cluster"])]
@@ -150,7 +154,9 @@ def _flag(flag: dict, clusters: list[dict], manifest: dict[str, dict]) -> dict:
     return {"kind": flag["kind"], "method": flag["method"], "cluster": flag["cluster"],
             "members": len(flag["members"]), "measured": ev["measured"], "value": ev["value"],
             "threshold": ev["threshold"], "prototype": _in_audit_dir(proto) if proto else "",
-            "thumbs": _thumbs(flag["members"], flag["method"], manifest)}  # fmt: skip
+            "thumbs": _thumbs(flag["members"], flag["method"], manifest),
+            "detail": [(k.replace("_", " "), ev[k]) for k in _DETAIL
+                       if ev.get(k) is not None]}  # fmt: skip
 
 
 def _classes(audit: dict, manifest: dict[str, dict]) -> dict:

@@ -35,6 +35,7 @@ import numpy as np
 
 from pipeline.audit.aggregates import ClassAggregate
 from pipeline.audit.flags import class_flags
+from pipeline.audit.hotspots import repeated_pattern_flags
 from pipeline.audit.strategies import discover
 from pipeline.maps.render import heatmap_png
 from pipeline.store.layout import audit_map_path
@@ -97,6 +98,7 @@ def group_report(
                                      "size": len(members), "members": members,
                                      "prototype": path})  # fmt: skip
         part["flags"] = class_flags(method, found, keys, aggregate.mean_map(), maps)
+        part["flags"] += repeated_pattern_flags(method, keys, aggregate.hotspots())
     return part, files
 
 

@@ -1,10 +1,10 @@
 """The audit's per-record work as published data: one JSON line per record holding every
-method's row (audit.rows), its map downsampled to ``map_size`` and its deletion / insertion
-curves, plus the record's metadata columns (for slices). The job writes these lines on the
-workers, next to the records and in the same shard sets (``audit_rows/``), so an audit
-aggregates lines instead of re-reading and re-measuring every record; an output dir without
-them (or with lines of other settings) gets them rebuilt from its records by the same
-function.
+method's row (audit.rows), its map downsampled to ``map_size``, its deletion / insertion
+curves and its hotspot (audit.hotspots: where the map peaks and the pixels there), plus the
+record's metadata columns (for slices). The job writes these lines on the workers, next to
+the records and in the same shard sets (``audit_rows/``), so an audit aggregates lines
+instead of re-reading and re-measuring every record; an output dir without them (or with
+lines of other settings) gets them rebuilt from its records by the same function.
 
 ``settings`` names what a line depends on besides the record: the annotations sidecar's
 bytes, the resize policy, ``map_size`` and this format's version. Lines of other settings
@@ -25,7 +25,7 @@ from pipeline.audit.rows import Annotation, load_annotations, record_rows
 from pipeline.config import Config
 from pipeline.store.files import read_bytes
 
-ROWS_VERSION = 1  # bump when a line's contents change
+ROWS_VERSION = 2  # bump when a line's contents change
 
 
 def rows_settings(*, annotations: bytes, resize_policy: str, map_size: int) -> str:
@@ -84,8 +84,9 @@ def row_line(
                 "row": row,
                 "map": small.tolist(),
                 "curves": {name: np.asarray(c, np.float64).tolist() for name, c in curves.items()},
+                "hotspot": spot,
             }
-            for row, small, curves in per_method
+            for row, small, curves, spot in per_method
         ],  # fmt: skip
     }
     return json.dumps(line, sort_keys=True).encode("utf-8")

@@ -16,6 +16,7 @@ import json
 
 import numpy as np
 
+from pipeline.audit.hotspots import hotspot
 from pipeline.audit.metrics.concentration import entropy, gini
 from pipeline.audit.metrics.faithfulness import auc
 from pipeline.audit.metrics.localisation import (
@@ -145,9 +146,10 @@ def target_probability(record) -> float:
 
 def record_rows(
     record, *, annotation: Annotation | None, resize_policy: str, map_size: int
-) -> list[tuple[dict, np.ndarray, dict]]:
-    """[(row, small map, curves)] for each method of a store.records.DecodedRecord
-    (curves: {"deletion", "insertion"} arrays, or {} when the record has none)."""
+) -> list[tuple[dict, np.ndarray, dict, dict]]:
+    """[(row, small map, curves, hotspot)] for each method of a store.records.DecodedRecord
+    (curves: {"deletion", "insertion"} arrays, or {} when the record has none; hotspot:
+    audit.hotspots.hotspot of the map and the image)."""
     label = int(record.label)
     if label < 0 and annotation is not None:
         label = annotation.label
@@ -177,5 +179,5 @@ def record_rows(
         if curves:
             row["deletion_auc"] = float(auc(curves["deletion"]))
             row["insertion_auc"] = float(auc(curves["insertion"]))
-        out.append((row, downsample(m, map_size), curves))
+        out.append((row, downsample(m, map_size), curves, hotspot(m, record.image)))
     return out

@@ -1,0 +1,175 @@
+"""Shortcuts that move: a pattern the model looks at wherever it sits in each image.
+
+Per record (on the workers, in its row line): the map's **hotspot**, the square window of
+side ``HOTSPOT_FRACTION`` of the image holding the most relevance, and what sits there: the
+image's pixels in that window, resampled to at most DESCRIPTOR_SIDE^2 x C, each channel's
+mean removed, unit norm (the map's own window when
+the record has no image; no descriptor for a flat patch). The descriptor does
+not depend on where the window is, so a tag, ruler or text stamp that moves from image to
+image gives the same descriptor in every image it drives.
+
+Per class (in the audit): the ``repeated_pattern`` rule looks for a group of members whose
+hotspot descriptors are near-identical (cosine >= PATTERN_SIMILARITY to the group's seed)
+and who are at least MIN_PATTERN_MEMBERS and at most MAX_PATTERN_SHARE of the class sample:
+a pattern in nearly every member is read as the class's object, not a shortcut. The
+evidence names the members' mean similarity, the rest of the class's similarity to the
+same pattern (the control), how far the hotspot moves (the spread of its positions, as a
+fraction of the image side: near 0 for a stationary hotspot) and the mean relevance share
+of the window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+HOTSPOT_FRACTION = 1 / 8  # window side / image side
+DESCRIPTOR_SIDE = 7
+PATTERN_SIMILARITY = 0.8
+MIN_CONTRAST = 0.5
+MIN_PATTERN_MEMBERS = 5
+MIN_PATTERN_SHARE = 0.05
+MAX_PATTERN_SHARE = 0.6
+MAX_PATTERNS = 3
+
+
+def _window_sums(m: np.ndarray, side: int) -> np.ndarray:
+    """Sum of ``m`` over every side x side window (top-left corners), by integral image."""
+    c = np.pad(np.cumsum(np.cumsum(m, 0), 1), ((1, 0), (1, 0)))
+    return c[side:, side:] - c[:-side, side:] - c[side:, :-side] + c[:-side, :-side]
+
+
+def _resample(patch: np.ndarray, side: int) -> np.ndarray:
+    """Area means of ``patch`` [h, w, C] over a side x side grid (h, w >= 1)."""
+    h, w = patch.shape[:2]
+    ys = np.linspace(0, h, side + 1)
+    xs = np.linspace(0, w, side + 1)
+    out = np.empty((side, side, patch.shape[2]))
+    for i in range(side):
+        rows = patch[int(ys[i]) : max(int(ys[i]) + 1, int(np.ceil(ys[i + 1])))]
+        for j in range(side):
+            cell = rows[:, int(xs[j]) : max(int(xs[j]) + 1, int(np.ceil(xs[j + 1])))]
+            out[i, j] = cell.mean(axis=(0, 1))
+    return out
+
+
+def _side(h: int, w: int) -> int:
+    return max(1, round(min(h, w) * HOTSPOT_FRACTION))
+
+
+def hotspot(relevance_map: np.ndarray, image: np.ndarray | None) -> dict:
+    """{"y", "x": the hotspot's centre (fractions of the side), "share": the window's part
+    of the map's relevance, "cells": the side of the descriptor grid, "context": the
+    pixels of the window and half a window around it (edge-padded at the image's border),
+    resampled to (cells + 2 * (cells // 2))^2 x C, in [0, 1] (a list of floats)}.
+
+    The context lets :func:`similarities` match two hotspots under shifts of up to half
+    a window, so one pattern matches itself wherever the argmax window happened to start
+    around it."""
+    m = np.where(np.isfinite(relevance_map), relevance_map, 0.0).astype(np.float64)
+    h, w = m.shape
+    side = _side(h, w)
+    sums = _window_sums(m, side)
+    y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
+    total = float(m.sum())
+    if image is None:
+        source = m[..., None] / max(float(m.max()), 1e-12)
+    else:
+        source = np.asarray(image, np.float64) / (255.0 if image.dtype == np.uint8 else 1.0)
+    cells = min(side, DESCRIPTOR_SIDE)
+    margin = round((cells // 2) * side / cells)  # pixels of half a window, in whole cells
+    padded = np.pad(source, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
+    context = padded[y : y + side + 2 * margin, x : x + side + 2 * margin]
+    return {
+        "y": (y + side / 2) / h,
+        "x": (x + side / 2) / w,
+        "share": float(sums[y, x]) / total if total > 0 else 0.0,
+        "cells": cells,
+        "context": np.round(_resample(context, cells + 2 * (cells // 2)), 3).ravel().tolist(),
+    }
+
+
+def _standardised(crops: np.ndarray) -> np.ndarray:
+    """[n, d, d, C] -> [n, d*d*C]: each channel's mean removed, unit norm (a flat crop,
+    one colour such as the inside of an object, stays 0: it matches nothing)."""
+    flat = (crops - crops.mean(axis=(1, 2), keepdims=True)).reshape(len(crops), -1)
+    norms = np.linalg.norm(flat, axis=1, keepdims=True)
+    return np.where(norms > 1e-6, flat / np.maximum(norms, 1e-12), 0.0)
+
+
+def similarities(contexts: np.ndarray, cells: int) -> np.ndarray:
+    """[n, n] cosine similarity of the hotspots' patterns, each the best over shifts of
+    up to half a window (contexts: [n, D, D, C] from :func:`hotspot`)."""
+    r = cells // 2
+    centres = _standardised(contexts[:, r : r + cells, r : r + cells])
+    best = np.full((len(contexts), len(contexts)), -1.0)
+    for a in range(2 * r + 1):
+        for b in range(2 * r + 1):
+            shifted = _standardised(contexts[:, a : a + cells, b : b + cells])
+            best = np.maximum(best, centres @ shifted.T)
+    best = np.maximum(best, best.T)
+    empty = ~centres.any(axis=1)
+    best[empty, :] = best[:, empty] = 0.0
+    return best
+
+
+def _pattern_groups(similar: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Groups (index arrays) of near-identical patterns, largest first: a seed's
+    neighbours at similarity >= PATTERN_SIMILARITY, removed before the next seed."""
+    similar = similar >= PATTERN_SIMILARITY
+    free = np.ones(len(similar), bool)
+    groups = []
+    while len(groups) < limit:
+        counts = (similar & free[None, :] & free[:, None]).sum(axis=1)
+        seed = int(np.argmax(counts))
+        if counts[seed] < 2:
+            break
+        group = np.flatnonzero(similar[seed] & free)
+        groups.append(group)
+        free[group] = False
+    return groups
+
+
+def repeated_pattern_flags(method: str, keys: list[str], spots: list[dict | None]) -> list[dict]:
+    """The ``repeated_pattern`` flags of one class and method (``spots``: the members'
+    hotspots, aligned with ``keys``; None for lines written without them)."""
+    have = [i for i, s in enumerate(spots) if s is not None]
+    cells = {spots[i]["cells"] for i in have}
+    n = len(have)
+    if n < MIN_PATTERN_MEMBERS or len(cells) != 1:
+        return []
+    side = spots[have[0]]["cells"]
+    d = side + 2 * (side // 2)
+    contexts = np.array([spots[i]["context"] for i in have], np.float64).reshape(n, d, d, -1)
+    sim = similarities(contexts, side)
+    smallest = max(MIN_PATTERN_MEMBERS, int(np.ceil(MIN_PATTERN_SHARE * n)))
+    flags = []
+    for group in _pattern_groups(sim, MAX_PATTERNS):
+        if not smallest <= len(group) <= MAX_PATTERN_SHARE * n:
+            continue
+        inside = np.zeros(n, bool)
+        inside[group] = True
+        # the members' mean similarity to each other, and the rest's best match among them
+        value = float(sim[np.ix_(group, group)][~np.eye(len(group), dtype=bool)].mean())
+        rest = ~inside & (sim.max(axis=1) > 0)  # the others with a pattern (not flat)
+        control = float(sim[np.ix_(rest, inside)].max(axis=1).mean()) if rest.any() else 0.0
+        if value - control < MIN_CONTRAST:  # the rest of the class looks at it too
+            continue
+        where = np.array([[spots[have[i]]["y"], spots[have[i]]["x"]] for i in group])
+        seed = group[int(np.argmax(sim[np.ix_(group, group)].sum(axis=1)))]
+        evidence = {
+            "measured": "mean similarity of the image patches at the members' saliency "
+            "hotspots (best over shifts; a pattern the model looks at wherever it sits)",
+            "value": value,
+            "threshold": PATTERN_SIMILARITY,
+            "control": control,
+            "contrast_threshold": MIN_CONTRAST,
+            "movement": float(where.std(axis=0).mean()),
+            "hotspot_share": float(np.mean([spots[have[i]]["share"] for i in group])),
+            "example": keys[have[seed]],
+            "cluster_size": int(len(group)),
+            "class_sample": n,
+        }
+        flags.append({"kind": "repeated_pattern", "method": method, "cluster": None,
+                      "members": sorted(keys[have[i]] for i in group),
+                      "evidence": evidence})  # fmt: skip
+    return flags
