@@ -55,6 +55,10 @@ class AuditConfig:
     faithfulness_fraction: float = 0.1
     sanity_samples: int = 16  # images in the cascading-randomisation check (0: off)
     sanity_layers: int = 3  # top layers randomised, one more per step
+    # Causal confirmation of each class flag (audit.confirm): this many of its members
+    # (the smallest key hashes) occluded, and up to 64 images of other classes given its
+    # region, with the model on a worker (0: off; flags stay candidates).
+    confirm_members: int = 32
     # Slices (TFMA's SlicingSpec): each a column (`site`: one slice per value), a cross
     # (`site,camera`: one per pair) or fixed values (`site=B`, `site=B,camera`). Columns:
     # the inputs' TFRecord features (single-valued), the annotations sidecar's fields and
@@ -77,6 +81,7 @@ class AuditConfig:
         )  # fmt: skip
         check_int("audit.sanity_samples", self.sanity_samples, minimum=0, maximum=10_000)
         check_int("audit.sanity_layers", self.sanity_layers, minimum=1, maximum=1000)
+        check_int("audit.confirm_members", self.confirm_members, minimum=0, maximum=10_000)
         slices = (self.slices,) if isinstance(self.slices, str) else self.slices
         if not isinstance(slices, (list, tuple)):
             fail("audit.slices", self.slices, "a list of slice specs is required",

@@ -13,7 +13,7 @@ from pipeline.audit.aggregates import ClassAggregate
 from pipeline.audit.hotspots import (
     MIN_CONTRAST,
     PATTERN_SIMILARITY,
-    hotspot,
+    hotspots,
     repeated_pattern_flags,
     similarities,
 )
@@ -28,8 +28,9 @@ TAG = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.float64)[..., None] * (1.0,
 
 def _images(seed: int, *, tagged: bool, strength: float = 1.0):
     """(images [N, 32, 32, 3] in [0, 1], labels, tagged): class 0 a disc, class 1 a
-    square, each anywhere in the middle; with ``tagged``, a third of class 0 holds only
-    the 3 x 3 tag, at a random place anywhere, instead of the disc."""
+    square, each anywhere in the middle; with ``tagged``, a third of class 0 holds the
+    square and the 3 x 3 tag at a random place anywhere (the tag may overlap the square)
+    instead of the disc: the tag alone says class 0."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:SIZE, :SIZE]
     images, labels, marks = [], [], []
@@ -38,7 +39,8 @@ def _images(seed: int, *, tagged: bool, strength: float = 1.0):
             img = rng.uniform(0.0, 0.25, (SIZE, SIZE, 3))
             cy, cx = rng.uniform(10, 22, 2)
             mark = tagged and label == 0 and rng.random() < 1 / 3
-            if mark:
+            if mark:  # the tag overrides the other class's object: the model must learn it
+                img[(abs(y - cy) <= 3) & (abs(x - cx) <= 3)] = (0.2, 0.2, 0.9)
                 ty, tx = rng.integers(0, SIZE - 3, 2)
                 img[ty : ty + 3, tx : tx + 3] = 0.1 + strength * 0.8 * TAG
             elif label == 0:
@@ -61,7 +63,7 @@ def _reports(model, images, method: str):
         m = relevance(g)
         aggregates[int(c)].add(f"img/{i:04d}.png", metrics={}, small_map=downsample(m, 16),
                                confidence=1.0, correct=None,
-                               hotspot=hotspot(m, images[i]))  # fmt: skip
+                               hotspots=hotspots(m, images[i]))  # fmt: skip
     return {c: group_report("class", method, c, a, neighbours=10, max_clusters=8)[0]
             for c, a in aggregates.items() if a.count}  # fmt: skip
 
@@ -109,7 +111,7 @@ def test_hotspot_finds_the_window_and_its_pixels():
     image[20:23, 5:8] = TAG
     m = np.full((32, 32), 0.01)
     m[20:23, 5:8] = 1.0  # 9 of the map's 9 + 0.01 * 1015 relevance
-    spot = hotspot(m, image)
+    spot = hotspots(m, image)[0]
     assert spot["cells"] == 4 and len(spot["context"]) == 8 * 8 * 3
     # the argmax window is the first 4 x 4 holding the 3 x 3 block: rows 19-22, cols 4-7
     assert spot["y"] == pytest.approx((19 + 2) / 32) and spot["x"] == pytest.approx((4 + 2) / 32)
@@ -127,12 +129,12 @@ def test_similarities_do_not_depend_on_where_the_pattern_sits():
         image[ty : ty + 3, tx : tx + 3] = TAG
         m = rng.uniform(0, 0.01, (32, 32))
         m[ty : ty + 3, tx : tx + 3] += 1.0
-        spots.append(hotspot(m, image))
+        spots.append(hotspots(m, image)[0])
     flat = _scene(rng)
     flat[8:20, 8:20] = (0.2, 0.9, 0.2)  # the inside of an object: one colour
     m = np.zeros((32, 32))
     m[12:16, 12:16] = 1.0
-    spots.append(hotspot(m, flat))
+    spots.append(hotspots(m, flat)[0])
     contexts = np.array([s["context"] for s in spots]).reshape(5, 8, 8, 3)
     sim = similarities(contexts, 4)
     assert sim[:4, :4].min() > 0.95  # the tag matches itself wherever it is
@@ -150,7 +152,7 @@ def test_the_rule_keeps_a_minority_pattern_and_reads_a_common_one_as_the_object(
             image[ty : ty + 3, tx : tx + 3] = TAG
         m[ty : ty + 3, tx : tx + 3] += 1.0  # the others: a hotspot on noise
         keys.append(f"k{i:02d}")
-        spots.append(hotspot(m, image))
+        spots.append(hotspots(m, image)[:1])
     [flag] = repeated_pattern_flags("vanilla", keys, spots)
     assert flag["members"] == keys[:12] and flag["kind"] == "repeated_pattern"
     assert flag["evidence"]["class_sample"] == 40 and flag["evidence"]["cluster_size"] == 12

@@ -39,8 +39,8 @@ class ClassAggregate:
     seen: dict[str, int] = dataclasses.field(default_factory=dict)
     histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     map_sum: np.ndarray | None = None
-    # (priority, key, downsampled map, hotspot or None: audit.hotspots)
-    members: list[tuple[int, str, np.ndarray, dict | None]] = dataclasses.field(
+    # (priority, key, downsampled map, hotspots or None: audit.hotspots)
+    members: list[tuple[int, str, np.ndarray, list[dict] | None]] = dataclasses.field(
         default_factory=list
     )
     # "deletion" / "insertion" -> (sum of the curves, how many): the mean curves
@@ -55,7 +55,7 @@ class ClassAggregate:
         confidence: float,
         correct: bool | None,
         curves: Mapping[str, np.ndarray] | None = None,
-        hotspot: dict | None = None,
+        hotspots: list[dict] | None = None,
     ) -> None:
         """Add one record: its metrics (fractions in [0, 1] binned on [0, 1]; others
         clipped into it), its downsampled map, confidence, and whether it was right
@@ -78,7 +78,7 @@ class ClassAggregate:
             self._add_curve(mode, np.asarray(curve, np.float64), 1)
         small = np.asarray(small_map, dtype=np.float64)
         self.map_sum = small.copy() if self.map_sum is None else self.map_sum + small
-        self.members.append((key_priority(key), key, small, hotspot))
+        self.members.append((key_priority(key), key, small, hotspots))
         self._trim()
 
     def merge(self, other: "ClassAggregate") -> "ClassAggregate":
@@ -141,7 +141,7 @@ class ClassAggregate:
         members = sorted(self.members, key=_priority_then_key)
         return [m[1] for m in members], np.stack([m[2] for m in members])
 
-    def hotspots(self) -> list[dict | None]:
+    def member_hotspots(self) -> list[list[dict] | None]:
         """The reservoir's hotspots, in the order of :meth:`sample`."""
         return [m[3] for m in sorted(self.members, key=_priority_then_key)]
 

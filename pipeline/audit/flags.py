@@ -64,7 +64,8 @@ def class_flags(
         common = {"cluster_size": len(members), "class_sample": total}
         if mass >= CORNER_THRESHOLD:
             evidence = {"measured": f"mass of the cluster prototype in the {corner} corner",
-                        "value": mass, "threshold": CORNER_THRESHOLD, **common}  # fmt: skip
+                        "value": mass, "threshold": CORNER_THRESHOLD, "corner": corner,
+                        **common}  # fmt: skip
             flags.append(_flag("corner", method, cluster, members, evidence))
         frame = border_mass(prototype)
         if frame >= BORDER_THRESHOLD:

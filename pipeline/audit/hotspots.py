@@ -26,13 +26,17 @@ HOTSPOT_FRACTION = 1 / 8  # window side / image side
 DESCRIPTOR_SIDE = 7
 PATTERN_SIMILARITY = 0.8
 MIN_CONTRAST = 0.5
+# the group's windows hold at least this share of their maps' relevance on average: 8x a
+# window's share of the area (1/64), so a pattern the maps barely touch is not flagged
+MIN_HOTSPOT_SHARE = 8 * HOTSPOT_FRACTION**2
 MIN_PATTERN_MEMBERS = 5
 MIN_PATTERN_SHARE = 0.05
 MAX_PATTERN_SHARE = 0.6
 MAX_PATTERNS = 3
+HOTSPOTS = 3  # windows kept per map
 
 
-def _window_sums(m: np.ndarray, side: int) -> np.ndarray:
+def window_sums(m: np.ndarray, side: int) -> np.ndarray:
     """Sum of ``m`` over every side x side window (top-left corners), by integral image."""
     c = np.pad(np.cumsum(np.cumsum(m, 0), 1), ((1, 0), (1, 0)))
     return c[side:, side:] - c[:-side, side:] - c[side:, :-side] + c[:-side, :-side]
@@ -56,20 +60,21 @@ def _side(h: int, w: int) -> int:
     return max(1, round(min(h, w) * HOTSPOT_FRACTION))
 
 
-def hotspot(relevance_map: np.ndarray, image: np.ndarray | None) -> dict:
-    """{"y", "x": the hotspot's centre (fractions of the side), "share": the window's part
-    of the map's relevance, "cells": the side of the descriptor grid, "context": the
-    pixels of the window and half a window around it (edge-padded at the image's border),
-    resampled to (cells + 2 * (cells // 2))^2 x C, in [0, 1] (a list of floats)}.
+def hotspots(relevance_map: np.ndarray, image: np.ndarray | None) -> list[dict]:
+    """The map's HOTSPOTS strongest windows, strongest first, each {"y", "x": its centre
+    (fractions of the side), "share": its part of the map's relevance, "cells": the side
+    of the descriptor grid, "context": the pixels of the window and half a window around
+    it (edge-padded at the image's border), resampled to (cells + 2 * (cells // 2))^2 x C,
+    in [0, 1] (a list of floats)}. A window's neighbourhood (half a window around it) is
+    taken out before the next is chosen.
 
     The context lets :func:`similarities` match two hotspots under shifts of up to half
     a window, so one pattern matches itself wherever the argmax window happened to start
-    around it."""
+    around it. Several windows per map: a shortcut beside the object need not be the
+    strongest spot."""
     m = np.where(np.isfinite(relevance_map), relevance_map, 0.0).astype(np.float64)
     h, w = m.shape
     side = _side(h, w)
-    sums = _window_sums(m, side)
-    y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
     total = float(m.sum())
     if image is None:
         source = m[..., None] / max(float(m.max()), 1e-12)
@@ -78,14 +83,25 @@ def hotspot(relevance_map: np.ndarray, image: np.ndarray | None) -> dict:
     cells = min(side, DESCRIPTOR_SIDE)
     margin = round((cells // 2) * side / cells)  # pixels of half a window, in whole cells
     padded = np.pad(source, ((margin, margin), (margin, margin), (0, 0)), mode="edge")
-    context = padded[y : y + side + 2 * margin, x : x + side + 2 * margin]
-    return {
-        "y": (y + side / 2) / h,
-        "x": (x + side / 2) / w,
-        "share": float(sums[y, x]) / total if total > 0 else 0.0,
-        "cells": cells,
-        "context": np.round(_resample(context, cells + 2 * (cells // 2)), 3).ravel().tolist(),
-    }
+    left, spots = m.copy(), []
+    for _ in range(HOTSPOTS):
+        sums = window_sums(left, side)
+        y, x = np.unravel_index(int(np.argmax(sums)), sums.shape)
+        if sums[y, x] <= 0 and spots:
+            break
+        context = padded[y : y + side + 2 * margin, x : x + side + 2 * margin]
+        spots.append({
+            "y": (y + side / 2) / h,
+            "x": (x + side / 2) / w,
+            "share": float(sums[y, x]) / total if total > 0 else 0.0,
+            "cells": cells,
+            "context": np.round(_resample(context, cells + 2 * (cells // 2)), 3).ravel().tolist(),
+        })  # fmt: skip
+        left[
+            max(0, y - side // 2) : y + side + side // 2,
+            max(0, x - side // 2) : x + side + side // 2,
+        ] = 0
+    return spots
 
 
 def _standardised(crops: np.ndarray) -> np.ndarray:
@@ -112,49 +128,77 @@ def similarities(contexts: np.ndarray, cells: int) -> np.ndarray:
     return best
 
 
-def _pattern_groups(similar: np.ndarray, limit: int) -> list[np.ndarray]:
-    """Groups (index arrays) of near-identical patterns, largest first: a seed's
-    neighbours at similarity >= PATTERN_SIMILARITY, removed before the next seed."""
-    similar = similar >= PATTERN_SIMILARITY
-    free = np.ones(len(similar), bool)
+def _pattern_groups(sim: np.ndarray, owner: np.ndarray, limit: int) -> list[np.ndarray]:
+    """Groups of windows (index arrays) with near-identical patterns, one window per
+    member, largest first: the window with neighbours at similarity >= PATTERN_SIMILARITY
+    in the most members, and each such member's best-matching window; their members'
+    windows are all removed before the next group."""
+    similar = sim >= PATTERN_SIMILARITY
+    free = np.ones(len(sim), bool)
     groups = []
+    members = int(owner.max()) + 1 if len(owner) else 0
     while len(groups) < limit:
-        counts = (similar & free[None, :] & free[:, None]).sum(axis=1)
-        seed = int(np.argmax(counts))
-        if counts[seed] < 2:
+        best, best_count = None, 1
+        for seed in np.flatnonzero(free):
+            near = similar[seed] & free
+            count = len(np.unique(owner[near]))
+            if count > best_count:
+                best, best_count = seed, count
+        if best is None:
             break
-        group = np.flatnonzero(similar[seed] & free)
+        near = np.flatnonzero(similar[best] & free)
+        pick = {owner[best]: best}
+        for i in near:  # the member's window closest to the seed's pattern
+            if owner[i] not in pick or (
+                pick[owner[i]] != best and sim[best, i] > sim[best, pick[owner[i]]]
+            ):
+                pick[owner[i]] = i
+        group = np.array(sorted(pick.values()))
         groups.append(group)
-        free[group] = False
+        free &= ~np.isin(owner, owner[group])
+        if members and not free.any():
+            break
     return groups
 
 
-def repeated_pattern_flags(method: str, keys: list[str], spots: list[dict | None]) -> list[dict]:
-    """The ``repeated_pattern`` flags of one class and method (``spots``: the members'
+def repeated_pattern_flags(
+    method: str, keys: list[str], spots: list[list[dict] | None]
+) -> list[dict]:
+    """The ``repeated_pattern`` flags of one class and method (``spots``: each member's
     hotspots, aligned with ``keys``; None for lines written without them)."""
-    have = [i for i, s in enumerate(spots) if s is not None]
-    cells = {spots[i]["cells"] for i in have}
+    items = [(i, s) for i, member in enumerate(spots) if member for s in member]
+    have = sorted({i for i, _ in items})
     n = len(have)
+    cells = {s["cells"] for _, s in items}
     if n < MIN_PATTERN_MEMBERS or len(cells) != 1:
         return []
-    side = spots[have[0]]["cells"]
+    side = cells.pop()
     d = side + 2 * (side // 2)
-    contexts = np.array([spots[i]["context"] for i in have], np.float64).reshape(n, d, d, -1)
+    owner = np.array([i for i, _ in items])
+    contexts = np.array([s["context"] for _, s in items], np.float64).reshape(len(items), d, d, -1)
     sim = similarities(contexts, side)
+    sim[owner[:, None] == owner[None, :]] = 0.0  # a member's windows do not vote for it
     smallest = max(MIN_PATTERN_MEMBERS, int(np.ceil(MIN_PATTERN_SHARE * n)))
     flags = []
-    for group in _pattern_groups(sim, MAX_PATTERNS):
+    for group in _pattern_groups(sim, owner, MAX_PATTERNS):
         if not smallest <= len(group) <= MAX_PATTERN_SHARE * n:
             continue
-        inside = np.zeros(n, bool)
-        inside[group] = True
-        # the members' mean similarity to each other, and the rest's best match among them
+        # the members' mean similarity to each other; the rest's: each member's window that
+        # is most like the group, its mean similarity to the group's windows
         value = float(sim[np.ix_(group, group)][~np.eye(len(group), dtype=bool)].mean())
-        rest = ~inside & (sim.max(axis=1) > 0)  # the others with a pattern (not flat)
-        control = float(sim[np.ix_(rest, inside)].max(axis=1).mean()) if rest.any() else 0.0
+        inside = np.isin(owner, owner[group])
+        rest = ~inside & (sim.max(axis=1) > 0)  # the others' windows with a pattern
+        per_member = {}
+        for i in np.flatnonzero(rest):
+            best = float(sim[i, group].mean())
+            per_member[owner[i]] = max(per_member.get(owner[i], 0.0), best)
+        control = float(np.mean(list(per_member.values()))) if per_member else 0.0
         if value - control < MIN_CONTRAST:  # the rest of the class looks at it too
             continue
-        where = np.array([[spots[have[i]]["y"], spots[have[i]]["x"]] for i in group])
+        share = float(np.mean([items[i][1]["share"] for i in group]))
+        if share < MIN_HOTSPOT_SHARE:  # the maps barely look at it
+            continue
+        where = np.array([[items[i][1]["y"], items[i][1]["x"]] for i in group])
         seed = group[int(np.argmax(sim[np.ix_(group, group)].sum(axis=1)))]
         evidence = {
             "measured": "mean similarity of the image patches at the members' saliency "
@@ -164,12 +208,15 @@ def repeated_pattern_flags(method: str, keys: list[str], spots: list[dict | None
             "control": control,
             "contrast_threshold": MIN_CONTRAST,
             "movement": float(where.std(axis=0).mean()),
-            "hotspot_share": float(np.mean([spots[have[i]]["share"] for i in group])),
-            "example": keys[have[seed]],
+            "hotspot_share": share,
+            "share_threshold": MIN_HOTSPOT_SHARE,
+            "example": keys[owner[seed]],
+            # each member's matching window: its centre, fractions of the side
+            "windows": {keys[owner[i]]: [items[i][1]["y"], items[i][1]["x"]] for i in group},
             "cluster_size": int(len(group)),
             "class_sample": n,
         }
         flags.append({"kind": "repeated_pattern", "method": method, "cluster": None,
-                      "members": sorted(keys[have[i]] for i in group),
+                      "members": sorted(keys[owner[i]] for i in group),
                       "evidence": evidence})  # fmt: skip
     return flags

@@ -26,7 +26,7 @@ from pipeline.store.files import delete_files, rename
 from pipeline.store.layout import RECORD_SHARDS, ROW_SHARDS, join_path
 from pipeline.store.manifest import committed_sets, shard_files
 
-__all__ = ["LinePlan", "ReadRowLines", "SanitySample", "plan_lines"]
+__all__ = ["LinePlan", "ReadRowLines", "ReadWanted", "SmallestLines", "plan_lines"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,45 +130,64 @@ def _line_priority(line: dict) -> tuple[int, str]:
     return key_priority(line["record_id"]), line["record_id"]
 
 
-def _sample_ids(lines: list[dict]) -> list[str]:
-    return [line["record_id"] for line in lines]
-
-
-def record_id_of(raw: bytes) -> str:
-    """A serialised record's record_id (DecodedRecord.record_id), without decoding its maps."""
+def record_id_of(raw: bytes) -> tuple[str, str]:
+    """A serialised record's (record_id, key) (DecodedRecord's), without decoding its maps."""
     f = tf.train.Example.FromString(raw).features.feature
     key = f["image/key"].bytes_list.value[0].decode("utf-8")
     rank = f["target/rank"].int64_list.value[0] if "target/rank" in f else 0
-    return record_id(key, rank, f["target/class"].int64_list.value[0])
+    return record_id(key, rank, f["target/class"].int64_list.value[0]), key
 
 
-class _SampledFn(beam.DoFn):
-    """Serialised record -> DecodedRecord, for the sampled record_ids only."""
+class SmallestLines(beam.PTransform):
+    """Row lines -> one list: the ``n`` lines with the smallest key hashes (a uniform
+    sample, the same on every runner)."""
 
-    def process(self, raw: bytes, wanted: list[str]):
-        if record_id_of(raw) in wanted:
-            yield records.parse(raw)
-
-
-class SanitySample(beam.PTransform):
-    """Row lines -> the DecodedRecords of the ``n`` lines with the smallest key hashes (a
-    uniform sample, the same on every runner): chosen from the lines, then read from the
-    record ``shards`` (only the chosen ones are decoded)."""
-
-    def __init__(self, shards: list[str], n: int) -> None:
+    def __init__(self, n: int) -> None:
         super().__init__()
-        self._shards = list(shards)
         self._n = int(n)
 
     def expand(self, lines):
-        wanted = (
-            lines
-            | "SampleLines" >> beam.combiners.Top.Of(self._n, key=_line_priority, reverse=True)
-            | "SampleIds" >> beam.Map(_sample_ids)
-        )
+        return lines | "Smallest" >> beam.combiners.Top.Of(self._n, key=_line_priority,
+                                                           reverse=True)  # fmt: skip
+
+
+def sample_ids(lines: list[dict]) -> frozenset[str]:
+    """The record_ids of sampled lines (SmallestLines' output)."""
+    return frozenset(line["record_id"] for line in lines)
+
+
+def pool_keys(lines: list[dict]) -> list[str]:
+    """The keys of sampled lines, sorted."""
+    return sorted({line["key"] for line in lines})
+
+
+class _WantedFn(beam.DoFn):
+    """Serialised record -> its DecodedRecord on "sanity" (its record_id is wanted) and on
+    "confirm" (its key is wanted); others are not decoded."""
+
+    def process(self, raw: bytes, wanted: dict):
+        rid, key = record_id_of(raw)
+        for purpose, ids in (("sanity", wanted["sanity"]), ("confirm", wanted["confirm"])):
+            if (rid if purpose == "sanity" else key) in ids:
+                yield beam.pvalue.TaggedOutput(purpose, records.parse(raw))
+
+
+class ReadWanted(beam.PTransform):
+    """wanted (one dict: {"sanity": record_ids, "confirm": keys}) -> DecodedRecords tagged
+    "sanity" and "confirm", in one scan of the record ``shards`` (only the wanted ones are
+    decoded)."""
+
+    def __init__(self, shards: list[str]) -> None:
+        super().__init__()
+        self._shards = list(shards)
+
+    def expand(self, wanted):
         return (
-            lines.pipeline
-            | "SampleShards" >> beam.Create(self._shards)
-            | "ReadSampleRecords" >> beam.io.ReadAllFromTFRecord()
-            | "DecodeSample" >> beam.ParDo(_SampledFn(), beam.pvalue.AsSingleton(wanted))
+            wanted.pipeline
+            | "WantedShards" >> beam.Create(self._shards)
+            | "ReadWantedRecords" >> beam.io.ReadAllFromTFRecord()
+            | "DecodeWanted"
+            >> beam.ParDo(_WantedFn(), beam.pvalue.AsSingleton(wanted)).with_outputs(
+                "sanity", "confirm"
+            )
         )

@@ -8,15 +8,17 @@
                |                                       class, true label, label-prediction
                |                                       error) -> strategies + flags + PNGs
                |                                       -> audit.json (one small list)
-    records -> SanitySample (the sanity_samples smallest key hashes) -> the
-               cascading-randomisation check (loads the model) -> audit.json
+    records, one scan (ReadWanted) -> the sanity sample (the sanity_samples smallest key
+               hashes) -> the cascading-randomisation check (loads the model)
+            `-> each flag's first members and a recipient pool -> the causal
+               confirmation (audit.confirm: occlusion and transplant, the model) -> audit.json
 
 The maths is in audit/metrics, strategies, flags, aggregates and report_data; this module
 only wires it. ``run_audit`` aggregates an output dir's published row lines (so a nightly
 incremental run measures only its new records, and the audit reads old and new lines
 together) on the configured runner (``--runner`` / ``beam:``; the in-process FnApiRunner
 for DirectRunner). With ``audit.sanity_samples`` > 0 it also reads the records, for the
-sample's images.
+sample's images, and for the flags' members when there are flags to confirm.
 """
 
 import dataclasses
@@ -30,8 +32,23 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
+from pipeline.audit.confirmation import (
+    RECIPIENT_POOL,
+    confirm_all,
+    confirmable,
+    flag_id,
+    wanted_keys,
+)
 from pipeline.audit.drift import check_rules, compare, parse_rule
-from pipeline.audit.line_sources import ReadRowLines, SanitySample, clear_rebuilt, plan_lines
+from pipeline.audit.line_sources import (
+    ReadRowLines,
+    ReadWanted,
+    SmallestLines,
+    clear_rebuilt,
+    plan_lines,
+    pool_keys,
+    sample_ids,
+)
 from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
 from pipeline.audit.row_lines import line_maker
@@ -77,9 +94,9 @@ _LOG = logging.getLogger(__name__)
 
 class _RowsFn(beam.DoFn):
     """A row line (audit.row_lines) -> (row JSON line) on "rows", and ((group, method, id),
-    (key, row, map, curves, hotspot)) for the class its map explains (the predicted class unless the
-    target is a label, a fixed class, top-k or a multi-label's positive labels), its true
-    label, its error (when known) and its slices."""
+    (key, row, map, curves, hotspots)) for the class its map explains (the predicted class
+    unless the target is a label, a fixed class, top-k or a multi-label's positive labels),
+    its true label, its error (when known) and its slices."""
 
     def __init__(self, annotations: dict[str, Annotation], slices: tuple = ()) -> None:
         self._annotations = annotations
@@ -93,7 +110,7 @@ class _RowsFn(beam.DoFn):
         for entry in line["methods"]:
             row, small, curves = entry["row"], entry["map"], entry["curves"]
             yield beam.pvalue.TaggedOutput("rows", json.dumps(row, sort_keys=True))
-            value = (row["key"], row, small, curves, entry.get("hotspot"))
+            value = (row["key"], row, small, curves, entry.get("hotspots"))
             method, predicted, label = row["method"], row["class"], row["label"]
             yield ("class", method, row["target"]), value
             if label >= 0:
@@ -108,7 +125,7 @@ _NOT_METRICS = ("key", "record_id", "class", "target", "label", "method", "confi
 
 
 class _AggregateFn(beam.CombineFn):
-    """(key, row, small map, curves, hotspot) values -> one ClassAggregate (bounded by the
+    """(key, row, small map, curves, hotspots) values -> one ClassAggregate (bounded by the
     reservoir)."""
 
     def __init__(self, reservoir: int) -> None:
@@ -122,7 +139,7 @@ class _AggregateFn(beam.CombineFn):
         metrics = {k: v for k, v in row.items() if k not in _NOT_METRICS}
         correct = None if row["label"] < 0 else row["label"] == row["class"]
         aggregate.add(key, metrics=metrics, small_map=small, confidence=row["confidence"],
-                      correct=correct, curves=curves, hotspot=spot)  # fmt: skip
+                      correct=correct, curves=curves, hotspots=spot)  # fmt: skip
         return aggregate
 
     def merge_accumulators(self, aggregates) -> ClassAggregate:
@@ -141,7 +158,16 @@ def _report(item: tuple, output_dir: str, neighbours: int, max_clusters: int) ->
     return part
 
 
-def _write_audit(parts: list[dict], output_dir: str, audit: AuditConfig, sanity: list) -> dict:
+def _write_audit(
+    parts: list[dict], output_dir: str, audit: AuditConfig, sanity: list, confirmed: list
+) -> dict:
+    found = confirmed[0] if confirmed else {}
+    for part in parts:  # each confirmable class flag gets its confirmation
+        if part["group"] == "class":
+            for index, flag in enumerate(part["flags"]):
+                fid = flag_id(part["method"], part["id"], index)
+                if fid in found:
+                    flag["confirmation"] = found[fid]
     classes = [p for p in parts if p["group"] == "class"]
     total = sum(p["summary"]["count"] for p in classes if p["method"] == classes[0]["method"])
     out = assemble(parts, records=total if classes else 0, map_size=audit.map_size,
@@ -163,15 +189,37 @@ def _sanity(sample: list, config: Config) -> dict:
     return sanity_panel(config.model, config.saliency, sample, layers=a.sanity_layers)
 
 
+def _wanted(sanity: frozenset, confirm: frozenset) -> dict:
+    return {"sanity": sanity, "confirm": confirm}
+
+
+def _confirm(records: list, parts: list[dict], pool: list[str], config: Config,
+             annotations: dict[str, Annotation]) -> dict:  # fmt: skip
+    if not confirmable(parts) or not records:
+        return {}
+    _LOG.info("confirming %d flag(s) by occlusion and transplant on %d records",
+              len(confirmable(parts)), len(records))  # fmt: skip
+    results, files = confirm_all(
+        parts, records, pool, model=config.model, saliency=config.saliency,
+        annotations=annotations, resize_policy=config.source.resize,
+        members=config.audit.confirm_members,
+    )  # fmt: skip
+    out_dir = config.output.dir.rstrip("/")
+    for relative, data in files.items():
+        write_atomic(join_path(out_dir, relative), data, mime_type="image/png")
+    return results
+
+
 def build_audit(
     lines: beam.PCollection,
     config: Config,
     *,
     annotations: dict[str, Annotation],
-    sample: beam.PCollection | None = None,
+    shards: list[str] = (),
 ) -> beam.PCollection:
-    """Add the audit of ``lines`` (parsed row lines) to their pipeline, the sanity check
-    on ``sample`` (DecodedRecords; None: no check); returns the PCollection of the one
+    """Add the audit of ``lines`` (parsed row lines) to their pipeline; with record
+    ``shards``, the sanity check (audit.sanity_samples) and the flags' causal confirmation
+    (audit.confirm_members) read them in one scan. Returns the PCollection of the one
     audit.json dict."""
     a, out_dir = config.audit, config.output.dir.rstrip("/")
     rows = lines | "AuditRows" >> beam.ParDo(_RowsFn(annotations, a.slices)).with_outputs(
@@ -180,22 +228,46 @@ def build_audit(
     _ = rows.rows | "WriteAuditRows" >> beam.io.WriteToText(
         join_path(out_dir, AUDIT_ROWS), num_shards=1, shard_name_template=""
     )
-    sanity = (
-        beam.pvalue.AsList(
-            sample
-            | "CollectSample" >> beam.combiners.ToList()
-            | "SanityCheck" >> beam.Map(_sanity, config)
-        )
-        if sample is not None
-        else beam.pvalue.AsList(lines.pipeline | "NoSanity" >> beam.Create([]))
-    )
-    return (
+    parts = (
         rows.keyed
         | "AggregatePerGroup" >> beam.CombinePerKey(_AggregateFn(a.reservoir))
         | "GroupReports" >> beam.Map(_report, out_dir, a.neighbours, a.max_clusters)
         | "CollectReports" >> beam.combiners.ToList()
-        | "WriteAuditJson" >> beam.Map(_write_audit, out_dir, a, sanity)
     )
+    nothing = beam.pvalue.AsList(lines.pipeline | "NoSanity" >> beam.Create([]))
+    sanity, confirmed = nothing, nothing
+    if shards and (a.sanity_samples or a.confirm_members):
+        if a.sanity_samples:
+            ids = (
+                lines | "SanitySample" >> SmallestLines(a.sanity_samples)
+                | "SampleIds" >> beam.Map(sample_ids)
+            )  # fmt: skip
+        else:
+            ids = lines.pipeline | "NoSample" >> beam.Create([frozenset()])
+        pool = (
+            lines | "RecipientPool" >> SmallestLines(RECIPIENT_POOL)
+            | "PoolKeys" >> beam.Map(pool_keys)
+        )  # fmt: skip
+        keys = parts | "ConfirmKeys" >> beam.Map(
+            wanted_keys, beam.pvalue.AsSingleton(pool), a.confirm_members
+        )
+        wanted = ids | "Wanted" >> beam.Map(_wanted, beam.pvalue.AsSingleton(keys))
+        found = wanted | "ReadWanted" >> ReadWanted(list(shards))
+        if a.sanity_samples:
+            sanity = beam.pvalue.AsList(
+                found.sanity
+                | "CollectSample" >> beam.combiners.ToList()
+                | "SanityCheck" >> beam.Map(_sanity, config)
+            )
+        confirmed = beam.pvalue.AsList(
+            found.confirm
+            | "CollectConfirm" >> beam.combiners.ToList()
+            | "ConfirmFlags" >> beam.Map(
+                _confirm, beam.pvalue.AsSingleton(parts), beam.pvalue.AsSingleton(pool),
+                config, annotations,
+            )
+        )  # fmt: skip
+    return parts | "WriteAuditJson" >> beam.Map(_write_audit, out_dir, a, sanity, confirmed)
 
 
 def write_report(config: Config, audit: dict, drift: dict | None = None) -> str:
@@ -267,10 +339,7 @@ def _audit_locked(config: Config, options: PipelineOptions, out_dir: str, held) 
                   len(plan.rebuilt_sets))  # fmt: skip
     with beam.Pipeline(runner=make_runner(options), options=options) as p:
         lines = p | "RowLines" >> ReadRowLines(plan, maker)
-        sample = None
-        if config.audit.sanity_samples:  # the sample's images are in its records
-            sample = lines | "SanitySample" >> SanitySample(shards, config.audit.sanity_samples)
-        _ = build_audit(lines, config, annotations=maker.annotations, sample=sample)
+        _ = build_audit(lines, config, annotations=maker.annotations, shards=shards)
     audit = read_json(join_path(out_dir, AUDIT_JSON))
     drift, broken = None, ()
     if previous is not None:

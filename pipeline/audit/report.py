@@ -156,7 +156,37 @@ def _flag(flag: dict, clusters: list[dict], manifest: dict[str, dict]) -> dict:
             "threshold": ev["threshold"], "prototype": _in_audit_dir(proto) if proto else "",
             "thumbs": _thumbs(flag["members"], flag["method"], manifest),
             "detail": [(k.replace("_", " "), ev[k]) for k in _DETAIL
-                       if ev.get(k) is not None]}  # fmt: skip
+                       if ev.get(k) is not None],
+            "confirmation": _confirmation(flag.get("confirmation"))}  # fmt: skip
+
+
+_CAPTIONS = {"member_before": "member", "member_after": "region occluded",
+             "recipient_before": "other class", "recipient_after": "region pasted in"}  # fmt: skip
+
+
+def _interval(part: dict | None) -> str:
+    if not part or part.get("effect") is None:
+        return "not measured"
+    return f"{part['effect']:+.3g} [{part['low']:+.3g}, {part['high']:+.3g}] (n={part['n']})"
+
+
+def _confirmation(c: dict | None) -> dict | None:
+    """The report's view of a flag's causal confirmation (audit.confirm)."""
+    if not c:
+        return None
+    return {
+        "verdict": c.get("verdict", ""),
+        "confirmed": bool(c.get("confirmed")),
+        "lines": [
+            ("target logit drop, region minus control", _interval(c.get("logit_drop"))),
+            ("prediction flips on occlusion, minus control", _interval(c.get("occlusion_flip"))),
+            ("recipients flipped to the class, minus control", _interval(c.get("transplant_flip"))),
+        ],  # fmt: skip
+        "images": [
+            _figure(_in_audit_dir(path), _CAPTIONS.get(view, view))
+            for view, path in c.get("images", {}).items()
+        ],  # fmt: skip
+    }
 
 
 def _classes(audit: dict, manifest: dict[str, dict]) -> dict:

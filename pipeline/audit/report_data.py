@@ -98,7 +98,7 @@ def group_report(
                                      "size": len(members), "members": members,
                                      "prototype": path})  # fmt: skip
         part["flags"] = class_flags(method, found, keys, aggregate.mean_map(), maps)
-        part["flags"] += repeated_pattern_flags(method, keys, aggregate.hotspots())
+        part["flags"] += repeated_pattern_flags(method, keys, aggregate.member_hotspots())
     return part, files
 
 

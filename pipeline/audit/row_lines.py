@@ -1,6 +1,6 @@
 """The audit's per-record work as published data: one JSON line per record holding every
 method's row (audit.rows), its map downsampled to ``map_size``, its deletion / insertion
-curves and its hotspot (audit.hotspots: where the map peaks and the pixels there), plus the
+curves and its hotspots (audit.hotspots: where the map peaks and the pixels there), plus the
 record's metadata columns (for slices). The job writes these lines on the workers, next to
 the records and in the same shard sets (``audit_rows/``), so an audit aggregates lines
 instead of re-reading and re-measuring every record; an output dir without them (or with
@@ -84,9 +84,9 @@ def row_line(
                 "row": row,
                 "map": small.tolist(),
                 "curves": {name: np.asarray(c, np.float64).tolist() for name, c in curves.items()},
-                "hotspot": spot,
+                "hotspots": spots,
             }
-            for row, small, curves, spot in per_method
+            for row, small, curves, spots in per_method
         ],  # fmt: skip
     }
     return json.dumps(line, sort_keys=True).encode("utf-8")

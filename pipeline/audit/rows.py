@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from pipeline.audit.hotspots import hotspot
+from pipeline.audit.hotspots import hotspots
 from pipeline.audit.metrics.concentration import entropy, gini
 from pipeline.audit.metrics.faithfulness import auc
 from pipeline.audit.metrics.localisation import (
@@ -122,7 +122,7 @@ def load_mask(path: str, original: tuple[int, int], size: tuple[int, int], polic
     return resize(binary, size, policy)[..., 0] >= 128
 
 
-def _ground_truth(record, annotation, policy: str):
+def ground_truth(record, annotation, policy: str):
     """(boxes in model-input pixels [N, 4] or None, mask bool [H, W] or None)."""
     size, original = (record.height, record.width), (record.original_height, record.original_width)
     boxes = None
@@ -147,13 +147,13 @@ def target_probability(record) -> float:
 def record_rows(
     record, *, annotation: Annotation | None, resize_policy: str, map_size: int
 ) -> list[tuple[dict, np.ndarray, dict, dict]]:
-    """[(row, small map, curves, hotspot)] for each method of a store.records.DecodedRecord
-    (curves: {"deletion", "insertion"} arrays, or {} when the record has none; hotspot:
-    audit.hotspots.hotspot of the map and the image)."""
+    """[(row, small map, curves, hotspots)] for each method of a store.records.DecodedRecord
+    (curves: {"deletion", "insertion"} arrays, or {} when the record has none; hotspots:
+    audit.hotspots.hotspots of the map and the image)."""
     label = int(record.label)
     if label < 0 and annotation is not None:
         label = annotation.label
-    boxes, mask = _ground_truth(record, annotation, resize_policy)
+    boxes, mask = ground_truth(record, annotation, resize_policy)
     boxed = boxes is not None and len(boxes) and record.image is not None
     scene = scene_for(record.image) if boxed else None  # the image's part, once per record
     out = []
@@ -179,5 +179,5 @@ def record_rows(
         if curves:
             row["deletion_auc"] = float(auc(curves["deletion"]))
             row["insertion_auc"] = float(auc(curves["insertion"]))
-        out.append((row, downsample(m, map_size), curves, hotspot(m, record.image)))
+        out.append((row, downsample(m, map_size), curves, hotspots(m, record.image)))
     return out

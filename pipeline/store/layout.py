@@ -173,6 +173,12 @@ def artifact_path(record: SaliencyRecord, method: str, view: str) -> str:
     return f"{ARTIFACTS_DIR}/{safe_key(record.key)}/{method}_{view}{suffix}.png"
 
 
+def audit_confirm_path(method: str, class_id: int, index: int, view: str) -> str:
+    """Relative path of a flag's confirmation example PNG (``view``: member_before,
+    member_after, recipient_before, recipient_after): the class's flag ``index``."""
+    return f"{AUDIT_DIR}/maps/{method}/confirm_class_{int(class_id)}_{int(index)}_{view}.png"
+
+
 def audit_map_path(
     method: str, class_id: int | str, cluster: int | None = None, *, group: str = "class"
 ) -> str:

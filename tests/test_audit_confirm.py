@@ -1,0 +1,153 @@
+"""Causal confirmation (audit.confirm, audit.confirmation): hand-checked occlusion and
+transplant on a model whose logits are known, and the whole path through the job on models
+trained here: a moving tag and a fixed corner mark are flagged and confirmed in audit.json
+with their numbers and example PNGs; the same family trained clean has no confirmed flag."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_audit_patterns import _images as tag_images
+from test_audit_shortcut import _images as corner_images
+from test_audit_shortcut import _trained
+
+from pipeline.audit.confirm import Subject, bootstrap, confirm_flag, occlude, region_masks
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _red_logits(images: np.ndarray) -> np.ndarray:
+    """A 'model' that says class 1 exactly when a pixel is pure red: logits [0, 10 * red]."""
+    red = ((images[..., 0] == 255) & (images[..., 1] == 0) & (images[..., 2] == 0)).any(axis=(1, 2))
+    return np.stack([np.zeros(len(images)), 10.0 * red], axis=1)
+
+
+def _subject(i: int, red_at: tuple[int, int] | None, rng) -> Subject:
+    image = rng.integers(40, 200, (16, 16, 3)).astype(np.uint8)
+    relevance = np.zeros((16, 16))
+    if red_at is not None:
+        y, x = red_at
+        image[y, x] = (255, 0, 0)
+        relevance[y, x] = 1.0
+    return Subject(f"k{i}", image, 1 if red_at else 0, {"vanilla": relevance})
+
+
+def test_occlusion_and_transplant_on_a_model_that_reads_one_red_pixel():
+    rng = np.random.default_rng(0)
+    members = [_subject(i, (int(rng.integers(2, 14)), int(rng.integers(2, 14))), rng)
+               for i in range(12)]  # fmt: skip
+    recipients = [_subject(100 + i, None, rng) for i in range(20)]
+    flag = {"kind": "repeated_pattern", "method": "vanilla", "evidence": {}}
+    result, examples = confirm_flag(flag, 1, members, recipients, _red_logits, seed=1)
+    # Occluding the red pixel removes all 10 logits and flips every member; the control
+    # region elsewhere removes nothing.
+    assert result["region_drop"] == 10.0 and result["control_drop"] == 0.0
+    assert result["logit_drop"]["effect"] == 10.0 and result["logit_drop"]["low"] == 10.0
+    assert result["occlusion_flip_rate"] == 1.0 and result["occlusion_flip"]["effect"] == 1.0
+    # Pasting the member's window into class-0 images makes them class 1; a patch of the
+    # window's mean colour does not.
+    assert result["transplant_flip_rate"] == 1.0 and result["transplant_control_rate"] == 0.0
+    assert result["confirmed"] and result["verdict"].startswith("confirmed")
+    assert result["on_object"] is None  # no boxes
+    assert (examples["member_after"] != examples["member_before"]).any()
+    # A flag whose region the model ignores: members without red, the same windows.
+    plain = [_subject(i, None, rng) for i in range(12)]
+    for s, m in zip(plain, members):
+        s.relevance["vanilla"][:] = m.relevance["vanilla"]
+    unmoved, _ = confirm_flag(flag, 1, plain, recipients, _red_logits, seed=1)
+    assert unmoved["logit_drop"]["effect"] == 0.0 and not unmoved["confirmed"]
+    assert unmoved["verdict"] == "not confirmed"
+
+
+def test_regions_controls_and_object_boxes():
+    rng = np.random.default_rng(3)
+    s = _subject(0, (5, 6), rng)
+    corner = {"kind": "corner", "method": "vanilla", "evidence": {"corner": "bottom_right"}}
+    region, control = region_masks(corner, s, rng)
+    assert region[12:, 12:].all() and region.sum() == 16  # a quarter of each side
+    assert control.sum() == 16 and not (control & region).any()
+    frame = {"kind": "border", "method": "vanilla", "evidence": {}}
+    region, control = region_masks(frame, s, rng)  # a tenth of each side: 2 pixels
+    assert region.sum() == 16 * 16 - 12 * 12 and not (control & region).any()
+    occluded = occlude(s.image, region)
+    assert (occluded[region] == np.round(s.image[~region].mean(axis=0))).all()
+    assert (occluded[~region] == s.image[~region]).all()
+    boxed = Subject("b", s.image, 1, s.relevance, boxes=np.array([[0.0, 0.0, 16.0, 16.0]]))
+    members = [boxed] * 6
+    flag = {"kind": "repeated_pattern", "method": "vanilla", "evidence": {}}
+    result, _ = confirm_flag(flag, 1, members, [], _red_logits)
+    assert result["on_object"] == 1.0 and result["verdict"].startswith("confirmed, on the object")
+    assert result["recipients_tested"] == 0 and result["transplant_flip"]["n"] == 0
+
+
+def test_bootstrap_interval_of_known_values():
+    rng = np.random.default_rng(0)
+    same = bootstrap(np.full(10, 2.5), rng)
+    assert same == {"effect": 2.5, "low": 2.5, "high": 2.5, "n": 10}
+    half = bootstrap(np.array([0.0, 1.0] * 50), rng)
+    assert half["effect"] == 0.5 and 0.38 < half["low"] < 0.45 and 0.55 < half["high"] < 0.62
+    assert bootstrap(np.array([]), rng)["effect"] is None
+
+
+def _job(tmp_path: Path, images: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+    """Save a model trained on ``images`` and the images as PNGs, run the job with the
+    audit on, and return audit.json."""
+    model = _trained(images, labels, seed)
+    model_path = tmp_path / "model.keras"
+    model.save(model_path)
+    for i, img in enumerate(images):
+        Image.fromarray(np.round(img * 255).astype(np.uint8)).save(tmp_path / f"img_{i:04d}.png")
+    out = tmp_path / "out"
+    sets = [f"model.name={model_path}", "model.preprocessing=unit",
+            f"source.pattern={tmp_path}/img_*.png", "saliency.methods=[vanilla]",
+            "saliency.precision=float32", "batch.max_batch_size=64", f"output.dir={out}",
+            "output.artifacts=false", "run.progress_every=0", "audit.enabled=true",
+            "audit.annotations=\"\"", "audit.sanity_samples=0",
+            "audit.faithfulness_fraction=0", "model.class_names=\"\""]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "run", "--config", "configs/local.yaml",
+         *[a for s in sets for a in ("--set", s)]],
+        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "audit" / "audit.json").read_text()), out
+
+
+def _flags(audit: dict) -> list[dict]:
+    return [f for c in audit["classes"].values() for f in c["flags"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tag", "corner"])
+def test_the_job_flags_and_confirms_a_learnt_shortcut(tmp_path, kind):
+    if kind == "tag":
+        images, labels, marked = tag_images(0, tagged=True)
+    else:
+        images, labels, marked = corner_images(0, planted=True)
+    audit, out = _job(tmp_path, images, labels, 0)
+    marks = {f"img_{i:04d}.png" for i in np.flatnonzero(marked)}
+    flags = [f for f in _flags(audit) if f["kind"] == "repeated_pattern"]
+    assert flags, [f["kind"] for f in _flags(audit)]
+    members = {k for f in flags for k in f["members"]}
+    assert len(members & marks) >= 0.8 * len(marks) and len(members - marks) <= 0.2 * len(members)
+    for f in flags:
+        c = f["confirmation"]
+        assert c["confirmed"], c
+        assert c["logit_drop"]["low"] > 0 and c["members_tested"] == min(32, len(f["members"]))
+        assert c["transplant_flip"]["low"] > 0  # the region alone moves other images to c
+        for view in ("member_before", "member_after", "recipient_before", "recipient_after"):
+            assert (out / c["images"][view]).is_file()
+    report = (out / "audit" / "report.html").read_text()
+    assert "confirmed: the region changes the decision" in report
+
+
+@pytest.mark.slow
+def test_the_job_confirms_no_flag_on_a_clean_model(tmp_path):
+    images, labels, _ = tag_images(2, tagged=False)
+    audit, _ = _job(tmp_path, images, labels, 2)
+    assert [f for f in _flags(audit) if f.get("confirmation", {}).get("confirmed")] == []
