@@ -183,9 +183,10 @@ def _confirmation(c: dict | None) -> dict | None:
             ("recipients flipped to the class, minus control", _interval(c.get("transplant_flip"))),
         ],  # fmt: skip
         "images": [
-            _figure(_in_audit_dir(path), _CAPTIONS.get(view, view))
-            for view, path in c.get("images", {}).items()
-        ],  # fmt: skip
+            _figure(_in_audit_dir(c["images"][view]), caption)
+            for view, caption in _CAPTIONS.items()
+            if view in c.get("images", {})
+        ],
     }
 
 
