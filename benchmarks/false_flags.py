@@ -1,7 +1,15 @@
-"""False flags on clean trained models: the generator of tests/test_audit_patterns.py
-without the tag (class 0 a disc, class 1 a square, anywhere in the middle), one small CNN
-trained per seed, every flag rule of the class audit (corner, border, border_class,
-off_prototype, repeated_pattern) on vanilla and guided maps.
+"""False flags on clean trained models, and what the causal test makes of them.
+
+Two clean generators (tests/test_audit_patterns.py's, 32 x 32, class 0 a disc and class 1
+a square anywhere in the middle, one small CNN trained per seed):
+
+- ``clean``: nothing else;
+- ``distractor``: the same 3 x 3 tag the shortcut tests plant, at a random place in a third
+  of the images of BOTH classes: a repeated pattern that says nothing about the class.
+
+Every flag rule of the class audit (corner, border, border_class, off_prototype,
+repeated_pattern) on vanilla and guided maps, and each flag's causal confirmation
+(audit.confirm) with the trained model.
 
     python -m benchmarks.false_flags [--seeds 10 --first 10] [--json out.json]
 """
@@ -16,9 +24,51 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_audit_patterns import _images, _reports, _trained  # noqa: E402
+import numpy as np  # noqa: E402
+from test_audit_patterns import PER_CLASS, SIZE, TAG, _reports, _trained  # noqa: E402
 
 from benchmarks import common  # noqa: E402
+from pipeline.audit.confirm import CONFIRM_MEMBERS, CONFIRMABLE, Subject, confirm_flag  # noqa: E402
+from pipeline.audit.metrics.relevance import relevance  # noqa: E402
+from pipeline.engine.explainer import Explainer  # noqa: E402
+
+GENERATORS = ("clean", "distractor")
+
+
+def images(seed: int, generator: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N, 32, 32, 3] in [0, 1], labels) of a clean generator."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[:SIZE, :SIZE]
+    out, labels = [], []
+    for label in (0, 1):
+        for _ in range(PER_CLASS):
+            img = rng.uniform(0.0, 0.25, (SIZE, SIZE, 3))
+            cy, cx = rng.uniform(10, 22, 2)
+            if label == 0:
+                img[(y - cy) ** 2 + (x - cx) ** 2 <= 16] = (0.2, 0.9, 0.2)
+            else:
+                img[(abs(y - cy) <= 3) & (abs(x - cx) <= 3)] = (0.2, 0.2, 0.9)
+            if generator == "distractor" and rng.random() < 1 / 3:
+                ty, tx = rng.integers(0, SIZE - 3, 2)
+                img[ty : ty + 3, tx : tx + 3] = 0.1 + 0.8 * TAG
+            out.append(img)
+            labels.append(label)
+    return np.stack(out).astype(np.float32), np.array(labels)
+
+
+def _confirm(flag: dict, cls: int, model, pixels: np.ndarray, method: str) -> dict:
+    explainer = Explainer(model, precision="float32")
+    predicted = np.argmax(explainer.logits(pixels), axis=1)
+    u8 = np.round(pixels * 255).astype(np.uint8)
+    index = sorted(int(k[4:8]) for k in flag["members"])[:CONFIRM_MEMBERS]
+    grads = explainer.explain(pixels[index], method, targets=predicted[index]).gradients
+    members = [Subject(f"img/{i:04d}.png", u8[i], int(predicted[i]), {method: relevance(g)})
+               for i, g in zip(index, grads)]  # fmt: skip
+    others = [Subject(f"img/{i:04d}.png", u8[i], int(predicted[i]), {})
+              for i in np.flatnonzero(predicted != cls)[:64]]  # fmt: skip
+    result, _ = confirm_flag(flag, cls, members, others,
+                             lambda b: explainer.logits(b.astype(np.float32) / 255.0))  # fmt: skip
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,20 +77,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", type=int, default=10)  # the tests use 0-3
     parser.add_argument("--json", default="-")
     args = parser.parse_args(argv)
-    kinds: collections.Counter = collections.Counter()
-    audits, flagged = 0, []
-    for seed in range(args.first, args.first + args.seeds):
-        images, labels, _ = _images(seed, tagged=False)
-        model = _trained(images, labels, seed)
-        for method in ("vanilla", "guided"):
-            for cls, part in _reports(model, images, method).items():
-                audits += 1
-                for flag in part["flags"]:
-                    kinds[flag["kind"]] += 1
-                    flagged.append([seed, method, cls, flag["kind"], len(flag["members"])])
-    result = {"class_method_audits": audits, "flags": dict(kinds), "flagged": flagged,
-              "rate": sum(kinds.values()) / audits}  # fmt: skip
-    common.log(f"{audits} class-method audits, flags {dict(kinds)}")
+    result = {}
+    for generator in GENERATORS:
+        kinds: collections.Counter = collections.Counter()
+        audits, flagged, confirmed = 0, [], 0
+        for seed in range(args.first, args.first + args.seeds):
+            pixels, labels = images(seed, generator)
+            model = _trained(pixels, labels, seed)
+            for method in ("vanilla", "guided"):
+                for cls, part in _reports(model, pixels, method).items():
+                    audits += 1
+                    for flag in part["flags"]:
+                        kinds[flag["kind"]] += 1
+                        verdict = "not testable"
+                        if flag["kind"] in CONFIRMABLE:
+                            test = _confirm(flag, cls, model, pixels, method)
+                            confirmed += bool(test["confirmed"])
+                            verdict = test["verdict"]
+                        flagged.append([seed, method, cls, flag["kind"], len(flag["members"]),
+                                        verdict])  # fmt: skip
+        flags = sum(kinds.values())
+        result[generator] = {"class_method_audits": audits, "flags": dict(kinds),
+                             "confirmed": confirmed, "flags_per_audit": flags / audits,
+                             "confirmed_per_audit": confirmed / audits,
+                             "flagged": flagged}  # fmt: skip
+        common.log(f"{generator}: {audits} class-method audits, flags {dict(kinds)}, "
+                   f"confirmed {confirmed}")  # fmt: skip
     common.dump_json(result, args.json)
     return 0
 

@@ -13,6 +13,7 @@ from pipeline.audit.aggregates import ClassAggregate
 from pipeline.audit.hotspots import (
     MIN_CONTRAST,
     PATTERN_SIMILARITY,
+    context_pixels,
     hotspots,
     repeated_pattern_flags,
     similarities,
@@ -112,13 +113,13 @@ def test_hotspot_finds_the_window_and_its_pixels():
     m = np.full((32, 32), 0.01)
     m[20:23, 5:8] = 1.0  # 9 of the map's 9 + 0.01 * 1015 relevance
     spot = hotspots(m, image)[0]
-    assert spot["cells"] == 4 and len(spot["context"]) == 8 * 8 * 3
+    assert spot["cells"] == 4 and context_pixels(spot).shape == (8, 8, 3)
     # the argmax window is the first 4 x 4 holding the 3 x 3 block: rows 19-22, cols 4-7
     assert spot["y"] == pytest.approx((19 + 2) / 32) and spot["x"] == pytest.approx((4 + 2) / 32)
     assert spot["share"] == pytest.approx((9 + 7 * 0.01) / m.sum())
-    context = np.array(spot["context"]).reshape(8, 8, 3)  # 2 pixels around the window
-    np.testing.assert_allclose(context[3:6, 3:6], np.round(TAG, 3))
-    np.testing.assert_allclose(context, np.round(image[17:25, 2:10], 3))
+    context = context_pixels(spot)  # 2 pixels around the window, at uint8 precision
+    np.testing.assert_allclose(context[3:6, 3:6], np.round(TAG * 255) / 255)
+    np.testing.assert_allclose(context, np.round(image[17:25, 2:10] * 255) / 255)
 
 
 def test_similarities_do_not_depend_on_where_the_pattern_sits():
@@ -135,7 +136,7 @@ def test_similarities_do_not_depend_on_where_the_pattern_sits():
     m = np.zeros((32, 32))
     m[12:16, 12:16] = 1.0
     spots.append(hotspots(m, flat)[0])
-    contexts = np.array([s["context"] for s in spots]).reshape(5, 8, 8, 3)
+    contexts = np.stack([context_pixels(s) for s in spots])
     sim = similarities(contexts, 4)
     assert sim[:4, :4].min() > 0.95  # the tag matches itself wherever it is
     assert (sim[4] == 0).all()  # a flat patch matches nothing

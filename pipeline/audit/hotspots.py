@@ -1,24 +1,27 @@
-"""Shortcuts that move: a pattern the model looks at wherever it sits in each image.
+"""Shortcuts wherever they sit: a pattern the model looks at wherever it is in each image.
 
-Per record (on the workers, in its row line): the map's **hotspot**, the square window of
-side ``HOTSPOT_FRACTION`` of the image holding the most relevance, and what sits there: the
-image's pixels in that window, resampled to at most DESCRIPTOR_SIDE^2 x C, each channel's
-mean removed, unit norm (the map's own window when
-the record has no image; no descriptor for a flat patch). The descriptor does
-not depend on where the window is, so a tag, ruler or text stamp that moves from image to
-image gives the same descriptor in every image it drives.
+Per record (on the workers, in its row line): the map's **hotspots**, the HOTSPOTS square
+windows of side HOTSPOT_FRACTION of the image holding the most relevance, each with what
+sits there: the image's pixels in the window and half a window around it, resampled to at
+most DESCRIPTOR_SIDE cells per window side and stored as uint8 (base64; the map itself,
+peak-scaled, when the record has no image). Two hotspots are compared by the best cosine
+over shifts of up to half a window of their patterns, each channel's mean removed, so a
+tag, ruler or text stamp that moves from image to image matches itself in every image it
+drives, and a flat patch of one colour matches nothing.
 
 Per class (in the audit): the ``repeated_pattern`` rule looks for a group of members whose
-hotspot descriptors are near-identical (cosine >= PATTERN_SIMILARITY to the group's seed)
-and who are at least MIN_PATTERN_MEMBERS and at most MAX_PATTERN_SHARE of the class sample:
-a pattern in nearly every member is read as the class's object, not a shortcut. The
-evidence names the members' mean similarity, the rest of the class's similarity to the
-same pattern (the control), how far the hotspot moves (the spread of its positions, as a
-fraction of the image side: near 0 for a stationary hotspot) and the mean relevance share
-of the window.
+hotspots match (similarity >= PATTERN_SIMILARITY), at least MIN_PATTERN_MEMBERS and
+MIN_PATTERN_SHARE and at most MAX_PATTERN_SHARE of the class sample (a pattern in nearly
+every member is read as the class's object, not a shortcut), clearly apart from the rest of
+the class (MIN_CONTRAST) and holding a real part of the maps (MIN_HOTSPOT_SHARE). The
+evidence names the members' mean similarity, the rest's (the control), how far the
+hotspot moves (the spread of its places in image sides: ~0 for a fixed mark), the mean
+relevance share of the windows and each member's matching window.
 """
 
 from __future__ import annotations
+
+import base64
 
 import numpy as np
 
@@ -43,17 +46,26 @@ def window_sums(m: np.ndarray, side: int) -> np.ndarray:
 
 
 def _resample(patch: np.ndarray, side: int) -> np.ndarray:
-    """Area means of ``patch`` [h, w, C] over a side x side grid (h, w >= 1)."""
+    """Means of ``patch`` [h, w, C] (h, w >= side) over a side x side grid of blocks whose
+    edges are the whole pixels floor(k * h / side)."""
     h, w = patch.shape[:2]
-    ys = np.linspace(0, h, side + 1)
-    xs = np.linspace(0, w, side + 1)
-    out = np.empty((side, side, patch.shape[2]))
-    for i in range(side):
-        rows = patch[int(ys[i]) : max(int(ys[i]) + 1, int(np.ceil(ys[i + 1])))]
-        for j in range(side):
-            cell = rows[:, int(xs[j]) : max(int(xs[j]) + 1, int(np.ceil(xs[j + 1])))]
-            out[i, j] = cell.mean(axis=(0, 1))
-    return out
+    ys = (np.arange(side) * h) // side
+    xs = (np.arange(side) * w) // side
+    sums = np.add.reduceat(np.add.reduceat(patch, ys, axis=0), xs, axis=1)
+    counts = np.diff(np.append(ys, h))[:, None] * np.diff(np.append(xs, w))[None, :]
+    return sums / counts[..., None]
+
+
+def encode_context(pixels: np.ndarray) -> str:
+    """A context's pixels in [0, 1] as base64 uint8 (what a row line stores)."""
+    return base64.b64encode(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).decode()
+
+
+def context_pixels(spot: dict) -> np.ndarray:
+    """A hotspot's context as float [D, D, C] in [0, 1] (D = cells + 2 * (cells // 2))."""
+    d = spot["cells"] + 2 * (spot["cells"] // 2)
+    data = np.frombuffer(base64.b64decode(spot["context"]), np.uint8)
+    return data.reshape(d, d, -1) / 255.0
 
 
 def _side(h: int, w: int) -> int:
@@ -65,8 +77,8 @@ def hotspots(relevance_map: np.ndarray, image: np.ndarray | None) -> list[dict]:
     (fractions of the side), "share": its part of the map's relevance, "cells": the side
     of the descriptor grid, "context": the pixels of the window and half a window around
     it (edge-padded at the image's border), resampled to (cells + 2 * (cells // 2))^2 x C,
-    in [0, 1] (a list of floats)}. A window's neighbourhood (half a window around it) is
-    taken out before the next is chosen.
+    base64 uint8 (:func:`context_pixels` reads it)}. A window's neighbourhood (half a
+    window around it) is taken out before the next is chosen.
 
     The context lets :func:`similarities` match two hotspots under shifts of up to half
     a window, so one pattern matches itself wherever the argmax window happened to start
@@ -95,7 +107,7 @@ def hotspots(relevance_map: np.ndarray, image: np.ndarray | None) -> list[dict]:
             "x": (x + side / 2) / w,
             "share": float(sums[y, x]) / total if total > 0 else 0.0,
             "cells": cells,
-            "context": np.round(_resample(context, cells + 2 * (cells // 2)), 3).ravel().tolist(),
+            "context": encode_context(_resample(context, cells + 2 * (cells // 2))),
         })  # fmt: skip
         left[
             max(0, y - side // 2) : y + side + side // 2,
@@ -166,16 +178,20 @@ def repeated_pattern_flags(
 ) -> list[dict]:
     """The ``repeated_pattern`` flags of one class and method (``spots``: each member's
     hotspots, aligned with ``keys``; None for lines written without them)."""
-    items = [(i, s) for i, member in enumerate(spots) if member for s in member]
-    have = sorted({i for i, _ in items})
-    n = len(have)
-    cells = {s["cells"] for _, s in items}
-    if n < MIN_PATTERN_MEMBERS or len(cells) != 1:
+    items = [(i, s, context_pixels(s)) for i, member in enumerate(spots) if member
+             for s in member]  # fmt: skip
+    if not items:
         return []
-    side = cells.pop()
-    d = side + 2 * (side // 2)
+    # one descriptor shape: the most common (records without an image carry map patches)
+    shapes = [c.shape for _, _, c in items]
+    shape = max(set(shapes), key=shapes.count)
+    items = [(i, s) for (i, s, c), sh in zip(items, shapes) if sh == shape]
+    n = len({i for i, _ in items})
+    if n < MIN_PATTERN_MEMBERS:
+        return []
+    side = items[0][1]["cells"]
     owner = np.array([i for i, _ in items])
-    contexts = np.array([s["context"] for _, s in items], np.float64).reshape(len(items), d, d, -1)
+    contexts = np.stack([context_pixels(s) for _, s in items])
     sim = similarities(contexts, side)
     sim[owner[:, None] == owner[None, :]] = 0.0  # a member's windows do not vote for it
     smallest = max(MIN_PATTERN_MEMBERS, int(np.ceil(MIN_PATTERN_SHARE * n)))
