@@ -17,6 +17,7 @@ from test_audit_shortcut import _images as corner_images
 from test_audit_shortcut import _trained
 
 from pipeline.audit.confirm import Subject, bootstrap, confirm_flag, occlude, region_masks
+from pipeline.audit.confirmation import confirmable, flag_class, wanted_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,29 @@ def test_bootstrap_interval_of_known_values():
     assert bootstrap(np.array([]), rng)["effect"] is None
 
 
-def _job(tmp_path: Path, images: np.ndarray, labels: np.ndarray, seed: int) -> dict:
+def test_which_flags_are_tested_and_for_which_class():
+    parts = [
+        {"group": "class", "method": "vanilla", "id": 2,
+         "flags": [{"kind": "corner"}, {"kind": "repeated_pattern"}]},
+        {"group": "slice", "method": "vanilla", "id": "site=B", "flags": [{"kind": "border"}]},
+        {"group": "label", "method": "vanilla", "id": 1, "flags": [{"kind": "corner"}]},
+    ]  # fmt: skip
+    found = confirmable(parts)
+    assert [f[0] for f in found] == ["class/vanilla/2/0", "class/vanilla/2/1",
+                                     "slice/vanilla/site=B/0"]  # fmt: skip
+    assert flag_class("class", 2, []) == 2
+
+    class R:
+        def __init__(self, target):
+            self.target_class = target
+
+    assert flag_class("slice", "site=B", [R(3), R(1), R(3), R(1), R(0)]) == 1  # tie: smaller
+    assert flag_class("slice", "site=B", [R(4), R(4), R(1)]) == 4
+    assert flag_class("slice", "site=B", []) is None
+    assert wanted_keys(parts, ["p1"], 0) == frozenset()
+
+
+def _job(tmp_path: Path, images: np.ndarray, labels: np.ndarray, seed: int, *more: str) -> dict:
     """Save a model trained on ``images`` and the images as PNGs, run the job with the
     audit on, and return audit.json."""
     model = _trained(images, labels, seed)
@@ -108,7 +131,7 @@ def _job(tmp_path: Path, images: np.ndarray, labels: np.ndarray, seed: int) -> d
             "saliency.precision=float32", "batch.max_batch_size=64", f"output.dir={out}",
             "output.artifacts=false", "run.progress_every=0", "audit.enabled=true",
             "audit.annotations=\"\"", "audit.sanity_samples=0",
-            "audit.faithfulness_fraction=0", "model.class_names=\"\""]  # fmt: skip
+            "audit.faithfulness_fraction=0", "model.class_names=\"\"", *more]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "--config", "configs/local.yaml",
          *[a for s in sets for a in ("--set", s)]],
@@ -123,13 +146,14 @@ def _flags(audit: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["tag", "corner"])
+@pytest.mark.parametrize("kind", ["tag", "dim tag", "corner"])
 def test_the_job_flags_and_confirms_a_learnt_shortcut(tmp_path, kind):
-    if kind == "tag":
-        images, labels, marked = tag_images(0, tagged=True)
-    else:
+    if kind == "corner":
         images, labels, marked = corner_images(0, planted=True)
-    audit, out = _job(tmp_path, images, labels, 0)
+    else:  # the tag as bright as the object, and at half that
+        images, labels, marked = tag_images(0, tagged=True, strength=0.5 if "dim" in kind else 1)
+    # one slice (all the images sit in one folder): its flags are tested too
+    audit, out = _job(tmp_path, images, labels, 0, "audit.slices=[folder]")
     marks = {f"img_{i:04d}.png" for i in np.flatnonzero(marked)}
     flags = [f for f in _flags(audit) if f["kind"] == "repeated_pattern"]
     assert flags, [f["kind"] for f in _flags(audit)]
@@ -144,6 +168,10 @@ def test_the_job_flags_and_confirms_a_learnt_shortcut(tmp_path, kind):
             assert (out / c["images"][view]).is_file()
     report = (out / "audit" / "report.html").read_text()
     assert "confirmed: the region changes the decision" in report
+    [sliced] = audit["slices"].values()
+    tested = [f for f in sliced["flags"] if f["kind"] == "repeated_pattern"]
+    assert tested and all(f["confirmation"]["class"] == 0 for f in tested)
+    assert any(f["confirmation"]["confirmed"] for f in tested)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Causal confirmation of a flag: does the flagged region change the model's output?
 
-A flag (audit.flags, audit.hotspots) is a candidate. Per flag of a class c, on up to
+A flag (audit.flags, audit.hotspots) is a candidate. Per flag, for its class c, on up to
 CONFIRM_MEMBERS of its members (the smallest key hashes) and CONFIRM_RECIPIENTS images the
 model gives another class:
 

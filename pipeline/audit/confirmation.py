@@ -21,27 +21,37 @@ from pipeline.engine.models import load_model
 from pipeline.maps import render
 from pipeline.store.layout import audit_confirm_path
 
+TESTED_GROUPS = ("class", "slice")  # the groups whose flags are tested
 RECIPIENT_POOL = 256  # lines with the smallest key hashes: the transplant's recipients
 EXAMPLE_SIZE = 96  # example PNGs are upscaled (nearest) to at least this many pixels
 
 
-def flag_id(method: str, class_id: int, index: int) -> str:
+def flag_id(group: str, method: str, group_id: int | str, index: int) -> str:
     """The id that ties a flag of audit.json to its confirmation."""
-    return f"{method}/{int(class_id)}/{int(index)}"
+    return f"{group}/{method}/{group_id}/{int(index)}"
 
 
-def confirmable(parts: Iterable[dict]) -> list[tuple[str, dict, int, int]]:
-    """(flag id, flag, class, index) of every class flag the test can run on."""
+def confirmable(parts: Iterable[dict]) -> list[tuple[str, dict, str, int | str, int]]:
+    """(flag id, flag, group, group id, index) of every class and slice flag the test can
+    run on."""
     out = []
     for part in parts:
-        if part["group"] != "class":
+        if part["group"] not in TESTED_GROUPS:
             continue
         for index, flag in enumerate(part["flags"]):
             if flag["kind"] in CONFIRMABLE:
-                out.append(
-                    (flag_id(part["method"], part["id"], index), flag, int(part["id"]), index)
-                )
+                fid = flag_id(part["group"], part["method"], part["id"], index)
+                out.append((fid, flag, part["group"], part["id"], index))
     return out
+
+
+def flag_class(group: str, group_id: int | str, members: list) -> int | None:
+    """The class a flag is tested for: the class of a class group; for a slice, the class
+    most of its tested members' maps explain (the smaller id on a tie; None: no member)."""
+    if group == "class":
+        return int(group_id)
+    targets = [int(r.target_class) for r in members]
+    return min(set(targets), key=lambda c: (-targets.count(c), c)) if targets else None
 
 
 def _first(keys: Iterable[str], n: int) -> list[str]:
@@ -53,7 +63,7 @@ def wanted_keys(parts: list[dict], pool: list[str], members: int) -> frozenset[s
     flags = confirmable(parts)
     if not flags or members <= 0:
         return frozenset()
-    keys = {k for _, flag, _, _ in flags for k in _first(flag["members"], members)}
+    keys = {k for _, flag, _, _, _ in flags for k in _first(flag["members"], members)}
     return frozenset(keys | set(pool))
 
 
@@ -100,10 +110,11 @@ def confirm_all(
     for record in sorted(usable, key=lambda r: r.record_id):
         by_key.setdefault(record.key, []).append(record)
     results, files = {}, {}
-    for fid, flag, cls, index in flags:
+    for fid, flag, group, group_id, index in flags:
         method = flag["method"]
-        chosen = [next((r for r in by_key.get(k, []) if r.target_class == cls), None)
-                  for k in _first(flag["members"], members)]  # fmt: skip
+        first = [by_key.get(k, []) for k in _first(flag["members"], members)]
+        cls = flag_class(group, group_id, [found[0] for found in first if found])
+        chosen = [next((r for r in found if r.target_class == cls), None) for found in first]
         subjects = [_subject(r, method, annotations.get(r.key), resize_policy)
                     for r in chosen if r is not None]  # fmt: skip
         takers = [r for k in _first(pool, len(pool)) for r in by_key.get(k, [])[:1]
@@ -114,9 +125,10 @@ def confirm_all(
         recipients = [_subject(r, None, None, resize_policy) for r in takers]
         seed = zlib.crc32(fid.encode("utf-8"))
         result, examples = confirm_flag(flag, cls, subjects, recipients, logits_fn, seed=seed)
+        result["class"] = cls
         result["images"] = {}
         for view, pixels in examples.items():
-            path = audit_confirm_path(method, cls, index, view)
+            path = audit_confirm_path(method, group, group_id, index, view)
             files[path] = _png(pixels)
             result["images"][view] = path
         results[fid] = result

@@ -162,12 +162,11 @@ def _write_audit(
     parts: list[dict], output_dir: str, audit: AuditConfig, sanity: list, confirmed: list
 ) -> dict:
     found = confirmed[0] if confirmed else {}
-    for part in parts:  # each confirmable class flag gets its confirmation
-        if part["group"] == "class":
-            for index, flag in enumerate(part["flags"]):
-                fid = flag_id(part["method"], part["id"], index)
-                if fid in found:
-                    flag["confirmation"] = found[fid]
+    for part in parts:  # each tested flag gets its confirmation
+        for index, flag in enumerate(part["flags"]):
+            fid = flag_id(part["group"], part["method"], part["id"], index)
+            if fid in found:
+                flag["confirmation"] = found[fid]
     classes = [p for p in parts if p["group"] == "class"]
     total = sum(p["summary"]["count"] for p in classes if p["method"] == classes[0]["method"])
     out = assemble(parts, records=total if classes else 0, map_size=audit.map_size,

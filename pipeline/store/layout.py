@@ -173,10 +173,21 @@ def artifact_path(record: SaliencyRecord, method: str, view: str) -> str:
     return f"{ARTIFACTS_DIR}/{safe_key(record.key)}/{method}_{view}{suffix}.png"
 
 
-def audit_confirm_path(method: str, class_id: int, index: int, view: str) -> str:
+def _file_id(group: str, group_id: int | str) -> str:
+    if group != "slice":
+        return str(group_id)
+    # "site=B,camera=2": letters, digits, . _ - and a hash, so the name is the same in a
+    # URL (no % escapes a browser would decode) and unique
+    text = str(group_id)
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9._-]', '_', text)[:80]}-{digest}"
+
+
+def audit_confirm_path(method: str, group: str, group_id: int | str, index: int, view: str) -> str:
     """Relative path of a flag's confirmation example PNG (``view``: member_before,
-    member_after, recipient_before, recipient_after): the class's flag ``index``."""
-    return f"{AUDIT_DIR}/maps/{method}/confirm_class_{int(class_id)}_{int(index)}_{view}.png"
+    member_after, recipient_before, recipient_after): flag ``index`` of the group."""
+    name = f"confirm_{group}_{_file_id(group, group_id)}_{int(index)}_{view}.png"
+    return f"{AUDIT_DIR}/maps/{method}/{name}"
 
 
 def audit_map_path(
@@ -186,9 +197,4 @@ def audit_map_path(
     ``group`` "class" (explained), "label" (true), "error" (class_id "<label>-<pred>") or
     "slice" (class_id "<column>=<value>[,...]", made safe for a file name)."""
     name = "mean" if cluster is None else f"cluster_{cluster}"
-    if group == "slice":  # "site=B,camera=2": letters, digits, . _ - and a hash, so the
-        # name is the same in a URL (no % escapes a browser would decode) and unique
-        text = str(class_id)
-        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
-        class_id = f"{re.sub(r'[^A-Za-z0-9._-]', '_', text)[:80]}-{digest}"
-    return f"{AUDIT_DIR}/maps/{method}/{group}_{class_id}_{name}.png"
+    return f"{AUDIT_DIR}/maps/{method}/{group}_{_file_id(group, class_id)}_{name}.png"
