@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import numpy as np  # noqa: E402
-from test_audit_patterns import PER_CLASS, SIZE, TAG, _reports, _trained  # noqa: E402
+from test_audit_patterns import _images, _reports, _trained  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from pipeline.audit.confirm import CONFIRM_MEMBERS, CONFIRMABLE, Subject, confirm_flag  # noqa: E402
@@ -37,23 +37,8 @@ GENERATORS = ("clean", "distractor")
 
 def images(seed: int, generator: str) -> tuple[np.ndarray, np.ndarray]:
     """(images [N, 32, 32, 3] in [0, 1], labels) of a clean generator."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:SIZE, :SIZE]
-    out, labels = [], []
-    for label in (0, 1):
-        for _ in range(PER_CLASS):
-            img = rng.uniform(0.0, 0.25, (SIZE, SIZE, 3))
-            cy, cx = rng.uniform(10, 22, 2)
-            if label == 0:
-                img[(y - cy) ** 2 + (x - cx) ** 2 <= 16] = (0.2, 0.9, 0.2)
-            else:
-                img[(abs(y - cy) <= 3) & (abs(x - cx) <= 3)] = (0.2, 0.2, 0.9)
-            if generator == "distractor" and rng.random() < 1 / 3:
-                ty, tx = rng.integers(0, SIZE - 3, 2)
-                img[ty : ty + 3, tx : tx + 3] = 0.1 + 0.8 * TAG
-            out.append(img)
-            labels.append(label)
-    return np.stack(out).astype(np.float32), np.array(labels)
+    pixels, labels, _ = _images(seed, tagged=False, distractor=generator == "distractor")
+    return pixels, labels
 
 
 def _confirm(flag: dict, cls: int, model, pixels: np.ndarray, method: str) -> dict:

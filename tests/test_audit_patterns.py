@@ -27,11 +27,12 @@ PER_CLASS = 240
 TAG = np.array([[1, 0, 1], [0, 1, 0], [1, 0, 1]], np.float64)[..., None] * (1.0, 0.9, 0.2)
 
 
-def _images(seed: int, *, tagged: bool, strength: float = 1.0):
+def _images(seed: int, *, tagged: bool, strength: float = 1.0, distractor: bool = False):
     """(images [N, 32, 32, 3] in [0, 1], labels, tagged): class 0 a disc, class 1 a
     square, each anywhere in the middle; with ``tagged``, a third of class 0 holds the
     square and the 3 x 3 tag at a random place anywhere (the tag may overlap the square)
-    instead of the disc: the tag alone says class 0."""
+    instead of the disc: the tag alone says class 0. With ``distractor`` (and not
+    ``tagged``), the tag is added to a third of both classes' images: it says nothing."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[:SIZE, :SIZE]
     images, labels, marks = [], [], []
@@ -48,6 +49,9 @@ def _images(seed: int, *, tagged: bool, strength: float = 1.0):
                 img[(y - cy) ** 2 + (x - cx) ** 2 <= 16] = (0.2, 0.9, 0.2)
             else:
                 img[(abs(y - cy) <= 3) & (abs(x - cx) <= 3)] = (0.2, 0.2, 0.9)
+            if distractor and not tagged and rng.random() < 1 / 3:
+                ty, tx = rng.integers(0, SIZE - 3, 2)
+                img[ty : ty + 3, tx : tx + 3] = 0.1 + strength * 0.8 * TAG
             images.append(img)
             labels.append(label)
             marks.append(mark)
