@@ -98,7 +98,8 @@ def group_report(
                                      "size": len(members), "members": members,
                                      "prototype": path})  # fmt: skip
         part["flags"] = class_flags(method, found, keys, aggregate.mean_map(), maps)
-        part["flags"] += repeated_pattern_flags(method, keys, aggregate.member_hotspots())
+        if group == "class":  # its object ceiling reads "most of one class": not a slice's
+            part["flags"] += repeated_pattern_flags(method, keys, aggregate.member_hotspots())
     return part, files
 
 
