@@ -185,13 +185,14 @@ def repeated_pattern_flags(
     # one descriptor shape: the most common (records without an image carry map patches)
     shapes = [c.shape for _, _, c in items]
     shape = max(set(shapes), key=shapes.count)
-    items = [(i, s) for (i, s, c), sh in zip(items, shapes) if sh == shape]
+    kept = [(i, s, c) for (i, s, c), sh in zip(items, shapes) if sh == shape]
+    items = [(i, s) for i, s, _ in kept]
     n = len({i for i, _ in items})
     if n < MIN_PATTERN_MEMBERS:
         return []
     side = items[0][1]["cells"]
     owner = np.array([i for i, _ in items])
-    contexts = np.stack([context_pixels(s) for _, s in items])
+    contexts = np.stack([c for _, _, c in kept])
     sim = similarities(contexts, side)
     sim[owner[:, None] == owner[None, :]] = 0.0  # a member's windows do not vote for it
     smallest = max(MIN_PATTERN_MEMBERS, int(np.ceil(MIN_PATTERN_SHARE * n)))

@@ -167,9 +167,14 @@ class _WantedFn(beam.DoFn):
 
     def process(self, raw: bytes, wanted: dict):
         rid, key = record_id_of(raw)
-        for purpose, ids in (("sanity", wanted["sanity"]), ("confirm", wanted["confirm"])):
-            if (rid if purpose == "sanity" else key) in ids:
-                yield beam.pvalue.TaggedOutput(purpose, records.parse(raw))
+        sanity, confirm = rid in wanted["sanity"], key in wanted["confirm"]
+        if not (sanity or confirm):
+            return
+        record = records.parse(raw)  # once, whichever purposes want it
+        if sanity:
+            yield beam.pvalue.TaggedOutput("sanity", record)
+        if confirm:
+            yield beam.pvalue.TaggedOutput("confirm", record)
 
 
 class ReadWanted(beam.PTransform):

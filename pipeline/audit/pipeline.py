@@ -194,10 +194,11 @@ def _wanted(sanity: frozenset, confirm: frozenset) -> dict:
 
 def _confirm(records: list, parts: list[dict], pool: list[str], config: Config,
              annotations: dict[str, Annotation]) -> dict:  # fmt: skip
-    if not confirmable(parts) or not records:
+    tested = len(confirmable(parts))
+    if not tested or not records:
         return {}
     _LOG.info("confirming %d flag(s) by occlusion and transplant on %d records",
-              len(confirmable(parts)), len(records))  # fmt: skip
+              tested, len(records))  # fmt: skip
     results, files = confirm_all(
         parts, records, pool, model=config.model, saliency=config.saliency,
         annotations=annotations, resize_policy=config.source.resize,
