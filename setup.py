@@ -38,6 +38,9 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10",
         "pyyaml>=6",
+        "scikit-image>=0.24",  # the demo scenes' photos (pipeline/demo/scenes.py)
+        "scikit-learn>=1.5",  # the audit's k-means (pipeline/audit/feature_patterns.py)
+        "scipy>=1.11",  # robust spreads (pipeline/audit/context.py)
         "tqdm>=4.66",  # the progress bar (pipeline/beam/progress.py)
     ],
     extras_require={

@@ -97,6 +97,9 @@ class SaliencyRecord:
     # method -> {abs, positive, negative}: float32 [H, W] in [0, 1], computed once per record
     # (beam.transforms) for both the TFRecord and the artifacts; empty until then.
     views: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    # The model's mid-level feature map float16 [h, w, C] (engine.features), computed by the
+    # handler when the audit is on, for the row line's hotspots; not written to the TFRecord.
+    features: np.ndarray | None = None
 
     @property
     def height(self) -> int:

@@ -54,7 +54,7 @@ def test_occlusion_and_transplant_on_a_model_that_reads_one_red_pixel():
     # window's mean colour does not.
     assert result["transplant_flip_rate"] == 1.0 and result["transplant_control_rate"] == 0.0
     assert result["confirmed"] and result["verdict"].startswith("confirmed")
-    assert result["on_object"] is None  # no boxes
+    assert result["object_cover"] is None and "cannot tell the object" in result["verdict"]
     assert (examples["member_after"] != examples["member_before"]).any()
     # A flag whose region the model ignores: members without red, the same windows.
     plain = [_subject(i, None, rng) for i in range(12)]
@@ -78,12 +78,40 @@ def test_regions_controls_and_object_boxes():
     occluded = occlude(s.image, region)
     assert (occluded[region] == np.round(s.image[~region].mean(axis=0))).all()
     assert (occluded[~region] == s.image[~region]).all()
-    boxed = Subject("b", s.image, 1, s.relevance, boxes=np.array([[0.0, 0.0, 16.0, 16.0]]))
-    members = [boxed] * 6
+    whole = np.ones((16, 16), bool)  # an object box over the whole image
+    members = [Subject("b", s.image, 1, s.relevance, whole)] * 6
     flag = {"kind": "repeated_pattern", "method": "vanilla", "evidence": {}}
     result, _ = confirm_flag(flag, 1, members, [], _red_logits)
-    assert result["on_object"] == 1.0 and result["verdict"].startswith("confirmed, on the object")
+    assert result["object_cover"] == 1.0 and result["verdict"].startswith("on the object")
+    assert not result["confirmed"] and result["whole_region"]["changes_decision"]
     assert result["recipients_tested"] == 0 and result["transplant_flip"]["n"] == 0
+
+
+def _boxed(i: int, red_at: tuple[int, int], box: tuple[int, int, int, int], rng) -> Subject:
+    s = _subject(i, red_at, rng)
+    mask = np.zeros((16, 16), bool)
+    mask[box[0] : box[2], box[1] : box[3]] = True
+    return Subject(s.key, s.image, s.target, s.relevance, mask)
+
+
+def test_a_corner_that_holds_the_object_is_not_confirmed_as_a_shortcut():
+    """The held-out case: clean images whose object sits in the top-left corner, the box
+    inside the corner square. The model reads the object (the red pixel inside the box):
+    the whole corner changes the decision, the corner minus the object does not."""
+    rng = np.random.default_rng(4)
+    corner = {"kind": "corner", "method": "vanilla", "evidence": {"corner": "top_left"}}
+    members = [_boxed(i, (1, 2), (0, 0, 3, 3), rng) for i in range(10)]  # object inside
+    recipients = [_subject(100 + i, None, rng) for i in range(20)]
+    result, _ = confirm_flag(corner, 1, members, recipients, _red_logits, seed=2)
+    assert result["object_cover"] == pytest.approx(9 / 16)  # a 3 x 3 box in the 4 x 4 corner
+    assert result["whole_region"]["changes_decision"] and not result["confirmed"]
+    assert result["verdict"].startswith("on the object")
+    assert result["logit_drop"]["effect"] == 0.0  # the corner minus the object: nothing
+    # The same corner holding a mark beside the object: confirmed, off the object.
+    marked = [_boxed(i, (3, 3), (0, 0, 3, 3), rng) for i in range(10)]  # red outside the box
+    result, _ = confirm_flag(corner, 1, marked, recipients, _red_logits, seed=2)
+    assert result["confirmed"] and result["verdict"].startswith("confirmed, off the object")
+    assert result["logit_drop"]["effect"] == 10.0 and result["transplant_flip_rate"] == 1.0
 
 
 def test_bootstrap_interval_of_known_values():

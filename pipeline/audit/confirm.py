@@ -17,13 +17,27 @@ model gives another class:
   how often the recipient flips to c, against the control.
 
 Effects are paired differences (region minus control) with percentile bootstrap intervals
-(BOOTSTRAP resamples, INTERVAL coverage). A flag is **confirmed** when the logit-drop
-interval lies above 0 and the occlusion-flip or the transplant-flip interval does too: the
-region moves the decision, not only the score. A region that is the object itself also
-drops the logit when occluded, and flips when the object is small; without boxes the test
-cannot tell object from shortcut. With boxes, ``on_object`` is the share of tested members
-whose region lies at least half inside a box: a confirmed flag with ``on_object`` >= 0.5
-says "the model uses the object there", and the verdict says so.
+(BOOTSTRAP resamples, INTERVAL coverage). The region **changes the decision** when the
+logit-drop interval lies above 0 and the occlusion-flip or the transplant-flip interval
+does too: the region moves the decision, not only the score.
+
+The object is not a shortcut. With boxes or masks (a member's ``object`` mask), the test
+runs on the region **minus the object** (and its control likewise), and ``object_cover``
+says how much of the region the object covered; the whole region is tested too. Verdicts:
+
+- ``confirmed, off the object``: the region outside the object changes the decision;
+- ``on the object``: only the region with its object does (the model uses the object
+  there; not a shortcut, ``confirmed`` is false);
+- ``not confirmed``.
+
+Without annotations the test cannot tell the object from a shortcut (a region that is the
+object also drops the logit when occluded); the verdict says so.
+
+A ``context`` flag (audit.context) is tested by swapping backgrounds, which needs the
+objects: each member's object on another class's background (the recipient's image, its
+own object filled with its mean colour) against the member's object on another member's
+background (the logit drop and the flips), and each recipient's object on a member's
+background against it on another recipient's (flips to the class).
 """
 
 from __future__ import annotations
@@ -40,22 +54,22 @@ CONFIRM_MEMBERS = 32
 CONFIRM_RECIPIENTS = 64
 BOOTSTRAP = 1000
 INTERVAL = 0.95
-ON_OBJECT = 0.5
 WINDOW_KINDS = ("repeated_pattern", "off_prototype")
 FRAME_KINDS = ("border", "border_class")
-CONFIRMABLE = ("corner", *FRAME_KINDS, *WINDOW_KINDS)
+CONFIRMABLE = ("corner", *FRAME_KINDS, *WINDOW_KINDS, "context")
 
 
 @dataclasses.dataclass(frozen=True)
 class Subject:
     """One image the test uses: its pixels at model-input size, its explained class, its
-    relevance map per method (for hotspot windows) and its object boxes, if known."""
+    relevance map per method (for hotspot windows) and its object (boxes' or the mask's
+    pixels), if known."""
 
     key: str
     image: np.ndarray  # uint8 [H, W, C]
     target: int
     relevance: dict[str, np.ndarray]  # method -> [H, W]
-    boxes: np.ndarray | None = None  # [N, 4] ymin, xmin, ymax, xmax in pixels
+    object: np.ndarray | None = None  # bool [H, W]: the annotated object(s)
 
 
 def _box(h: int, w: int, y: int, x: int, bh: int, bw: int) -> np.ndarray:
@@ -151,42 +165,9 @@ def bootstrap(values: np.ndarray, rng, *, resamples: int = BOOTSTRAP) -> dict:
     return {"effect": float(v.mean()), "low": float(low), "high": float(high), "n": int(v.size)}
 
 
-def _on_object(region: np.ndarray, boxes: np.ndarray | None) -> bool | None:
-    if boxes is None or not len(boxes):
-        return None
-    inside = np.zeros_like(region)
-    for y0, x0, y1, x1 in np.asarray(boxes):
-        inside[max(0, int(y0)) : int(np.ceil(y1)), max(0, int(x0)) : int(np.ceil(x1))] = True
-    return bool((region & inside).sum() >= ON_OBJECT * region.sum())
-
-
-def confirm_flag(
-    flag: dict,
-    cls: int,
-    members: list[Subject],
-    recipients: list[Subject],
-    logits_fn: Callable[[np.ndarray], np.ndarray],
-    *,
-    seed: int = 0,
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """(the flag's ``confirmation``, example images {"member_before", "member_after",
-    "recipient_before", "recipient_after"}) for class ``cls``; ``logits_fn`` maps a uint8
-    batch [N, H, W, C] to the model's logits [N, classes]."""
-    rng = np.random.default_rng(seed)
-    masks = [region_masks(flag, s, rng) for s in members]
-    images = np.stack([s.image for s in members])
-    occluded = np.stack([occlude(s.image, r) for s, (r, _) in zip(members, masks)])
-    controls = np.stack([occlude(s.image, c) for s, (_, c) in zip(members, masks)])
-    takers = [r for r in recipients if r.target != cls][:CONFIRM_RECIPIENTS]
-    donors = [i % len(members) for i in range(len(takers))]
-    pasted = [transplant(r.image, members[d].image, masks[d][0]) for r, d in zip(takers, donors)]
-    pasted_c = [transplant(r.image, _flat(members[d].image, masks[d][0]), masks[d][0])
-                for r, d in zip(takers, donors)]  # fmt: skip
-    n, k = len(members), len(takers)
-    batch = [images, occluded, controls]
-    if k:
-        batch += [np.stack([r.image for r in takers]), np.stack(pasted), np.stack(pasted_c)]
-    logits = np.asarray(logits_fn(np.concatenate(batch)), np.float64)
+def _effects(cls: int, n: int, k: int, logits: np.ndarray, rng) -> dict:
+    """The paired effects of one test from its logits: [n images, n occluded, n controls,
+    k recipients, k pasted, k pasted controls]."""
     base, occ, ctl = logits[:n], logits[n : 2 * n], logits[2 * n : 3 * n]
     drop = (base[:, cls] - occ[:, cls]) - (base[:, cls] - ctl[:, cls])
     others = np.delete(base, cls, axis=1)
@@ -206,7 +187,6 @@ def confirm_flag(
         "transplant_flip": {"effect": None, "low": None, "high": None, "n": 0},
         "recipients_tested": k,
     }
-    examples = {"member_before": images[0], "member_after": occluded[0]}
     if k:
         tb, tp, tc = (
             logits[3 * n : 3 * n + k],
@@ -218,18 +198,146 @@ def confirm_flag(
         result["transplant_flip_rate"] = float(np.mean(np.argmax(tp, axis=1) == cls))
         result["transplant_control_rate"] = float(np.mean(np.argmax(tc, axis=1) == cls))
         result["recipients_already_c"] = int((np.argmax(tb, axis=1) == cls).sum())
+    above = [result[key]["low"] is not None and result[key]["low"] > 0
+             for key in ("logit_drop", "occlusion_flip", "transplant_flip")]  # fmt: skip
+    result["changes_decision"] = bool(above[0] and (above[1] or above[2]))
+    return result
+
+
+def _batch(members, masks, takers) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """(the test's images in _effects' order, the occluded members, the pasted recipients)."""
+    images = np.stack([s.image for s in members])
+    occluded = np.stack([occlude(s.image, r) for s, (r, _) in zip(members, masks)])
+    controls = np.stack([occlude(s.image, c) for s, (_, c) in zip(members, masks)])
+    donors = [i % len(members) for i in range(len(takers))]
+    pasted = [transplant(r.image, members[d].image, masks[d][0]) for r, d in zip(takers, donors)]
+    pasted_c = [transplant(r.image, _flat(members[d].image, masks[d][0]), masks[d][0])
+                for r, d in zip(takers, donors)]  # fmt: skip
+    batch = [images, occluded, controls]
+    if takers:
+        batch += [np.stack([r.image for r in takers]), np.stack(pasted), np.stack(pasted_c)]
+    return batch, occluded, pasted
+
+
+def _without_object(masks, members) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each member's (region, control) minus its object (a region left empty keeps one
+    pixel outside the object, so every member is still tested)."""
+    out = []
+    for (region, control), s in zip(masks, members):
+        if s.object is None:
+            out.append((region, control))
+            continue
+        off, ctl = region & ~s.object, control & ~s.object
+        out.append(
+            (
+                off if off.any() else _one_pixel(~s.object),
+                ctl if ctl.any() else _one_pixel(~s.object),
+            )
+        )
+    return out
+
+
+def _one_pixel(allowed: np.ndarray) -> np.ndarray:
+    mask = np.zeros_like(allowed)
+    if allowed.any():
+        mask[np.unravel_index(int(np.argmax(allowed)), allowed.shape)] = True
+    return mask
+
+
+def _scene(image: np.ndarray, obj: np.ndarray) -> np.ndarray:
+    """The image's background: its object filled with the mean colour around it."""
+    return occlude(image, obj)
+
+
+def _context_test(cls, members, takers, logits_fn, rng) -> tuple[dict, dict]:
+    """(the background-swap test of a ``context`` flag, its example images)."""
+    members = [s for s in members if s.object is not None and s.object.any()]
+    takers = [r for r in takers if r.object is not None and r.object.any()]
+    if len(members) < 2 or len(takers) < 2:
+        return {"confirmed": False, "changes_decision": False, "members_tested": len(members),
+                "verdict": "not tested: the background swap needs boxes or masks of the "
+                "members and of other classes' images"}, {}  # fmt: skip
+    n, k = len(members), len(takers)
+
+    def swap(obj_of: Subject, scene_of: Subject) -> np.ndarray:
+        return np.where(
+            obj_of.object[..., None],
+            obj_of.image,
+            _scene(scene_of.image, obj_of.object | scene_of.object),
+        )
+
+    images = np.stack([s.image for s in members])
+    foreign = np.stack([swap(s, takers[i % k]) for i, s in enumerate(members)])
+    own = np.stack([swap(s, members[(i + 1) % n]) for i, s in enumerate(members)])
+    batch = [images, foreign, own, np.stack([r.image for r in takers]),
+             np.stack([swap(r, members[i % n]) for i, r in enumerate(takers)]),
+             np.stack([swap(r, takers[(i + 1) % k]) for i, r in enumerate(takers)])]  # fmt: skip
+    result = _effects(cls, n, k, np.asarray(logits_fn(np.concatenate(batch)), np.float64), rng)
+    result["confirmed"] = result["changes_decision"]
+    result["verdict"] = (
+        "confirmed, off the object: the class's backgrounds change the decision"
+        if result["confirmed"] else "not confirmed"
+    )  # fmt: skip
+    examples = {"member_before": images[0], "member_after": foreign[0],
+                "recipient_before": takers[0].image, "recipient_after": batch[4][0]}  # fmt: skip
+    return result, examples
+
+
+def confirm_flag(
+    flag: dict,
+    cls: int,
+    members: list[Subject],
+    recipients: list[Subject],
+    logits_fn: Callable[[np.ndarray], np.ndarray],
+    *,
+    seed: int = 0,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """(the flag's ``confirmation``, example images {"member_before", "member_after",
+    "recipient_before", "recipient_after"}) for class ``cls``; ``logits_fn`` maps a uint8
+    batch [N, H, W, C] to the model's logits [N, classes]."""
+    rng = np.random.default_rng(seed)
+    takers = [r for r in recipients if r.target != cls][:CONFIRM_RECIPIENTS]
+    if flag["kind"] == "context":
+        return _context_test(cls, members, takers, logits_fn, rng)
+    masks = [region_masks(flag, s, rng) for s in members]
+    n, k = len(members), len(takers)
+    known = [s.object is not None for s in members]
+    tests = [masks] + ([_without_object(masks, members)] if any(known) else [])
+    batches = [_batch(members, m, takers) for m in tests]
+    logits = np.asarray(logits_fn(np.concatenate([b for batch, _, _ in batches for b in batch])),
+                        np.float64)  # fmt: skip
+    size = 3 * n + 3 * k
+    whole = _effects(cls, n, k, logits[:size], rng)
+    used, occluded, pasted = batches[-1]
+    result = whole if len(tests) == 1 else _effects(cls, n, k, logits[size:], rng)
+    examples = {"member_before": used[0][0], "member_after": occluded[0]}
+    if k:
         examples.update(recipient_before=takers[0].image, recipient_after=pasted[0])
-    on = [_on_object(r, s.boxes) for s, (r, _) in zip(members, masks)]
-    known = [o for o in on if o is not None]
-    result["on_object"] = float(np.mean(known)) if known else None
-    above = [result[k]["low"] is not None and result[k]["low"] > 0
-             for k in ("logit_drop", "occlusion_flip", "transplant_flip")]  # fmt: skip
-    confirmed = above[0] and (above[1] or above[2])
-    result["confirmed"] = bool(confirmed)
-    if not confirmed:
-        result["verdict"] = "not confirmed"
-    elif result["on_object"] is not None and result["on_object"] >= ON_OBJECT:
-        result["verdict"] = "confirmed, on the object (boxes): the model uses the object there"
+    if not any(known):
+        result["object_cover"] = None
+        result["confirmed"] = result["changes_decision"]
+        result["verdict"] = (
+            "confirmed: the region changes the decision (no boxes or masks: the test cannot "
+            "tell the object from a shortcut)"
+            if result["confirmed"]
+            else "not confirmed"
+        )
+        return result, examples
+    covers = [float((r & s.object).sum() / max(1, r.sum())) for (r, _), s in zip(masks, members)
+              if s.object is not None]  # fmt: skip
+    result["object_cover"] = float(np.mean(covers))
+    tested = ("logit_drop", "occlusion_flip", "transplant_flip", "changes_decision")
+    result["whole_region"] = {key: whole[key] for key in tested}
+    result["confirmed"] = result["changes_decision"]
+    if result["confirmed"]:
+        result["verdict"] = (
+            "confirmed, off the object: the region outside the object changes the decision"
+        )
+    elif whole["changes_decision"]:
+        result["verdict"] = (
+            "on the object: only the region with its object changes the decision (the model "
+            "uses the object there)"
+        )
     else:
-        result["verdict"] = "confirmed: the region changes the decision"
+        result["verdict"] = "not confirmed"
     return result, examples

@@ -68,10 +68,9 @@ def wanted_keys(parts: list[dict], pool: list[str], members: int) -> frozenset[s
 
 
 def _subject(record, method: str | None, annotation, policy: str) -> Subject:
-    boxes, _ = ground_truth(record, annotation, policy)
+    _, mask = ground_truth(record, annotation, policy)  # the object: its mask, or its boxes
     maps = {method: relevance(record.gradients[method])} if method in record.gradients else {}
-    return Subject(record.key, np.asarray(record.image), int(record.target_class), maps,
-                   None if boxes is None else np.asarray(boxes, np.float64))  # fmt: skip
+    return Subject(record.key, np.asarray(record.image), int(record.target_class), maps, mask)
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -122,7 +121,7 @@ def confirm_all(
         if not subjects:
             results[fid] = {"confirmed": False, "verdict": "not tested: no member's record"}
             continue
-        recipients = [_subject(r, None, None, resize_policy) for r in takers]
+        recipients = [_subject(r, None, annotations.get(r.key), resize_policy) for r in takers]
         seed = zlib.crc32(fid.encode("utf-8"))
         result, examples = confirm_flag(flag, cls, subjects, recipients, logits_fn, seed=seed)
         result["class"] = cls

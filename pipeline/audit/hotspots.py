@@ -25,6 +25,8 @@ import base64
 
 import numpy as np
 
+from pipeline.audit.feature_patterns import class_rates, feature_groups
+
 HOTSPOT_FRACTION = 1 / 8  # window side / image side
 DESCRIPTOR_SIDE = 7
 PATTERN_SIMILARITY = 0.8
@@ -37,6 +39,17 @@ MIN_PATTERN_SHARE = 0.05
 MAX_PATTERN_SHARE = 0.6
 MAX_PATTERNS = 3
 HOTSPOTS = 3  # windows kept per map
+FLOAT16_MAX = 65504.0
+# Feature descriptors (audit.feature_patterns): the members' windows' mean pairwise cosine
+# is at least FEATURE_SIMILARITY, and FEATURE_CONTRAST above the rest's mean cosine to them.
+FEATURE_SIMILARITY = 0.6
+FEATURE_CONTRAST = 0.4
+# ... and the pattern is at least ENRICHMENT times as common among the class's members as
+# among other classes' (a sample of them, at least MIN_FOREIGN members): what every class's
+# maps share (the object's edges, the image border's padding) is not the class's shortcut.
+ENRICHMENT = 8.0
+MIN_FOREIGN = 5
+REFERENCE_MEMBERS = 1024  # the dataset-wide sample (smallest key hashes) classes are compared with
 
 
 def window_sums(m: np.ndarray, side: int) -> np.ndarray:
@@ -72,13 +85,41 @@ def _side(h: int, w: int) -> int:
     return max(1, round(min(h, w) * HOTSPOT_FRACTION))
 
 
-def hotspots(relevance_map: np.ndarray, image: np.ndarray | None) -> list[dict]:
+def pooled_features(features: np.ndarray, box: tuple[int, int, int, int], size: tuple):
+    """The mean of ``features`` [h, w, C] over the cells a pixel box (y0, x0, y1, x1) of an
+    image of ``size`` (H, W) overlaps (at least one cell)."""
+    fh, fw = features.shape[:2]
+    h, w = size
+    y0, x0, y1, x1 = box
+    a, b = int(y0 * fh // h), max(int(y0 * fh // h) + 1, -(-y1 * fh // h))
+    c, d = int(x0 * fw // w), max(int(x0 * fw // w) + 1, -(-x1 * fw // w))
+    return features[a:b, c:d].mean(axis=(0, 1))
+
+
+def encode_features(vector: np.ndarray) -> str:
+    """A pooled feature vector as base64 float16 (what a row line stores)."""
+    finite = np.clip(np.nan_to_num(np.asarray(vector, np.float64)), -FLOAT16_MAX, FLOAT16_MAX)
+    return base64.b64encode(finite.astype("<f2").tobytes()).decode()
+
+
+def feature_vector(spot: dict) -> np.ndarray | None:
+    """A hotspot's pooled model features as float64 [C], or None (no feature map)."""
+    if not spot.get("features"):
+        return None
+    return np.frombuffer(base64.b64decode(spot["features"]), "<f2").astype(np.float64)
+
+
+def hotspots(
+    relevance_map: np.ndarray, image: np.ndarray | None, features: np.ndarray | None = None
+) -> list[dict]:
     """The map's HOTSPOTS strongest windows, strongest first, each {"y", "x": its centre
     (fractions of the side), "share": its part of the map's relevance, "cells": the side
     of the descriptor grid, "context": the pixels of the window and half a window around
     it (edge-padded at the image's border), resampled to (cells + 2 * (cells // 2))^2 x C,
-    base64 uint8 (:func:`context_pixels` reads it)}. A window's neighbourhood (half a
-    window around it) is taken out before the next is chosen.
+    base64 uint8 (:func:`context_pixels` reads it), and with ``features`` (the model's
+    feature map [h, w, C] of the image, engine.features) "features": their mean over the
+    cells the window covers, base64 float16 (:func:`feature_vector`)}. A window's
+    neighbourhood (half a window around it) is taken out before the next is chosen.
 
     The context lets :func:`similarities` match two hotspots under shifts of up to half
     a window, so one pattern matches itself wherever the argmax window happened to start
@@ -102,13 +143,17 @@ def hotspots(relevance_map: np.ndarray, image: np.ndarray | None) -> list[dict]:
         if sums[y, x] <= 0 and spots:
             break
         context = padded[y : y + side + 2 * margin, x : x + side + 2 * margin]
-        spots.append({
+        spot = {
             "y": (y + side / 2) / h,
             "x": (x + side / 2) / w,
             "share": float(sums[y, x]) / total if total > 0 else 0.0,
             "cells": cells,
             "context": encode_context(_resample(context, cells + 2 * (cells // 2))),
-        })  # fmt: skip
+        }
+        if features is not None:
+            box = (int(y), int(x), int(y) + side, int(x) + side)
+            spot["features"] = encode_features(pooled_features(features, box, (h, w)))
+        spots.append(spot)
         left[
             max(0, y - side // 2) : y + side + side // 2,
             max(0, x - side // 2) : x + side + side // 2,
@@ -173,67 +218,156 @@ def _pattern_groups(sim: np.ndarray, owner: np.ndarray, limit: int) -> list[np.n
     return groups
 
 
+def _pixel_candidates(contexts: np.ndarray, owner: np.ndarray, cells: int) -> list[dict]:
+    """Candidate patterns by pixels: groups of near-identical contexts under shifts
+    (_pattern_groups), each {"windows", "value": the members' mean similarity to each
+    other, "control": the rest's mean similarity to the group}."""
+    sim = similarities(contexts, cells)
+    sim[owner[:, None] == owner[None, :]] = 0.0  # a member's windows do not vote for it
+    out = []
+    for group in _pattern_groups(sim, owner, MAX_PATTERNS):
+        value = float(sim[np.ix_(group, group)][~np.eye(len(group), dtype=bool)].mean())
+        rest = ~np.isin(owner, owner[group]) & (sim.max(axis=1) > 0)
+        per_member: dict[int, float] = {}
+        for i in np.flatnonzero(rest):
+            per_member[owner[i]] = max(per_member.get(owner[i], 0.0), float(sim[i, group].mean()))
+        control = float(np.mean(list(per_member.values()))) if per_member else 0.0
+        seed = group[int(np.argmax(sim[np.ix_(group, group)].sum(axis=1)))]
+        out.append({"windows": group, "value": value, "control": control, "seed": seed})
+    return out
+
+
+def _descriptors(items: list[tuple[int, dict]]):
+    """("features", [n, C]) when most windows carry the model's features, else ("pixels",
+    [n, D, D, C]) of the most common shape; and the windows kept (one descriptor per class:
+    lines of older runs, or records without an image, carry other kinds)."""
+    vectors = [feature_vector(s) for _, s in items]
+    sizes = [None if v is None else v.size for v in vectors]
+    common = max(set(sizes), key=sizes.count)
+    if common is not None:
+        keep = [k for k, size in enumerate(sizes) if size == common]
+        return "features", np.stack([vectors[k] for k in keep]), keep
+    contexts = [context_pixels(s) for _, s in items]
+    shapes = [c.shape for c in contexts]
+    shape = max(set(shapes), key=shapes.count)
+    keep = [k for k, sh in enumerate(shapes) if sh == shape]
+    return "pixels", np.stack([contexts[k] for k in keep]), keep
+
+
+MEASURED = {
+    "features": "mean cosine of the model's standardised mid-level features at the members' "
+    "saliency hotspots (a pattern the model sees, wherever it sits and whatever is behind it)",
+    "pixels": "mean similarity of the image patches at the members' saliency hotspots (best "
+    "over shifts; a pattern the model looks at wherever it sits)",
+}
+THRESHOLDS = {"features": (FEATURE_SIMILARITY, FEATURE_CONTRAST),
+              "pixels": (PATTERN_SIMILARITY, MIN_CONTRAST)}  # fmt: skip
+
+
+def _enrichment(group: np.ndarray, descriptors: np.ndarray, owner: np.ndarray, foreign) -> dict:
+    """The pattern's share among the class's members and among other classes' (``foreign``:
+    (vectors [m, C], owners [m])), and their ratio; {} without enough foreign members."""
+    vectors, owners = foreign
+    if len(np.unique(owners)) < MIN_FOREIGN:
+        return {}
+    inside, outside = class_rates(descriptors[group], descriptors, owner, vectors, owners)
+    floor = 0.5 / len(np.unique(owners))  # half a member: a rate of 0 is "below one in m"
+    return {"class_rate": inside, "other_classes_rate": outside,
+            "enrichment": inside / max(outside, floor), "enrichment_threshold": ENRICHMENT,
+            "other_classes_sample": int(len(np.unique(owners)))}  # fmt: skip
+
+
+def reference_entry(priority: int, key: str, cls: int, spots: list[dict] | None) -> tuple:
+    """One member of the dataset-wide reference sample: (priority, key, class, its hotspots'
+    encoded features); the audit keeps the REFERENCE_MEMBERS smallest priorities."""
+    return priority, key, int(cls), tuple(s["features"] for s in spots or () if s.get("features"))
+
+
+def foreign_from(reference, cls: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The reference's members of classes other than ``cls`` as :func:`foreign_windows`."""
+    return foreign_windows([[{"features": f} for f in entry[3]]
+                            for entry in reference if entry[2] != cls])  # fmt: skip
+
+
+def foreign_windows(spots: list[list[dict] | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Other classes' members' hotspots -> (feature vectors [m, C], their members), the
+    reference :func:`repeated_pattern_flags` compares a class with (None: no features)."""
+    rows = [(i, v) for i, member in enumerate(spots) if member for s in member
+            if (v := feature_vector(s)) is not None]  # fmt: skip
+    if not rows:
+        return None
+    size = max({v.size for _, v in rows}, key=[v.size for _, v in rows].count)
+    rows = [(i, v) for i, v in rows if v.size == size]
+    return np.stack([v for _, v in rows]), np.array([i for i, _ in rows])
+
+
 def repeated_pattern_flags(
-    method: str, keys: list[str], spots: list[list[dict] | None]
+    method: str,
+    keys: list[str],
+    spots: list[list[dict] | None],
+    foreign: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[dict]:
     """The ``repeated_pattern`` flags of one class and method (``spots``: each member's
-    hotspots, aligned with ``keys``; None for lines written without them)."""
-    items = [(i, s, context_pixels(s)) for i, member in enumerate(spots) if member
-             for s in member]  # fmt: skip
+    hotspots, aligned with ``keys``; None for lines written without them). Windows are
+    compared by the model's features where the lines carry them (audit.feature_patterns),
+    else by their pixels. ``foreign``: other classes' windows (:func:`foreign_windows`),
+    for the feature rule's enrichment test."""
+    items = [(i, s) for i, member in enumerate(spots) if member for s in member]
     if not items:
         return []
-    # one descriptor shape: the most common (records without an image carry map patches)
-    shapes = [c.shape for _, _, c in items]
-    shape = max(set(shapes), key=shapes.count)
-    kept = [(i, s, c) for (i, s, c), sh in zip(items, shapes) if sh == shape]
-    items = [(i, s) for i, s, _ in kept]
+    kind, descriptors, keep = _descriptors(items)
+    items = [items[k] for k in keep]
     n = len({i for i, _ in items})
     if n < MIN_PATTERN_MEMBERS:
         return []
-    side = items[0][1]["cells"]
     owner = np.array([i for i, _ in items])
-    contexts = np.stack([c for _, _, c in kept])
-    sim = similarities(contexts, side)
-    sim[owner[:, None] == owner[None, :]] = 0.0  # a member's windows do not vote for it
+    if kind == "features":
+        candidates = feature_groups(descriptors, owner)
+    else:
+        candidates = _pixel_candidates(descriptors, owner, items[0][1]["cells"])
+    similarity, contrast = THRESHOLDS[kind]
     smallest = max(MIN_PATTERN_MEMBERS, int(np.ceil(MIN_PATTERN_SHARE * n)))
     flags = []
-    for group in _pattern_groups(sim, owner, MAX_PATTERNS):
+    for c in candidates:
+        group = c["windows"]
         if not smallest <= len(group) <= MAX_PATTERN_SHARE * n:
             continue
-        # the members' mean similarity to each other; the rest's: each member's window that
-        # is most like the group, its mean similarity to the group's windows
-        value = float(sim[np.ix_(group, group)][~np.eye(len(group), dtype=bool)].mean())
-        inside = np.isin(owner, owner[group])
-        rest = ~inside & (sim.max(axis=1) > 0)  # the others' windows with a pattern
-        per_member = {}
-        for i in np.flatnonzero(rest):
-            best = float(sim[i, group].mean())
-            per_member[owner[i]] = max(per_member.get(owner[i], 0.0), best)
-        control = float(np.mean(list(per_member.values()))) if per_member else 0.0
-        if value - control < MIN_CONTRAST:  # the rest of the class looks at it too
-            continue
+        if c["value"] < similarity or c["value"] - c["control"] < contrast:
+            continue  # not one pattern, or the rest of the class looks at it too
         share = float(np.mean([items[i][1]["share"] for i in group]))
-        if share < MIN_HOTSPOT_SHARE:  # the maps barely look at it
+        if kind == "pixels" and share < MIN_HOTSPOT_SHARE:  # the maps barely look at it
             continue
+        enriched = {}
+        if (
+            kind == "features"
+            and foreign is not None
+            and foreign[0].shape[1:] == descriptors.shape[1:]
+        ):
+            enriched = _enrichment(group, descriptors, owner, foreign)
+            if enriched and enriched["enrichment"] < ENRICHMENT:
+                continue  # other classes' maps look at the same thing
         where = np.array([[items[i][1]["y"], items[i][1]["x"]] for i in group])
-        seed = group[int(np.argmax(sim[np.ix_(group, group)].sum(axis=1)))]
         evidence = {
-            "measured": "mean similarity of the image patches at the members' saliency "
-            "hotspots (best over shifts; a pattern the model looks at wherever it sits)",
-            "value": value,
-            "threshold": PATTERN_SIMILARITY,
-            "control": control,
-            "contrast_threshold": MIN_CONTRAST,
+            "measured": MEASURED[kind],
+            "descriptor": kind,
+            "value": c["value"],
+            "threshold": similarity,
+            "control": c["control"],
+            "contrast_threshold": contrast,
             "movement": float(where.std(axis=0).mean()),
             "hotspot_share": share,
             "share_threshold": MIN_HOTSPOT_SHARE,
-            "example": keys[owner[seed]],
+            "example": keys[owner[c["seed"]]],
+            "window_side": HOTSPOT_FRACTION,  # of the image side
             # each member's matching window: its centre, fractions of the side
             "windows": {keys[owner[i]]: [items[i][1]["y"], items[i][1]["x"]] for i in group},
             "cluster_size": int(len(group)),
             "class_sample": n,
+            **enriched,
         }
         flags.append({"kind": "repeated_pattern", "method": method, "cluster": None,
                       "members": sorted(keys[owner[i]] for i in group),
                       "evidence": evidence})  # fmt: skip
+        if len(flags) == MAX_PATTERNS:
+            break
     return flags

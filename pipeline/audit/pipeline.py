@@ -39,7 +39,9 @@ from pipeline.audit.confirmation import (
     flag_id,
     wanted_keys,
 )
+from pipeline.audit.context import context_flags
 from pipeline.audit.drift import check_rules, compare, parse_rule
+from pipeline.audit.hotspots import REFERENCE_MEMBERS, reference_entry
 from pipeline.audit.line_sources import (
     ReadRowLines,
     ReadWanted,
@@ -149,10 +151,20 @@ class _AggregateFn(beam.CombineFn):
         return aggregate
 
 
-def _report(item: tuple, output_dir: str, neighbours: int, max_clusters: int) -> dict:
+def _reference_entries(item: tuple):
+    """((group, method, id), value) of a class group -> (method, its reference entry)."""
+    (group, method, group_id), (key, _, _, _, spots) = item
+    if group == "class":
+        yield method, reference_entry(key_priority(key), key, group_id, spots)
+
+
+def _report(
+    item: tuple, output_dir: str, neighbours: int, max_clusters: int, reference: dict
+) -> dict:
     (group, method, group_id), aggregate = item
     part, files = group_report(group, method, group_id, aggregate, neighbours=neighbours,
-                               max_clusters=max_clusters)  # fmt: skip
+                               max_clusters=max_clusters,
+                               reference=tuple(reference.get(method, ())))  # fmt: skip
     for relative, data in files.items():
         write_atomic(join_path(output_dir, relative), data, mime_type="image/png")
     return part
@@ -228,11 +240,20 @@ def build_audit(
     _ = rows.rows | "WriteAuditRows" >> beam.io.WriteToText(
         join_path(out_dir, AUDIT_ROWS), num_shards=1, shard_name_template=""
     )
+    reference = (
+        rows.keyed
+        | "ReferenceEntries" >> beam.FlatMap(_reference_entries)
+        | "ReferenceSample" >> beam.combiners.Top.SmallestPerKey(REFERENCE_MEMBERS)
+    )
     parts = (
         rows.keyed
         | "AggregatePerGroup" >> beam.CombinePerKey(_AggregateFn(a.reservoir))
-        | "GroupReports" >> beam.Map(_report, out_dir, a.neighbours, a.max_clusters)
+        | "GroupReports"
+        >> beam.Map(
+            _report, out_dir, a.neighbours, a.max_clusters, beam.pvalue.AsDict(reference)
+        )  # fmt: skip
         | "CollectReports" >> beam.combiners.ToList()
+        | "ContextFlags" >> beam.Map(context_flags)
     )
     nothing = beam.pvalue.AsList(lines.pipeline | "NoSanity" >> beam.Create([]))
     sanity, confirmed = nothing, nothing

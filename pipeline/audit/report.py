@@ -89,13 +89,27 @@ def _figure(src: str, caption: str) -> dict:
     return {"src": src, "caption": caption}
 
 
-def _thumbs(keys: list[str], method: str, manifest: dict[str, dict], label=None) -> list[dict]:
+def _thumbs(
+    keys: list[str],
+    method: str,
+    manifest: dict[str, dict],
+    label=None,
+    windows=None,
+    window_side: float = 0.0,
+) -> list[dict]:
+    """Thumbnails of ``keys``' overlays; with ``windows`` (key -> a hotspot window's centre,
+    in fractions of the side) each shows its window as a box (top, left, side in %)."""
     out = []
+    side = 100 * window_side
     for key in keys[:EXAMPLES]:
         artifacts = manifest.get(key, {}).get("artifacts", {}).get(method, {})
         view = artifacts.get("overlay") or artifacts.get("heatmap")
         caption = key if label is None or not view else f"{key} {label(key)}"
-        out.append({"src": f"../{view}" if view else "", "caption": caption})
+        thumb = {"src": f"../{view}" if view else "", "caption": caption}
+        if windows and key in windows:
+            y, x = windows[key]
+            thumb["window"] = [round(100 * y - side / 2, 2), round(100 * x - side / 2, 2), side]
+        out.append(thumb)
     return out
 
 
@@ -144,7 +158,16 @@ def _methods(audit: dict) -> dict:
 
 
 # evidence beyond value / threshold that the report prints (audit.hotspots)
-_DETAIL = ("control", "contrast_threshold", "movement", "hotspot_share")
+_DETAIL = (
+    "control",
+    "contrast_threshold",
+    "movement",
+    "hotspot_share",
+    "enrichment",
+    "enrichment_threshold",
+    "class_rate",
+    "other_classes_rate",
+)
 
 
 def _flag(flag: dict, clusters: list[dict], manifest: dict[str, dict]) -> dict:
@@ -154,7 +177,8 @@ def _flag(flag: dict, clusters: list[dict], manifest: dict[str, dict]) -> dict:
     return {"kind": flag["kind"], "method": flag["method"], "cluster": flag["cluster"],
             "members": len(flag["members"]), "measured": ev["measured"], "value": ev["value"],
             "threshold": ev["threshold"], "prototype": _in_audit_dir(proto) if proto else "",
-            "thumbs": _thumbs(flag["members"], flag["method"], manifest),
+            "thumbs": _thumbs(flag["members"], flag["method"], manifest,
+                              windows=ev.get("windows"), window_side=ev.get("window_side", 0)),
             "detail": [(k.replace("_", " "), ev[k]) for k in _DETAIL
                        if ev.get(k) is not None],
             "confirmation": _confirmation(flag.get("confirmation"))}  # fmt: skip
@@ -170,6 +194,20 @@ def _interval(part: dict | None) -> str:
     return f"{part['effect']:+.3g} [{part['low']:+.3g}, {part['high']:+.3g}] (n={part['n']})"
 
 
+def _object_lines(c: dict) -> list[tuple[str, str]]:
+    """What the object-aware test adds: how much of the region the object covered, and the
+    test of the whole region (object included) beside the test without it."""
+    if c.get("object_cover") is None:
+        return [("objects", "no boxes or masks: the test cannot tell the object from a shortcut")]
+    whole = c.get("whole_region", {})
+    return [
+        ("share of the region the object covered", f"{c['object_cover']:.2f}"),
+        ("tested", "the region minus the object (and its control likewise)"),
+        ("whole region, object included: logit drop", _interval(whole.get("logit_drop"))),
+        ("whole region changes the decision", "yes" if whole.get("changes_decision") else "no"),
+    ]
+
+
 def _confirmation(c: dict | None) -> dict | None:
     """The report's view of a flag's causal confirmation (audit.confirm)."""
     if not c:
@@ -181,7 +219,8 @@ def _confirmation(c: dict | None) -> dict | None:
             ("target logit drop, region minus control", _interval(c.get("logit_drop"))),
             ("prediction flips on occlusion, minus control", _interval(c.get("occlusion_flip"))),
             ("recipients flipped to the class, minus control", _interval(c.get("transplant_flip"))),
-        ],  # fmt: skip
+        ]
+        + _object_lines(c),  # fmt: skip
         "images": [
             _figure(_in_audit_dir(c["images"][view]), caption)
             for view, caption in _CAPTIONS.items()

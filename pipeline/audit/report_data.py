@@ -35,7 +35,7 @@ import numpy as np
 
 from pipeline.audit.aggregates import ClassAggregate
 from pipeline.audit.flags import class_flags
-from pipeline.audit.hotspots import repeated_pattern_flags
+from pipeline.audit.hotspots import foreign_from, repeated_pattern_flags
 from pipeline.audit.strategies import discover
 from pipeline.maps.render import heatmap_png
 from pipeline.store.layout import audit_map_path
@@ -71,9 +71,11 @@ def group_report(
     *,
     neighbours: int,
     max_clusters: int,
+    reference: tuple = (),
 ) -> tuple[dict, dict[str, bytes]]:
     """(one group-and-method part of audit.json, {relative path: PNG bytes}); strategies
-    and flags for classes and slices."""
+    and flags for classes and slices. ``reference``: the method's dataset-wide sample of
+    members (audit.hotspots.reference_entry), that a class's patterns are compared with."""
     mean_path = audit_map_path(method, group_id, group=group)
     files = {mean_path: _png(aggregate.mean_map())}
     part = {
@@ -99,7 +101,9 @@ def group_report(
                                      "prototype": path})  # fmt: skip
         part["flags"] = class_flags(method, found, keys, aggregate.mean_map(), maps)
         if group == "class":  # its object ceiling reads "most of one class": not a slice's
-            part["flags"] += repeated_pattern_flags(method, keys, aggregate.member_hotspots())
+            foreign = foreign_from(reference, int(group_id))
+            part["flags"] += repeated_pattern_flags(method, keys, aggregate.member_hotspots(),
+                                                    foreign)  # fmt: skip
     return part, files
 
 

@@ -179,5 +179,6 @@ def record_rows(
         if curves:
             row["deletion_auc"] = float(auc(curves["deletion"]))
             row["insertion_auc"] = float(auc(curves["insertion"]))
-        out.append((row, downsample(m, map_size), curves, hotspots(m, record.image)))
+        spots = hotspots(m, record.image, record.features)
+        out.append((row, downsample(m, map_size), curves, spots))
     return out

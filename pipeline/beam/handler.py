@@ -49,6 +49,7 @@ class Engine:
     counters: Counters = dataclasses.field(default_factory=Counters)
     faithfulness: Faithfulness | None = None
     class_names: tuple[str, ...] = ()
+    features: bool = False  # the records carry the model's feature map (the audit's)
 
 
 def make_explainer(loaded: LoadedModel, s: SaliencyConfig, *, pad_to: int) -> Explainer:
@@ -63,6 +64,7 @@ def load_engine(
     *,
     progress_every: int = 0,
     faithfulness: Faithfulness | None = None,
+    features: bool = False,
 ) -> Engine:
     """Load the model and build the explainer (what each worker process does once)."""
     loaded = load_once(model)
@@ -76,6 +78,7 @@ def load_engine(
         explainer=explainer,
         saliency=saliency,
         faithfulness=faithfulness,
+        features=features,
         class_names=check_class_names(
             configured_class_names(model.class_names), loaded.num_classes
         ),  # fmt: skip
@@ -94,7 +97,10 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
         run_id: str,
         progress_every: int = 0,
         faithfulness: Faithfulness | None = None,
+        features: bool = False,
     ) -> None:
+        if not isinstance(features, bool):
+            raise TypeError(f"features: got {features!r}; True or False is required.")
         if faithfulness is not None and not isinstance(faithfulness, Faithfulness):
             raise TypeError(
                 f"faithfulness: got {type(faithfulness).__name__}; an audit.curves.Faithfulness "
@@ -110,11 +116,11 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
         self._run_id = run_id
         self._progress_every = progress_every
         self._faithfulness = faithfulness
+        self._features = features
 
     def load_model(self) -> Engine:
-        return load_engine(
-            *self._sections, progress_every=self._progress_every, faithfulness=self._faithfulness
-        )
+        return load_engine(*self._sections, progress_every=self._progress_every,
+                           faithfulness=self._faithfulness, features=self._features)  # fmt: skip
 
     def get_metrics_namespace(self) -> str:
         return "saliency"
@@ -238,6 +244,7 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
         chunk=engine.explainer.batch_size,
     ) if chosen else {}  # fmt: skip
     place = {j: i for i, j in enumerate(chosen)}  # row of the batch -> row of the curves
+    feats = engine.explainer.features(x[rows]) if engine.features else None
     records: list[SaliencyRecord | Failure] = [
         _numerics_failure(items[row], what) for row, what in sorted(bad.items())
     ]
@@ -280,6 +287,7 @@ def _explain(items: list[ImageItem], engine: Engine, run_id: str) -> list[Salien
                 }
                 if j in place
                 else {},
+                features=None if feats is None else _to_float16(feats[j]),
             )
         )
     return records

@@ -197,6 +197,7 @@ def build_pipeline(p: beam.Pipeline, config: Config, *, attempt: Attempt | None 
         faithfulness_steps=config.audit.faithfulness,
         faithfulness_baseline=config.audit.faithfulness_baseline,
         faithfulness_fraction=config.audit.faithfulness_fraction,
+        audit_features=config.audit.enabled,
     )
     records = explained.records
     failures = (read.failures, explained.failures) | "AllFailures" >> beam.Flatten()

@@ -111,7 +111,8 @@ class ExplainImages(beam.PTransform):
     once per worker process. ``faithfulness_steps`` > 0 adds each method's deletion /
     insertion curves (that many steps towards ``faithfulness_baseline``, in the model's
     input space) to ``faithfulness_fraction`` of the records (by key hash), computed with
-    the model in the handler.
+    the model in the handler. ``audit_features`` adds the model's mid-level feature map
+    (engine.features) to each record in memory, for the audit's row lines.
     """
 
     def __init__(
@@ -128,6 +129,7 @@ class ExplainImages(beam.PTransform):
         faithfulness_steps: int = 0,
         faithfulness_baseline: float = 0.0,
         faithfulness_fraction: float = 1.0,
+        audit_features: bool = False,
         **saliency_options: Any,
     ) -> None:
         super().__init__()
@@ -165,6 +167,7 @@ class ExplainImages(beam.PTransform):
             batch=self._batch,
             run_id=run_id,
             progress_every=progress_every,
+            features=audit_features,
             faithfulness=(
                 Faithfulness(
                     steps=faithfulness_steps,

@@ -11,9 +11,8 @@ logits become probabilities (softmax, or a sigmoid per class for multi-label mod
 - One ``tf.function`` per (method, precision, input shape), each built
   with a fully specified ``input_signature``, so it traces exactly once; ``pad_to`` pads a
   short batch (repeating its last image) so the last batch of a run reuses the trace.
-  Built without AutoGraph: the bodies use explicit tf.while_loop, and AutoGraph never
-  converts Keras layers' call (Keras is on its do-not-convert list), so converting only
-  cost time (about 0.7 s of a run's first batch on MobileNetV2).
+  Built without AutoGraph (explicit tf.while_loop; it never converts Keras layers' call,
+  so it only cost time: about 0.7 s of a run's first batch on MobileNetV2).
 - Reduced precision: the model is cast with ``precision.cast_model`` (float32 outputs). In
   float16 the target score is multiplied by ``FLOAT16_LOSS_SCALE`` before the gradient and
   the gradient divided by it afterwards, so small gradients do not underflow. A map (or
@@ -49,6 +48,7 @@ from pipeline.engine.checks import (
     check_method,
     check_noise,
 )
+from pipeline.engine.features import CompiledFeatures
 from pipeline.engine.folding import FoldReport, fold_checked
 from pipeline.engine.graph import copy_state
 from pipeline.engine.guided import GuidedReport, guided_model
@@ -159,6 +159,7 @@ class Explainer:
         self._traces = 0
         self._guided_report: GuidedReport | None = None
         self._cam: CompiledCam | None = None  # Grad-CAM's compiled functions, on first use
+        self._features: CompiledFeatures | None = None  # the audit's, on first use
         if self.precision != "float32":
             self._variant(guided=False, precision=self.precision)  # cast now: fail early
 
@@ -186,10 +187,9 @@ class Explainer:
         return self._models[key]
 
     def sync_copies(self) -> None:
-        """After the model's weights were changed in place, copy them into every variant
-        that holds copies (guided and cast clones), keeping the compiled functions: no
-        new trace. A folded variant cannot follow (its weights are derived): build the
-        Explainer with ``fold=False`` to use this."""
+        """Copy the model's weights (changed in place) into every variant holding copies
+        (guided, cast clones), keeping the compiled functions. A folded variant cannot
+        follow (derived weights): build the Explainer with ``fold=False`` to use this."""
         for (guided, _), model in self._models.items():
             if model is self._base:
                 continue
@@ -202,13 +202,12 @@ class Explainer:
             copy_state(self._base, model)
 
     def copied_weights(self) -> list:
-        """The caller's variables that a built variant holds copies of ([] while every
-        variant in use shares the caller's own variables)."""
+        """The caller's variables that a built variant holds copies of ([]: none)."""
         return list(self._copied)
 
     @property
     def logits_model(self) -> keras.Model:
-        """The float32 logits model the maps are taken on (softmax stripped, unfolded)."""
+        """The float32 logits model of the maps (softmax stripped, unfolded)."""
         return self._base
 
     def guided_report(self) -> GuidedReport:
@@ -307,6 +306,13 @@ class Explainer:
         if not out:
             return np.zeros([0, self.num_classes], np.float32)
         return np.concatenate(out, axis=0)
+
+    def features(self, x: np.ndarray) -> np.ndarray | None:
+        """The mid-level feature map float32 [B, h, w, C] (model-space images) that the
+        audit matches patterns in (engine.features), on the float32 logits model; None
+        when the model has no such layer."""
+        self._features = self._features or CompiledFeatures(self._base, pad_to=self.pad_to)
+        return self._features(check_images(x))
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Per-class probabilities [B, classes] (float64) by the head: softmax, or sigmoid

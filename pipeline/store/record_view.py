@@ -52,4 +52,5 @@ def decoded_view(record: SaliencyRecord, *, include_image: bool) -> DecodedRecor
         },
         prediction_name=record.prediction_name,
         target_name=record.target_name,
+        features=record.features,
     )

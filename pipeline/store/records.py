@@ -141,6 +141,8 @@ class DecodedRecord:
     faithfulness: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     prediction_name: str = ""
     target_name: str = ""
+    # the job's in-memory view only (record_view): the model's feature map, never stored
+    features: np.ndarray | None = None
 
     @property
     def record_id(self) -> str:

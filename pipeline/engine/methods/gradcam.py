@@ -18,10 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["CompiledCam", "cam_layer", "feature_model", "gradcam"]
+__all__ = ["CompiledCam", "cam_layer", "feature_model", "gradcam", "spatial"]
 
 
-def _spatial(layer: keras.layers.Layer) -> bool:
+def spatial(layer: keras.layers.Layer) -> bool:
     if isinstance(layer, keras.layers.InputLayer):  # the image itself: no feature maps
         return False
     try:
@@ -43,19 +43,19 @@ def cam_layer(model: keras.Model, name: str = "") -> keras.layers.Layer:
         try:
             layer = model.get_layer(name)
         except ValueError as error:
-            names = [layer.name for layer in model.layers if _spatial(layer)]
+            names = [layer.name for layer in model.layers if spatial(layer)]
             raise ValueError(
                 f"saliency.gradcam_layer {name!r}: no such layer in model {model.name!r}; "
                 f"its spatial 4-D layers are {names[-8:]}."
             ) from error
-        if not _spatial(layer):
+        if not spatial(layer):
             raise ValueError(
                 f"saliency.gradcam_layer {name!r}: its output {tuple(layer.output.shape)} is "
                 "not a spatial 4-D map [B, h, w, c]; name a convolutional layer."
             )
         return layer
     for layer in reversed(model.layers):
-        if _spatial(layer):
+        if spatial(layer):
             return layer
     raise ValueError(
         f"model {model.name!r} has no layer with a spatial 4-D output [B, h, w, c], so "

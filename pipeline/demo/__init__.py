@@ -1,0 +1,1 @@
+"""Synthetic shortcut scenes (natural photo backgrounds, planted marks) and the demo."""
