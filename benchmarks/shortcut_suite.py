@@ -63,8 +63,10 @@ def run_seed(seed: int, *, size: int, per_class: int, samples: int, clean: bool,
             "kinds": [[f["kind"], len(f["members"]), f.get("confirmation", {}).get("verdict")]
                       for f in o.flags],
         })  # fmt: skip
-        common.log(f"  class {o.cls} {o.method:10s} {o.plant:12s} planted {o.planted:3d} flags "
-                   f"{len(o.flags)} confirmed {o.confirmed} P {o.precision} R {o.recall}")  # fmt: skip
+        common.log(
+            f"  class {o.cls} {o.method:10s} {o.plant:12s} planted {o.planted:3d} flags "
+            f"{len(o.flags)} confirmed {o.confirmed} P {o.precision} R {o.recall}"
+        )
     return rows
 
 
