@@ -67,6 +67,8 @@ def run_seed(seed: int, *, size: int, per_class: int, samples: int, clean: bool,
             f"  class {o.cls} {o.method:10s} {o.plant:12s} planted {o.planted:3d} flags "
             f"{len(o.flags)} confirmed {o.confirmed} P {o.precision} R {o.recall}"
         )
+        for kind, size, verdict in rows[-1]["kinds"]:
+            common.log(f"      {kind} ({size} members): {verdict}")
     return rows
 
 

@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", metavar="DIR", help="default out/demo")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--per-class", type=int, default=200, help="images per class (200)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="SECTION.KEY=VALUE", help="override configs/demo.yaml")  # fmt: skip
     for flag in ("--quiet", "--verbose"):
         demo.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
     demo.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
@@ -252,7 +254,7 @@ def _demo(args: argparse.Namespace, beam_args: Sequence[str]) -> int:
         overrides = prepare(args.out, seed=args.seed, per_class=args.per_class)
     except ValueError as exc:
         return _errors([str(exc)])
-    sets = [item for o in overrides for item in ("--set", o)]
+    sets = [item for o in [*overrides, *args.overrides] for item in ("--set", o)]
     quiet = ["--quiet"] if args.quiet else []
     return main(["run", "--config", str(DEMO_CONFIG), *sets, *quiet, *beam_args])
 

@@ -1,5 +1,6 @@
 """Patterns the way the model sees them (engine.features, audit.feature_patterns, the
-feature path of audit.hotspots' repeated_pattern rule), context shortcuts (audit.context)
+feature path of audit.hotspots' repeated_pattern rule), context shortcuts and frames
+relative to the other classes (audit.relative)
 and the background-swap test, on hand-made numbers."""
 
 import keras
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 
 from pipeline.audit.confirm import Subject, confirm_flag
-from pipeline.audit.context import CONTEXT_Z, context_flags
 from pipeline.audit.feature_patterns import class_rates, standardised_features
 from pipeline.audit.hotspots import (
     ENRICHMENT,
@@ -19,6 +19,7 @@ from pipeline.audit.hotspots import (
     pooled_features,
     repeated_pattern_flags,
 )
+from pipeline.audit.relative import CONTEXT_Z, FRAME_Z, context_flags, frame_flags
 from pipeline.demo.train import build_model
 from pipeline.engine.explainer import Explainer
 from pipeline.engine.features import feature_layer
@@ -114,8 +115,8 @@ def test_a_class_whose_maps_leave_its_objects_far_more_than_the_others_is_flagge
     out = context_flags(parts)
     assert [len(p["flags"]) for p in out] == [0, 0, 0, 0, 1]
     e = out[4]["flags"][0]["evidence"]
-    assert e["value"] == pytest.approx(0.70) and e["others_median"] == pytest.approx(0.295)
-    assert e["z"] >= CONTEXT_Z and e["ratio"] == pytest.approx(0.70 / 0.295)
+    assert e["outside_share"] == pytest.approx(0.70) and e["others_median"] == pytest.approx(0.295)
+    assert e["value"] >= CONTEXT_Z and e["ratio"] == pytest.approx(0.705 / 0.30)
     assert out[4]["flags"][0]["members"] == sorted(f"c4/{i}" for i in range(6))
     assert parts[4]["flags"] == []  # the input is not changed
     # Two other classes are not enough to compare with; a class without boxes is skipped.
@@ -152,3 +153,26 @@ def test_the_background_swap_confirms_a_class_that_reads_its_background():
     unboxed = [Subject(s.key, s.image, s.target, {}) for s in members]
     untested, _ = confirm_flag(flag, 1, unboxed, recipients, _bg_logits)
     assert not untested["confirmed"] and untested["verdict"].startswith("not tested")
+
+
+def test_a_cluster_that_looks_at_the_frame_far_more_than_other_classes_is_flagged():
+    def part(cls: int, mean: float, clusters: list[float]) -> dict:
+        return {"group": "class", "method": "vanilla", "id": cls, "flags": [],
+                "summary": {"metrics": {"border_mass": mean}},
+                "clusters": [{"cluster": k, "members": [f"c{cls}/{k}/{i}" for i in range(4)],
+                              "border_mass": b} for k, b in enumerate(clusters)]}  # fmt: skip
+
+    # A thin frame: its cluster holds 0.45 of the map in the band (under any fixed 0.7);
+    # the other classes' maps 0.18-0.22.
+    parts = [part(0, 0.30, [0.45, 0.16]), *(part(c, 0.18 + 0.01 * c, [0.2]) for c in (1, 2, 3, 4))]
+    out = frame_flags(parts)
+    [flag] = out[0]["flags"]
+    assert flag["kind"] == "border" and flag["cluster"] == 0
+    assert flag["members"] == [f"c0/0/{i}" for i in range(4)]
+    e = flag["evidence"]
+    assert e["others_median"] == pytest.approx(0.205) and e["value"] >= FRAME_Z
+    assert e["border_mass"] == 0.45
+    assert all(not p["flags"] for p in out[1:])
+    # A cluster the absolute rule flagged already is not flagged twice.
+    parts[0]["flags"] = [{"kind": "border", "cluster": 0}]
+    assert frame_flags(parts)[0]["flags"] == parts[0]["flags"]

@@ -33,7 +33,7 @@ says how much of the region the object covered; the whole region is tested too. 
 Without annotations the test cannot tell the object from a shortcut (a region that is the
 object also drops the logit when occluded); the verdict says so.
 
-A ``context`` flag (audit.context) is tested by swapping backgrounds, which needs the
+A ``context`` flag (audit.relative) is tested by swapping backgrounds, which needs the
 objects: each member's object on another class's background (the recipient's image, its
 own object filled with its mean colour) against the member's object on another member's
 background (the logit drop and the flips), and each recipient's object on a member's

@@ -24,6 +24,7 @@ from sklearn.cluster import KMeans  # noqa: E402
 FEATURE_MATCH = 0.5  # a window's cosine to a pattern's centre that makes it a member
 CANDIDATES = 8  # k-means centres tried per class and method
 REFINE = 3  # centre updates from the members' matching windows
+SEEDS = 48  # windows tried as centres besides k-means
 MIN_WINDOWS = 5  # k-means gets one centre per this many windows, at most CANDIDATES
 
 
@@ -48,7 +49,8 @@ def _match(z: np.ndarray, owner: np.ndarray, centre: np.ndarray, members: int):
 
 
 def feature_groups(vectors: np.ndarray, owner: np.ndarray) -> list[dict]:
-    """Candidate patterns in feature space (see the module docstring), most distinct first:
+    """Candidate patterns in feature space (see the module docstring), most distinct first
+    (near-copies of one pattern among them: the rule keeps the first that passes):
     {"windows": the members' matching windows (indices into ``vectors``), "value": their
     mean pairwise cosine, "control": the other members' mean cosine to them (each at its
     best window), "seed": the window most like the others}. ``owner``: each window's
@@ -56,7 +58,10 @@ def feature_groups(vectors: np.ndarray, owner: np.ndarray) -> list[dict]:
     members = int(owner.max()) + 1
     z = standardised_features(vectors)
     k = int(min(CANDIDATES, max(1, len(z) // MIN_WINDOWS)))
-    centres = KMeans(n_clusters=k, n_init=3, random_state=0).fit(z).cluster_centers_
+    centres = list(KMeans(n_clusters=k, n_init=3, random_state=0).fit(z).cluster_centers_)
+    # and windows spread over the class as seeds: a pattern k-means merges into a larger
+    # cluster still has its own basin
+    centres += list(z[np.linspace(0, len(z) - 1, min(SEEDS, len(z))).astype(int)])
     found = []
     for centre in centres:
         for _ in range(REFINE):
@@ -80,12 +85,7 @@ def feature_groups(vectors: np.ndarray, owner: np.ndarray) -> list[dict]:
         found.append({"windows": np.sort(windows), "value": value, "control": control,
                       "seed": seed, "owners": np.flatnonzero(inside)})  # fmt: skip
     found.sort(key=lambda g: g["control"] - g["value"])
-    kept: list[dict] = []
-    for group in found:  # one candidate per pattern: drop one that repeats a kept one
-        if all(len(np.intersect1d(group["owners"], g["owners"])) < 0.5 * len(group["owners"])
-               for g in kept):  # fmt: skip
-            kept.append(group)
-    return kept
+    return found
 
 
 def class_rates(

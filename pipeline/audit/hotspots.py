@@ -38,6 +38,9 @@ MIN_PATTERN_MEMBERS = 5
 MIN_PATTERN_SHARE = 0.05
 MAX_PATTERN_SHARE = 0.6
 MAX_PATTERNS = 3
+# two candidates sharing this much of their members (Jaccard) are one pattern: the first
+# that passes the rule is flagged; a pattern inside a looser, larger candidate still is
+SAME_GROUP = 0.5
 HOTSPOTS = 3  # windows kept per map
 FLOAT16_MAX = 65504.0
 # Feature descriptors (audit.feature_patterns): the members' windows' mean pairwise cosine
@@ -237,6 +240,10 @@ def _pixel_candidates(contexts: np.ndarray, owner: np.ndarray, cells: int) -> li
     return out
 
 
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    return len(np.intersect1d(a, b)) / max(1, len(np.union1d(a, b)))
+
+
 def _descriptors(items: list[tuple[int, dict]]):
     """("features", [n, C]) when most windows carry the model's features, else ("pixels",
     [n, D, D, C]) of the most common shape; and the windows kept (one descriptor per class:
@@ -327,9 +334,12 @@ def repeated_pattern_flags(
         candidates = _pixel_candidates(descriptors, owner, items[0][1]["cells"])
     similarity, contrast = THRESHOLDS[kind]
     smallest = max(MIN_PATTERN_MEMBERS, int(np.ceil(MIN_PATTERN_SHARE * n)))
-    flags = []
+    flags, taken = [], []
     for c in candidates:
         group = c["windows"]
+        owners = np.unique(owner[group])
+        if any(_jaccard(owners, t) >= SAME_GROUP for t in taken):
+            continue
         if not smallest <= len(group) <= MAX_PATTERN_SHARE * n:
             continue
         if c["value"] < similarity or c["value"] - c["control"] < contrast:
@@ -365,6 +375,7 @@ def repeated_pattern_flags(
             "class_sample": n,
             **enriched,
         }
+        taken.append(owners)
         flags.append({"kind": "repeated_pattern", "method": method, "cluster": None,
                       "members": sorted(keys[owner[i]] for i in group),
                       "evidence": evidence})  # fmt: skip

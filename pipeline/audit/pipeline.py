@@ -39,7 +39,6 @@ from pipeline.audit.confirmation import (
     flag_id,
     wanted_keys,
 )
-from pipeline.audit.context import context_flags
 from pipeline.audit.drift import check_rules, compare, parse_rule
 from pipeline.audit.hotspots import REFERENCE_MEMBERS, reference_entry
 from pipeline.audit.line_sources import (
@@ -51,6 +50,7 @@ from pipeline.audit.line_sources import (
     pool_keys,
     sample_ids,
 )
+from pipeline.audit.relative import relative_flags
 from pipeline.audit.report import render_report
 from pipeline.audit.report_data import assemble, error_id, group_report
 from pipeline.audit.row_lines import line_maker
@@ -253,7 +253,7 @@ def build_audit(
             _report, out_dir, a.neighbours, a.max_clusters, beam.pvalue.AsDict(reference)
         )  # fmt: skip
         | "CollectReports" >> beam.combiners.ToList()
-        | "ContextFlags" >> beam.Map(context_flags)
+        | "RelativeFlags" >> beam.Map(relative_flags)
     )
     nothing = beam.pvalue.AsList(lines.pipeline | "NoSanity" >> beam.Create([]))
     sanity, confirmed = nothing, nothing

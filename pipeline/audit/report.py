@@ -167,6 +167,10 @@ _DETAIL = (
     "enrichment_threshold",
     "class_rate",
     "other_classes_rate",
+    "border_mass",
+    "outside_share",
+    "others_median",
+    "ratio",
 )
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from pipeline.audit.aggregates import ClassAggregate
 from pipeline.audit.flags import class_flags
 from pipeline.audit.hotspots import foreign_from, repeated_pattern_flags
+from pipeline.audit.metrics.spatial import border_mass
 from pipeline.audit.strategies import discover
 from pipeline.maps.render import heatmap_png
 from pipeline.store.layout import audit_map_path
@@ -98,7 +99,8 @@ def group_report(
             members = [k for k, label in zip(keys, found.labels) if label == cluster]
             part["clusters"].append({"method": method, "cluster": cluster,
                                      "size": len(members), "members": members,
-                                     "prototype": path})  # fmt: skip
+                                     "prototype": path,
+                                     "border_mass": border_mass(prototype)})  # fmt: skip
         part["flags"] = class_flags(method, found, keys, aggregate.mean_map(), maps)
         if group == "class":  # its object ceiling reads "most of one class": not a slice's
             foreign = foreign_from(reference, int(group_id))

@@ -23,10 +23,10 @@ from pipeline.audit.confirm import (
     Subject,
     confirm_flag,
 )
-from pipeline.audit.context import context_flags
 from pipeline.audit.hotspots import REFERENCE_MEMBERS, hotspots, reference_entry
 from pipeline.audit.metrics.localisation import localisation_metrics
 from pipeline.audit.metrics.relevance import relevance
+from pipeline.audit.relative import relative_flags
 from pipeline.audit.report_data import group_report
 from pipeline.audit.strategies import downsample
 from pipeline.demo.scenes import Plant, Scenes
@@ -96,7 +96,7 @@ def audit_suite(
         parts = [group_report("class", method, cls, aggregate, neighbours=10, max_clusters=8,
                               reference=reference)[0]
                  for cls, aggregate in sorted(aggregates.items())]  # fmt: skip
-        for part in context_flags(parts):
+        for part in relative_flags(parts):
             cls = int(part["id"])
             for index, flag in enumerate(part["flags"]):
                 if flag["kind"] not in CONFIRMABLE:
