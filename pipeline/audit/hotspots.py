@@ -48,8 +48,8 @@ FLOAT16_MAX = 65504.0
 FEATURE_SIMILARITY = 0.6
 FEATURE_CONTRAST = 0.4
 # ... and the pattern is at least ENRICHMENT times as common among the class's members as
-# among other classes' (a sample of them, at least MIN_FOREIGN members): what every class's
-# maps share (the object's edges, the image border's padding) is not the class's shortcut.
+# among other classes' (a sample of them, at least MIN_FOREIGN members; fewer: no flag):
+# what every class's maps share (the objects' edges, the border's padding) is no shortcut.
 ENRICHMENT = 8.0
 MIN_FOREIGN = 5
 REFERENCE_MEMBERS = 1024  # the dataset-wide sample (smallest key hashes) classes are compared with
@@ -348,14 +348,11 @@ def repeated_pattern_flags(
         if kind == "pixels" and share < MIN_HOTSPOT_SHARE:  # the maps barely look at it
             continue
         enriched = {}
-        if (
-            kind == "features"
-            and foreign is not None
-            and foreign[0].shape[1:] == descriptors.shape[1:]
-        ):
-            enriched = _enrichment(group, descriptors, owner, foreign)
-            if enriched and enriched["enrichment"] < ENRICHMENT:
-                continue  # other classes' maps look at the same thing
+        if kind == "features":  # a pattern is a shortcut only against the other classes
+            same = foreign is not None and foreign[0].shape[1:] == descriptors.shape[1:]
+            enriched = _enrichment(group, descriptors, owner, foreign) if same else {}
+            if not enriched or enriched["enrichment"] < ENRICHMENT:
+                continue  # other classes' maps look at it too, or none to compare with
         where = np.array([[items[i][1]["y"], items[i][1]["x"]] for i in group])
         evidence = {
             "measured": MEASURED[kind],
