@@ -245,20 +245,21 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _descriptors(items: list[tuple[int, dict]]):
-    """("features", [n, C]) when most windows carry the model's features, else ("pixels",
-    [n, D, D, C]) of the most common shape; and the windows kept (one descriptor per class:
-    lines of older runs, or records without an image, carry other kinds)."""
+    """Each way the class's windows can be compared, in order: ("features", [n, C]) when
+    most windows carry the model's features, then ("pixels", [n, D, D, C]) of the most
+    common shape; each with the windows it keeps (lines of older runs, or records without
+    an image, carry other kinds)."""
     vectors = [feature_vector(s) for _, s in items]
     sizes = [None if v is None else v.size for v in vectors]
     common = max(set(sizes), key=sizes.count)
     if common is not None:
         keep = [k for k, size in enumerate(sizes) if size == common]
-        return "features", np.stack([vectors[k] for k in keep]), keep
+        yield "features", np.stack([vectors[k] for k in keep]), keep
     contexts = [context_pixels(s) for _, s in items]
     shapes = [c.shape for c in contexts]
     shape = max(set(shapes), key=shapes.count)
     keep = [k for k, sh in enumerate(shapes) if sh == shape]
-    return "pixels", np.stack([contexts[k] for k in keep]), keep
+    yield "pixels", np.stack([contexts[k] for k in keep]), keep
 
 
 MEASURED = {
@@ -317,15 +318,24 @@ def repeated_pattern_flags(
     """The ``repeated_pattern`` flags of one class and method (``spots``: each member's
     hotspots, aligned with ``keys``; None for lines written without them). Windows are
     compared by the model's features where the lines carry them (audit.feature_patterns),
-    else by their pixels. ``foreign``: other classes' windows (:func:`foreign_windows`),
-    for the feature rule's enrichment test."""
-    items = [(i, s) for i, member in enumerate(spots) if member for s in member]
-    if not items:
-        return []
-    kind, descriptors, keep = _descriptors(items)
-    items = [items[k] for k in keep]
+    then by their pixels (a pattern either finds is flagged once, features first; a toy
+    model's first layers see an opaque mark as their edges everywhere, a photo background
+    hides a semi-transparent one from pixels). ``foreign``: other classes' windows
+    (:func:`foreign_windows`), for the feature rule's enrichment test."""
+    every = [(i, s) for i, member in enumerate(spots) if member for s in member]
+    flags: list[dict] = []
+    taken: list[np.ndarray] = []  # the flagged patterns' members: one flag per pattern
+    for kind, descriptors, keep in _descriptors(every) if every else ():
+        items = [every[k] for k in keep]
+        flags += _kind_flags(method, keys, kind, descriptors, items, foreign, taken,
+                             MAX_PATTERNS - len(flags))  # fmt: skip
+    return flags
+
+
+def _kind_flags(method, keys, kind, descriptors, items, foreign, taken, limit) -> list[dict]:
+    """The flags one descriptor kind finds (at most ``limit``; ``taken`` grows)."""
     n = len({i for i, _ in items})
-    if n < MIN_PATTERN_MEMBERS:
+    if n < MIN_PATTERN_MEMBERS or limit <= 0:
         return []
     owner = np.array([i for i, _ in items])
     if kind == "features":
@@ -334,7 +344,7 @@ def repeated_pattern_flags(
         candidates = _pixel_candidates(descriptors, owner, items[0][1]["cells"])
     similarity, contrast = THRESHOLDS[kind]
     smallest = max(MIN_PATTERN_MEMBERS, int(np.ceil(MIN_PATTERN_SHARE * n)))
-    flags, taken = [], []
+    flags = []
     for c in candidates:
         group = c["windows"]
         owners = np.unique(owner[group])
@@ -376,6 +386,6 @@ def repeated_pattern_flags(
         flags.append({"kind": "repeated_pattern", "method": method, "cluster": None,
                       "members": sorted(keys[owner[i]] for i in group),
                       "evidence": evidence})  # fmt: skip
-        if len(flags) == MAX_PATTERNS:
+        if len(flags) == limit:
             break
     return flags

@@ -26,6 +26,7 @@ from pipeline.audit.confirm import (
 from pipeline.audit.hotspots import REFERENCE_MEMBERS, hotspots, reference_entry
 from pipeline.audit.metrics.localisation import localisation_metrics
 from pipeline.audit.metrics.relevance import relevance
+from pipeline.audit.metrics.spatial import spatial_metrics
 from pipeline.audit.relative import relative_flags
 from pipeline.audit.report_data import group_report
 from pipeline.audit.strategies import downsample
@@ -89,7 +90,8 @@ def audit_suite(
         aggregates: dict[int, ClassAggregate] = {}
         for i in range(len(x)):
             aggregates.setdefault(int(predicted[i]), ClassAggregate()).add(
-                keys[i], metrics=localisation_metrics(maps[i], objects[i]),
+                keys[i], metrics={**spatial_metrics(maps[i]),
+                                  **localisation_metrics(maps[i], objects[i])},
                 small_map=downsample(maps[i], MAP_SIZE), confidence=1.0,
                 correct=None, hotspots=spots[i],
             )  # fmt: skip

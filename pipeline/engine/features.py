@@ -5,7 +5,9 @@ mark on changing photo backgrounds gives nearly the same activations there, alth
 pixels differ (the semi-transparent mark blends with what is behind it). The layer is the
 deepest one whose output is a spatial 4-D map with at least FEATURE_GRID cells per side,
 so that one cell is no larger than a hotspot window (1/8 of the image side): e.g. the
-14 x 14 stage of MobileNetV2 at 224, the last 12 x 12 block of a small CNN at 96. A model
+14 x 14 stage of MobileNetV2 at 224 (block_13_expand_relu, 576 channels), EfficientNetB0's
+block6a_expand_activation, ResNet50's conv4_block6_out, the last 12 x 12 block of a small
+CNN at 96. A model
 without such a layer has no features here, and the audit compares pixels instead.
 """
 
@@ -22,10 +24,17 @@ from pipeline.engine.methods.gradcam import spatial
 FEATURE_GRID = 8
 
 
+# layers that only pad or crop: their grid no longer spans the image (the layer before does)
+RESHAPING = (keras.layers.ZeroPadding2D, keras.layers.Cropping2D)
+
+
 def feature_layer(model: keras.Model) -> keras.layers.Layer | None:
-    """The deepest spatial layer with at least FEATURE_GRID cells per side, or None."""
+    """The deepest spatial layer with at least FEATURE_GRID cells per side (not a padding
+    or cropping layer), or None."""
     for layer in reversed(model.layers):
-        if spatial(layer) and min(layer.output.shape[1], layer.output.shape[2]) >= FEATURE_GRID:
+        if isinstance(layer, RESHAPING) or not spatial(layer):
+            continue
+        if min(layer.output.shape[1], layer.output.shape[2]) >= FEATURE_GRID:
             return layer
     return None
 
