@@ -107,7 +107,7 @@ def _part(cls: int, inside: float, method: str = "vanilla") -> dict:
     members = [f"c{cls}/{i}" for i in range(6)]
     return {"group": "class", "method": method, "id": cls, "flags": [],
             "clusters": [{"members": members}],
-            "summary": {"metrics": {"energy_in_box": inside}}}  # fmt: skip
+            "summary": {"count": 6, "metrics": {"energy_in_box": inside}}}  # fmt: skip
 
 
 def test_a_class_whose_maps_leave_its_objects_far_more_than_the_others_is_flagged():
@@ -121,7 +121,7 @@ def test_a_class_whose_maps_leave_its_objects_far_more_than_the_others_is_flagge
     assert parts[4]["flags"] == []  # the input is not changed
     # Two other classes are not enough to compare with; a class without boxes is skipped.
     assert all(not p["flags"] for p in context_flags(parts[2:]))
-    nobox = [{**p, "summary": {"metrics": {}}} for p in parts]
+    nobox = [{**p, "summary": {"count": 6, "metrics": {}}} for p in parts]
     assert all(not p["flags"] for p in context_flags(nobox))
 
 
@@ -158,8 +158,8 @@ def test_the_background_swap_confirms_a_class_that_reads_its_background():
 def test_a_cluster_that_looks_at_the_frame_far_more_than_other_classes_is_flagged():
     def part(cls: int, mean: float, clusters: list[float]) -> dict:
         return {"group": "class", "method": "vanilla", "id": cls, "flags": [],
-                "summary": {"metrics": {"border_mass": mean}},
-                "clusters": [{"cluster": k, "members": [f"c{cls}/{k}/{i}" for i in range(4)],
+                "summary": {"count": 8, "metrics": {"border_mass": mean}},
+                "clusters": [{"cluster": k, "members": [f"c{cls}/{k}/{i}" for i in range(5)],
                               "border_mass": b} for k, b in enumerate(clusters)]}  # fmt: skip
 
     # A thin frame: its cluster holds 0.45 of the map in the band (under any fixed 0.7);
@@ -168,11 +168,14 @@ def test_a_cluster_that_looks_at_the_frame_far_more_than_other_classes_is_flagge
     out = frame_flags(parts)
     [flag] = out[0]["flags"]
     assert flag["kind"] == "border" and flag["cluster"] == 0
-    assert flag["members"] == [f"c0/0/{i}" for i in range(4)]
+    assert flag["members"] == [f"c0/0/{i}" for i in range(5)]
     e = flag["evidence"]
     assert e["others_median"] == pytest.approx(0.205) and e["value"] >= FRAME_Z
     assert e["border_mass"] == 0.45
     assert all(not p["flags"] for p in out[1:])
+    # A class of a few records is not compared (the bundled job's 12 images: 2-3 a class).
+    few = [{**parts[0], "summary": {"count": 3, "metrics": {"border_mass": 0.30}}}, *parts[1:]]
+    assert frame_flags(few)[0]["flags"] == []
     # A cluster the absolute rule flagged already is not flagged twice.
     parts[0]["flags"] = [{"kind": "border", "cluster": 0}]
     assert frame_flags(parts)[0]["flags"] == parts[0]["flags"]

@@ -3,7 +3,8 @@ every class is aggregated. A fixed fraction would not do for either: how much of
 leaves the object, or sits in the border band, depends on the object's size, the image
 size, the frame's width and the method; a class is compared with the others instead, by a
 robust z (the others' median and median absolute deviation, scaled to a normal's spread,
-floored at MIN_SPREAD) and a ratio to their median.
+floored at MIN_SPREAD) and a ratio to their median; only classes (and clusters) of at
+least MIN_MEMBERS records take part.
 
 **Frames** (``border``, relative): a cluster whose prototype puts FRAME_Z robust standard
 deviations more of its mass in the border band (audit.metrics.spatial.BORDER_FRAME of each
@@ -33,6 +34,7 @@ CONTEXT_Z = 3.0
 CONTEXT_RATIO = 1.5
 MIN_SPREAD = 0.02  # a floor on the others' spread: identical classes do not make z infinite
 MIN_CLASSES = 3  # other classes needed for a comparison
+MIN_MEMBERS = 5  # records of a class (and of a flagged cluster) the rules need
 METRIC = "energy_in_box"
 FRAME_Z = 3.0
 FRAME_RATIO = 1.5
@@ -51,10 +53,17 @@ def relative_flags(parts: list[dict]) -> list[dict]:
     return context_flags(frame_flags(parts))
 
 
+def _classes(parts: list[dict]) -> list[int]:
+    """The class parts with enough records to compare (MIN_MEMBERS): a class of two images
+    says nothing about where its maps look."""
+    return [i for i, p in enumerate(parts)
+            if p["group"] == "class" and p["summary"].get("count", 0) >= MIN_MEMBERS]  # fmt: skip
+
+
 def frame_flags(parts: list[dict]) -> list[dict]:
     """``parts`` with each class cluster's relative ``border`` flag added (new dicts)."""
     out = list(parts)
-    classes = [i for i, p in enumerate(parts) if p["group"] == "class"]
+    classes = _classes(parts)
     for method in sorted({parts[i]["method"] for i in classes}):
         mine = [i for i in classes if parts[i]["method"] == method]
         means = {i: parts[i]["summary"]["metrics"].get(FRAME_METRIC) for i in mine}
@@ -67,6 +76,8 @@ def frame_flags(parts: list[dict]) -> list[dict]:
             for cluster in part["clusters"]:
                 value = cluster.get(FRAME_METRIC)
                 if value is None or cluster["cluster"] in fixed:
+                    continue
+                if len(cluster["members"]) < MIN_MEMBERS:
                     continue
                 z, median, spread = robust_z(value, others)
                 if z < FRAME_Z or value < FRAME_RATIO * median:
@@ -97,7 +108,7 @@ def context_flags(parts: list[dict]) -> list[dict]:
     """``parts`` with each class part's ``context`` flag added (new dicts; the others as
     they are)."""
     out = list(parts)
-    classes = [i for i, p in enumerate(parts) if p["group"] == "class"]
+    classes = _classes(parts)
     for method in sorted({parts[i]["method"] for i in classes}):
         mine = [(i, outside_share(parts[i])) for i in classes if parts[i]["method"] == method]
         mine = [(i, v) for i, v in mine if v is not None]
