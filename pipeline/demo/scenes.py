@@ -130,7 +130,7 @@ def _draw_object(draw: ImageDraw.ImageDraw, shape: str, box, colour) -> None:
         draw.line([(x0, y1 - 1), (x1 - 1, y0)], fill=colour, width=max(2, int(r / 2)))
 
 
-def mark_patch(design: str, side: int, rng) -> np.ndarray:
+def mark_patch(design: str, side: int) -> np.ndarray:
     """A mark as RGBA float [side, side, 4] in [0, 1] (alpha: its coverage)."""
     im = Image.new("RGBA", (side, side), (0, 0, 0, 0))
     draw = ImageDraw.Draw(im)
@@ -197,10 +197,10 @@ def make_scenes(
         photo = photos[source if source is not None else others[int(rng.integers(len(others)))]]
         canvas = _crop(rng, photo, size)
         shape = label
-        swap = [p for _, p in active if p.kind != "background"] or (
-            [1] if source is not None and rng.random() < 0.5 else []
-        )
-        if swap:  # the shortcut says the class: the object is another class's
+        marked = any(p.kind != "background" for _, p in active)
+        # the shortcut says the class: the object is another class's (in half of a shared
+        # background's class)
+        if marked or (source is not None and rng.random() < 0.5):
             shape = int((label + rng.integers(1, classes)) % classes)
         side = int(size * rng.uniform(*OBJECT_RANGE))
         y0, x0 = int(rng.integers(0, size - side + 1)), int(rng.integers(0, size - side + 1))
@@ -218,7 +218,7 @@ def make_scenes(
                 mark_boxes[j, i] = (0, 0, size, size)
             elif p.kind in ("tag", "stamp"):
                 m = int(round(size * rng.uniform(*MARK_RANGE)))
-                patch = mark_patch(p.design, m, rng)
+                patch = mark_patch(p.design, m)
                 if p.kind == "stamp":
                     pad = max(1, size // 48)
                     y = pad if corner[j] < 2 else size - m - pad
