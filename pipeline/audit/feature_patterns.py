@@ -6,9 +6,11 @@ Each window's descriptor is the model's mid-level feature map averaged over the 
 window covers (engine.features names the layer). Within a class, each channel is
 standardised over the class's windows (what a window shows beyond what they all share) and
 the rows are unit-normalised, so a cosine of 1 is "the same thing to the model". Candidate
-patterns are k-means centres of those rows (scikit-learn), each refined: the members are
-the members whose best window matches the centre at FEATURE_MATCH or more, the centre is
-their matching windows' mean, REFINE times.
+patterns are k-means centres of those rows (scikit-learn) and SEEDS windows spread over the
+class (a pattern k-means merges into a larger cluster keeps its own basin), each refined:
+the members are those whose best window matches the centre at FEATURE_MATCH or more, the
+centre is their matching windows' mean, REFINE times. ``class_rates`` measures a pattern
+in the class and in other classes alike (the rule's enrichment test).
 """
 
 from __future__ import annotations
