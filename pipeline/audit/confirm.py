@@ -244,11 +244,6 @@ def _one_pixel(allowed: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _scene(image: np.ndarray, obj: np.ndarray) -> np.ndarray:
-    """The image's background: its object filled with the mean colour around it."""
-    return occlude(image, obj)
-
-
 def _context_test(cls, members, takers, logits_fn, rng) -> tuple[dict, dict]:
     """(the background-swap test of a ``context`` flag, its example images)."""
     members = [s for s in members if s.object is not None and s.object.any()]
@@ -263,7 +258,7 @@ def _context_test(cls, members, takers, logits_fn, rng) -> tuple[dict, dict]:
         return np.where(
             obj_of.object[..., None],
             obj_of.image,
-            _scene(scene_of.image, obj_of.object | scene_of.object),
+            occlude(scene_of.image, obj_of.object | scene_of.object),  # the background
         )
 
     images = np.stack([s.image for s in members])
@@ -304,12 +299,19 @@ def confirm_flag(
     known = [s.object is not None for s in members]
     tests = [masks] + ([_without_object(masks, members)] if any(known) else [])
     batches = [_batch(members, m, takers) for m in tests]
-    logits = np.asarray(logits_fn(np.concatenate([b for batch, _, _ in batches for b in batch])),
-                        np.float64)  # fmt: skip
+    # the originals (batch part 0) and the recipients (part 3) are the same in every test:
+    # through the model once
+    sent = [b for i, batch in enumerate(batches) for j, b in enumerate(batch[0])
+            if i == 0 or j not in (0, 3)]  # fmt: skip
+    logits = np.asarray(logits_fn(np.concatenate(sent)), np.float64)
     size = 3 * n + 3 * k
     whole = _effects(cls, n, k, logits[:size], rng)
     used, occluded, pasted = batches[-1]
-    result = whole if len(tests) == 1 else _effects(cls, n, k, logits[size:], rng)
+    result = whole
+    if len(tests) > 1:  # the second test's rows, with the first's originals and recipients
+        rest = logits[size:]
+        rows = [logits[:n], rest[: 2 * n], logits[3 * n : 3 * n + k], rest[2 * n :]]
+        result = _effects(cls, n, k, np.concatenate(rows), rng)
     examples = {"member_before": used[0][0], "member_after": occluded[0]}
     if k:
         examples.update(recipient_before=takers[0].image, recipient_after=pasted[0])
