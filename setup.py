@@ -28,7 +28,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
-    package_data={"pipeline.audit": ["templates/*.j2"]},  # the report's Jinja2 templates
+    package_data={"pipeline.audit.report": ["templates/*.j2"]},  # the report's Jinja2 templates
     install_requires=[
         f"apache-beam=={BEAM}",
         "google-crc32c>=1.5",  # TFRecord checksums without the slow pure-Python crcmod
@@ -39,8 +39,8 @@ setup(
         "pillow>=10",
         "pyyaml>=6",
         "scikit-image>=0.24",  # the demo scenes' photos (pipeline/demo/scenes.py)
-        "scikit-learn>=1.5",  # the audit's k-means (pipeline/audit/feature_patterns.py)
-        "scipy>=1.11",  # robust spreads (pipeline/audit/context.py)
+        "scikit-learn>=1.5",  # the audit's k-means (pipeline/audit/dataset/feature_groups.py)
+        "scipy>=1.11",  # robust spreads (pipeline/audit/dataset/relative.py)
         "tqdm>=4.66",  # the progress bar (pipeline/beam/progress.py)
     ],
     extras_require={

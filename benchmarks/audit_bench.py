@@ -134,7 +134,7 @@ def overhead(sizes: list[int], rounds: int) -> dict:
 
 
 def memory() -> dict:
-    from pipeline.audit.aggregates import ClassAggregate
+    from pipeline.audit.dataset.aggregates import ClassAggregate
 
     rng = np.random.default_rng(0)
     sizes = {}
@@ -170,7 +170,7 @@ def spray(n: int = 10_000) -> dict:
     sys.path.insert(0, str(common.ROOT / "tests"))
     from _audit_data import synthetic_class
 
-    from pipeline.audit.strategies import discover
+    from pipeline.audit.dataset.strategies import discover
 
     _, maps, planted = synthetic_class(2, shortcut=0.3, n=n)
     seconds = []

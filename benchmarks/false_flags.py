@@ -9,7 +9,7 @@ a square anywhere in the middle, one small CNN trained per seed):
 
 Every flag rule of the class audit (corner, border, border_class, off_prototype,
 repeated_pattern) on vanilla and guided maps, and each flag's causal confirmation
-(audit.confirm) with the trained model.
+(audit.causal.interventions) with the trained model.
 
     python -m benchmarks.false_flags [--seeds 10 --first 10] [--json out.json]
 """
@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from test_audit_patterns import _images, _reports, _trained  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from pipeline.audit.confirm import CONFIRM_MEMBERS, CONFIRMABLE, Subject, confirm_flag  # noqa: E402
+from pipeline.audit.causal.interventions import CONFIRM_MEMBERS, CONFIRMABLE, Subject, confirm_flag  # noqa: E402
 from pipeline.audit.metrics.relevance import relevance  # noqa: E402
 from pipeline.engine.explainer import Explainer  # noqa: E402
 

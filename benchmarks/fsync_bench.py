@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from _reliability import base_overrides, noise_png, save_tiny_model, write_files  # noqa: E402
 
 from pipeline.beam import run as run_module  # noqa: E402
-from pipeline.config_files import load_config  # noqa: E402
+from pipeline.config.files import load_config  # noqa: E402
 
 
 def _timed_publish(spent: list[float]):

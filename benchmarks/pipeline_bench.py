@@ -114,7 +114,7 @@ def _child_model_only(config_path: str, result_path: str) -> None:
     handler does (preprocess, logits, Explainer.explain). The first batch traces.
     """
     from pipeline.beam.handler import make_explainer
-    from pipeline.config_files import load_config
+    from pipeline.config.files import load_config
     from pipeline.engine.from_config import model_spec
     from pipeline.engine.models import load_model
     from pipeline.engine.targets import resolve_targets
@@ -205,7 +205,7 @@ def _child_run(config_path: str, result_path: str) -> None:
     import pipeline.engine.explainer  # noqa: F401
     import pipeline.engine.models  # noqa: F401  (TensorFlow, Keras)
     from pipeline.beam.run import run
-    from pipeline.config_files import load_config
+    from pipeline.config.files import load_config
 
     config = load_config(config_path)
     import_s = time.perf_counter() - started

@@ -167,8 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args, beam_args)
     # The package's heavy parts load only now, after the logging and TF settings, with
     # TensorFlow's native banners kept off the terminal.
-    from pipeline.config_files import load_config
-    from pipeline.validation import ConfigError
+    from pipeline.config.checks import ConfigError
+    from pipeline.config.files import load_config
 
     try:
         config = load_config(args.config, args.overrides)
@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.beam.dataflow import is_dataflow, is_dry_run
         from pipeline.beam.preflight import preflight
         from pipeline.beam.run import run
-        from pipeline.engine.geometry import ModelLoadError
+        from pipeline.engine.model_geometry import ModelLoadError
         from pipeline.store.publish import OutputBusyError
     problems = preflight(config, beam_args, _our_flags(parser))
     if problems:
@@ -293,7 +293,7 @@ def _audit(config, beam_args: Sequence[str], *, to_stdout: bool) -> int:
 
 def _drift(args) -> int:
     """Compare two audits; print what changed; exit EXIT_DRIFT when a rule broke."""
-    from pipeline.audit.drift import check_rules, compare, parse_rule, summary_lines
+    from pipeline.audit.report.drift import check_rules, compare, parse_rule, summary_lines
     from pipeline.store.files import read_json
     from pipeline.store.layout import AUDIT_JSON, join_path
 
@@ -328,7 +328,7 @@ def _first_line(exc: BaseException) -> str:
 def _dry_run(config, beam_args: Sequence[str]) -> int:
     """Load the model, list the first inputs, say what a run would do; write nothing."""
     from pipeline.beam.run import input_total
-    from pipeline.engine.geometry import ModelLoadError, model_geometry
+    from pipeline.engine.model_geometry import ModelLoadError, model_geometry
     from pipeline.store.class_names import configured_class_names
     from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
 
@@ -371,7 +371,7 @@ def _dry_run(config, beam_args: Sequence[str]) -> int:
 def _dataflow_dry_run(config, beam_args: Sequence[str], *, as_json: bool) -> int:
     """Build the Dataflow job offline and say what it would start; submit nothing."""
     from pipeline.beam.dataflow import describe
-    from pipeline.validation import ConfigError
+    from pipeline.config.checks import ConfigError
 
     try:
         job = describe(config, beam_args)

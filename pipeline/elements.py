@@ -6,6 +6,7 @@ One frozen dataclass per stage boundary; no dicts travel between stages.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -21,6 +22,12 @@ Metadata = tuple[tuple[str, str], ...]
 def record_id(key: str, target_rank: int, target_class: int) -> str:
     """Unique per output: the key, plus the target for an image's further targets."""
     return key if target_rank == 0 else f"{key}#target={target_class}"
+
+
+def key_priority(key: str) -> int:
+    """A record's place in every sample's order (reservoirs, the audit's samples, the
+    records given curves): the first 8 bytes of sha256(key)."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,7 @@ on a frame around every image."""
 
 import numpy as np
 
-from pipeline.audit.strategies import downsample
+from pipeline.audit.metrics.relevance import downsample
 
 
 def blob(size: int, cy: float, cx: float, r: float) -> np.ndarray:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.audit.aggregates import HISTOGRAM_BINS, ClassAggregate, merge_all
+from pipeline.audit.dataset.aggregates import HISTOGRAM_BINS, ClassAggregate, merge_all
 
 
 def _records(n, seed=0):

@@ -16,8 +16,14 @@ from test_audit_patterns import _images as tag_images
 from test_audit_shortcut import _images as corner_images
 from test_audit_shortcut import _trained
 
-from pipeline.audit.confirm import Subject, bootstrap, confirm_flag, occlude, region_masks
-from pipeline.audit.confirmation import confirmable, flag_class, wanted_keys
+from pipeline.audit.causal.confirm import confirmable, flag_class, wanted_keys
+from pipeline.audit.causal.interventions import (
+    Subject,
+    bootstrap,
+    confirm_flag,
+    occlude,
+    region_masks,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.audit.drift import Rule, check_rules, compare, parse_rule, similarity
+from pipeline.audit.report.drift import Rule, check_rules, compare, parse_rule, similarity
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline.audit.rows import parse_annotations
+from pipeline.audit.record.rows import parse_annotations
 from pipeline.store.files import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +192,7 @@ def test_annotation_sidecar_errors_name_the_line_and_the_fix():
 def test_drift_between_two_models_ranks_classes_and_gates(default_run, tmp_path):
     import keras
 
-    from pipeline.audit.sanity import layers_top_down, randomise
+    from pipeline.audit.causal.sanity import layers_top_down, randomise
 
     model = keras.saving.load_model(ROOT / "examples/model/shapes_cnn.keras", compile=False)
     # Model B: the same network with its last convolution re-drawn (its decisions drift).

@@ -19,7 +19,7 @@ from _reliability import base_overrides, kill_when, noise_png, read_tree, write_
 
 from pipeline.audit.pipeline import run_audit
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.files import load_config
 from pipeline.store import history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

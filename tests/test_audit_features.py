@@ -7,19 +7,21 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.audit.confirm import Subject, confirm_flag
-from pipeline.audit.feature_patterns import class_rates, standardised_features
-from pipeline.audit.hotspots import (
+from pipeline.audit.causal.interventions import Subject, confirm_flag
+from pipeline.audit.dataset.feature_groups import class_rates, standardised_features
+from pipeline.audit.dataset.relative import CONTEXT_Z, FRAME_Z, context_flags, frame_flags
+from pipeline.audit.dataset.repeated_patterns import (
     ENRICHMENT,
+    foreign_windows,
+    repeated_pattern_flags,
+)
+from pipeline.audit.record.hotspots import (
     encode_context,
     encode_features,
     feature_vector,
-    foreign_windows,
     hotspots,
     pooled_features,
-    repeated_pattern_flags,
 )
-from pipeline.audit.relative import CONTEXT_Z, FRAME_Z, context_flags, frame_flags
 from pipeline.demo.train import build_model
 from pipeline.engine.explainer import Explainer
 from pipeline.engine.features import feature_layer

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from _audit_data import synthetic_class
 
-from pipeline.audit import strategies as S
-from pipeline.audit.flags import (
+from pipeline.audit.dataset import strategies as S
+from pipeline.audit.dataset.flags import (
     BORDER_THRESHOLD,
     CORNER_THRESHOLD,
     OFF_PROTOTYPE_THRESHOLD,

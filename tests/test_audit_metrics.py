@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.audit.metrics import concentration, faithfulness, localisation, spatial, weak_box
 from pipeline.audit.metrics.relevance import relevance
-from pipeline.store.geometry import resize
+from pipeline.store.resize import resize
 
 
 def _one_hot(shape, where):

@@ -9,18 +9,16 @@ import pytest
 from test_audit_shortcut import SIZE, _trained
 from test_audit_shortcut import _images as corner_images
 
-from pipeline.audit.aggregates import ClassAggregate
-from pipeline.audit.hotspots import (
+from pipeline.audit.dataset.aggregates import ClassAggregate
+from pipeline.audit.dataset.audit_json import group_report
+from pipeline.audit.dataset.repeated_patterns import (
     MIN_CONTRAST,
     PATTERN_SIMILARITY,
-    context_pixels,
-    hotspots,
     repeated_pattern_flags,
     similarities,
 )
-from pipeline.audit.metrics.relevance import relevance
-from pipeline.audit.report_data import group_report
-from pipeline.audit.strategies import downsample
+from pipeline.audit.metrics.relevance import downsample, relevance
+from pipeline.audit.record.hotspots import context_pixels, hotspots
 from pipeline.engine.explainer import Explainer
 
 PER_CLASS = 240

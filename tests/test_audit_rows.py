@@ -18,11 +18,11 @@ from _reliability import (
     write_files,
 )
 
-from pipeline.audit.line_sources import plan_lines
 from pipeline.audit.pipeline import run_audit
-from pipeline.audit.row_lines import line_maker
+from pipeline.audit.record.lines import line_maker
+from pipeline.audit.sources import plan_lines
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.files import load_config
 from pipeline.store import records
 from pipeline.store.layout import ROW_SHARDS
 from pipeline.store.manifest import committed_sets, shard_files

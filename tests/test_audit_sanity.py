@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.audit.metrics.correlation import average_ranks, spearman
-from pipeline.audit.metrics.ssim import ssim, unit_peak
-from pipeline.audit.sanity import (
+from pipeline.audit.causal.sanity import (
     CAVEAT,
     STATISTICS,
     cascading_randomisation,
     layers_top_down,
     similarity,
 )
+from pipeline.audit.metrics.correlation import average_ranks, spearman
+from pipeline.audit.metrics.ssim import ssim, unit_peak
 from pipeline.engine.models import ModelSpec, load_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,10 +7,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.audit.aggregates import ClassAggregate
-from pipeline.audit.metrics.relevance import relevance
-from pipeline.audit.report_data import group_report
-from pipeline.audit.strategies import downsample
+from pipeline.audit.dataset.aggregates import ClassAggregate
+from pipeline.audit.dataset.audit_json import group_report
+from pipeline.audit.metrics.relevance import downsample, relevance
 from pipeline.engine.explainer import Explainer
 
 SIZE = 32

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 from _audit_data import synthetic_class
 
-from pipeline.audit import spectral
-from pipeline.audit import strategies as S
+from pipeline.audit.dataset import spectral
+from pipeline.audit.dataset import strategies as S
+from pipeline.audit.metrics.relevance import downsample
 
 
 def _class_maps(seed, *, shortcut=0.3):
@@ -21,10 +22,10 @@ def _rand_index(a, b):
 
 def test_downsample_is_an_area_average_normalised_to_one():
     m = np.arange(16, dtype=float).reshape(4, 4)
-    got = S.downsample(m, size=2)
+    got = downsample(m, size=2)
     blocks = np.array([[2.5, 4.5], [10.5, 12.5]])  # 2 x 2 block means
     np.testing.assert_allclose(got, blocks / blocks.sum())
-    odd = S.downsample(np.ones((5, 7)), size=3)
+    odd = downsample(np.ones((5, 7)), size=3)
     np.testing.assert_allclose(odd, np.full((3, 3), 1 / 9))  # fractional bins, same area
 
 

@@ -79,7 +79,7 @@ def test_the_report_opens_offline_with_every_image(default_run):
 def test_a_flagged_cluster_shows_its_evidence_prototype_and_examples(default_run_copy):
     default_out = default_run_copy  # the report is rewritten: leave the shared run's
     from pipeline.audit.pipeline import write_report
-    from pipeline.config_files import load_config
+    from pipeline.config.files import load_config
 
     audit = json.loads((default_out / "audit" / "audit.json").read_text())
     entry = audit["classes"]["0"]

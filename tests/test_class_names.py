@@ -6,9 +6,9 @@ import json
 import pytest
 
 from pipeline.config import ModelConfig
-from pipeline.engine.geometry import model_geometry
+from pipeline.config.checks import ConfigError
+from pipeline.engine.model_geometry import model_geometry
 from pipeline.store.class_names import class_name, load_class_names
-from pipeline.validation import ConfigError
 
 
 def test_names_from_a_list_lines_json_and_the_keras_imagenet_index(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline import config as C
 from pipeline.config import Config
-from pipeline.config_files import config_from_dict, load_config
-from pipeline.validation import ConfigError
+from pipeline.config.checks import ConfigError
+from pipeline.config.files import config_from_dict, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,8 +104,9 @@ def test_choices_and_defaults_are_declared_once():
     # engine and the Beam modules all use those very objects, so they cannot drift apart.
     import inspect
 
-    from pipeline import choices, config_saliency
+    from pipeline import choices
     from pipeline.beam import sinks, sources
+    from pipeline.config import saliency as config_saliency
     from pipeline.engine import api, checks, explainer, precision, targets
     from pipeline.store import decode
 

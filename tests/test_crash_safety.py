@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipeline.beam import run as run_module
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.files import load_config
 from pipeline.store import files as outputs
 from pipeline.store import publish
 

@@ -17,7 +17,7 @@ import yaml
 
 from pipeline import cli
 from pipeline.beam import preflight
-from pipeline.config_files import load_config
+from pipeline.config.files import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,10 +12,10 @@ from _reliability import base_overrides, noise_png, read_records, write_files
 from pipeline import cli
 from pipeline.audit.pipeline import run_audit
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.checks import ConfigError
+from pipeline.config.files import load_config
 from pipeline.store.files import read_jsonl
 from pipeline.store.listing import class_folders, folder_label
-from pipeline.validation import ConfigError
 
 CLASSES = ("cat", "dog", "zebra")  # the tiny model has 3 classes
 

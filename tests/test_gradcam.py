@@ -12,7 +12,7 @@ from _reliability import base_overrides, noise_png, read_records, write_files
 from pipeline import cli
 from pipeline.audit.pipeline import run_audit
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.files import load_config
 from pipeline.engine.api import explain
 from pipeline.engine.explainer import Explainer
 from pipeline.engine.methods.gradcam import cam_layer

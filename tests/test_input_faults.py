@@ -14,7 +14,7 @@ import tensorflow as tf
 from _reliability import base_overrides, check_complete, noise_png
 
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.files import load_config
 from pipeline.elements import EncodedImage
 from pipeline.store import duplicates as dup
 from pipeline.store import tfrecord_scan as scan

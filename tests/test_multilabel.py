@@ -11,9 +11,9 @@ from PIL import Image
 
 from pipeline.audit.pipeline import run_audit
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.checks import ConfigError
+from pipeline.config.files import load_config
 from pipeline.engine.targets import probabilities, resolve_head, resolve_targets
-from pipeline.validation import ConfigError
 
 FINDINGS = 3  # finding k: a bright blob in colour channel k, anywhere
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.files import load_config
 from pipeline.engine.explainer import Explainer
 from pipeline.maps import render
 from pipeline.store import decode, records

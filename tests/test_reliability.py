@@ -35,10 +35,10 @@ from PIL import Image
 from pipeline import cli
 from pipeline.beam import handler, sinks
 from pipeline.beam.run import run
-from pipeline.config_files import load_config
+from pipeline.config.checks import ConfigError
+from pipeline.config.files import load_config
 from pipeline.elements import ImageItem, SaliencyRecord
-from pipeline.engine.geometry import model_geometry
-from pipeline.validation import ConfigError
+from pipeline.engine.model_geometry import model_geometry
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_PIXELS = 100_000
@@ -485,7 +485,7 @@ def test_the_package_has_no_pickle_loading_shell_or_eval():
     assert all("importlib" in line for lines in hits.values() for line in lines), hits
     assert len(list((ROOT / "pipeline").rglob("*.py"))) > 60  # the whole package was read
     assert UNSAFE.search("data = pickle.loads(blob)")  # the check itself works
-    assert "yaml.safe_load" in (ROOT / "pipeline" / "config_files.py").read_text()
+    assert "yaml.safe_load" in (ROOT / "pipeline" / "config/files.py").read_text()
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from pipeline.audit.report import histogram, line_chart, render_report
+from pipeline.audit.report.html import histogram, line_chart, render_report
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIL = "<script>alert(1)</script>"
@@ -64,6 +64,6 @@ def test_the_templates_ship_with_the_package():
                 and k.arg == "package_data")  # fmt: skip
     patterns = {ast.literal_eval(key): ast.literal_eval(value)
                 for key, value in zip(data.keys, data.values)}  # fmt: skip
-    shipped = {p.name for p in (ROOT / "pipeline/audit/templates").iterdir()}
-    assert patterns == {"pipeline.audit": ["templates/*.j2"]}
+    shipped = {p.name for p in (ROOT / "pipeline/audit/report/templates").iterdir()}
+    assert patterns == {"pipeline.audit.report": ["templates/*.j2"]}
     assert shipped == {"report.html.j2", "macros.html.j2"}

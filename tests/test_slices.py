@@ -12,16 +12,16 @@ import pytest
 import tensorflow as tf
 from _reliability import base_overrides, noise_png, read_records
 
-from pipeline.audit.drift import check_rules, compare, parse_rule
+from pipeline.audit.dataset.slices import record_columns, slice_id, slice_ids
 from pipeline.audit.pipeline import run_audit
-from pipeline.audit.rows import parse_annotations
-from pipeline.audit.slices import record_columns, slice_id, slice_ids
+from pipeline.audit.record.rows import parse_annotations
+from pipeline.audit.report.drift import check_rules, compare, parse_rule
 from pipeline.beam.run import run
-from pipeline.config_audit import slice_spec
-from pipeline.config_files import load_config
+from pipeline.config.audit import slice_spec
+from pipeline.config.checks import ConfigError
+from pipeline.config.files import load_config
 from pipeline.store.files import read_jsonl
 from pipeline.store.metadata import example_metadata
-from pipeline.validation import ConfigError
 
 
 def test_specs_parse_and_bad_ones_name_the_problem():

@@ -467,7 +467,7 @@ def test_tfds_full_run_with_label_targets(tfds_dir, tmp_path):
     import keras
 
     from pipeline.beam.run import run
-    from pipeline.config_files import load_config
+    from pipeline.config.files import load_config
     from pipeline.store import records
 
     keras.utils.set_random_seed(0)

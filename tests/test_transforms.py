@@ -158,8 +158,8 @@ def test_faithfulness_curves_are_computed_in_the_handler_with_the_runs_maps():
 
 
 def test_faithfulness_fraction_chooses_records_by_key_hash():
-    from pipeline.audit.aggregates import key_priority
-    from pipeline.audit.curves import Faithfulness
+    from pipeline.audit.record.curves import Faithfulness
+    from pipeline.elements import key_priority
 
     keys = [f"img/{i}.png" for i in range(400)]
     half = Faithfulness(steps=4, baseline=0.0, fraction=0.5)

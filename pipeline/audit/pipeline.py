@@ -1,7 +1,7 @@
 """The audit as Beam transforms: published row lines -> rows.jsonl, audit.json, PNG maps.
 
     row lines (audit_rows/, written by the job on its workers; or rebuilt from the records,
-    audit.line_sources) -> AuditRows (per record and method) --+-- rows.jsonl
+    audit.sources) -> AuditRows (per record and method) --+-- rows.jsonl
                |                                   `-- per (group, method, id)
                |                                       ClassAggregate (a CombineFn,
                |                                       bounded memory; groups: predicted
@@ -11,9 +11,9 @@
     records, one scan (ReadWanted) -> the sanity sample (the sanity_samples smallest key
                hashes) -> the cascading-randomisation check (loads the model)
             `-> each flag's first members and a recipient pool -> the causal
-               confirmation (audit.confirm: occlusion and transplant, the model) -> audit.json
+               tests (audit/causal: occlusion and transplant, the model) -> audit.json
 
-The maths is in audit/metrics, strategies, flags, aggregates and report_data; this module
+The maths is in audit/metrics, audit/record and audit/dataset; this module
 only wires it. ``run_audit`` aggregates an output dir's published row lines (so a nightly
 incremental run measures only its new records, and the audit reads old and new lines
 together) on the configured runner (``--runner`` / ``beam:``; the in-process FnApiRunner
@@ -31,17 +31,24 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.audit.aggregates import ClassAggregate, key_priority, merge_all
-from pipeline.audit.confirmation import (
+from pipeline.audit.causal.confirm import (
     RECIPIENT_POOL,
     confirm_all,
     confirmable,
     flag_id,
     wanted_keys,
 )
-from pipeline.audit.drift import check_rules, compare, parse_rule
-from pipeline.audit.hotspots import REFERENCE_MEMBERS, reference_entry
-from pipeline.audit.line_sources import (
+from pipeline.audit.causal.sanity import sanity_panel
+from pipeline.audit.dataset.aggregates import ClassAggregate, merge_all
+from pipeline.audit.dataset.audit_json import assemble, error_id, group_report
+from pipeline.audit.dataset.relative import relative_flags
+from pipeline.audit.dataset.repeated_patterns import REFERENCE_MEMBERS, reference_entry
+from pipeline.audit.dataset.slices import record_columns, slice_ids
+from pipeline.audit.record.lines import line_maker
+from pipeline.audit.record.rows import Annotation
+from pipeline.audit.report.drift import check_rules, compare, parse_rule
+from pipeline.audit.report.html import render_report
+from pipeline.audit.sources import (
     ReadRowLines,
     ReadWanted,
     SmallestLines,
@@ -50,15 +57,9 @@ from pipeline.audit.line_sources import (
     pool_keys,
     sample_ids,
 )
-from pipeline.audit.relative import relative_flags
-from pipeline.audit.report import render_report
-from pipeline.audit.report_data import assemble, error_id, group_report
-from pipeline.audit.row_lines import line_maker
-from pipeline.audit.rows import Annotation
-from pipeline.audit.sanity import sanity_panel
-from pipeline.audit.slices import record_columns, slice_ids
 from pipeline.config import AuditConfig, Config
-from pipeline.config_audit import slice_spec
+from pipeline.config.audit import slice_spec
+from pipeline.elements import key_priority
 from pipeline.runners import make_runner
 from pipeline.store.files import (
     delete_files,
@@ -95,7 +96,7 @@ _LOG = logging.getLogger(__name__)
 
 
 class _RowsFn(beam.DoFn):
-    """A row line (audit.row_lines) -> (row JSON line) on "rows", and ((group, method, id),
+    """A row line (audit.record.lines) -> (row JSON line) on "rows", and ((group, method, id),
     (key, row, map, curves, hotspots)) for the class its map explains (the predicted class
     unless the target is a label, a fixed class, top-k or a multi-label's positive labels),
     its true label, its error (when known) and its slices."""

@@ -27,7 +27,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipeline.beam.run import build_pipeline
 from pipeline.config import Config
-from pipeline.validation import ConfigError
+from pipeline.config.checks import ConfigError
 from pipeline.versions import WORKER_TAG
 
 _OURS = re.compile(r"beam(?P<beam>\d+\.\d+\.\d+)-py(?P<py>\d+\.\d+)")

@@ -3,7 +3,7 @@
 Its jobs: hold the worker's Engine (model, explainer, class names), run a batch through it
 into records, and keep one bad image from failing its batch. The model's geometry and class
 names are engine.geometry's, probabilities and targets engine.targets', the deletion /
-insertion curves audit.curves'.
+insertion curves audit.record.curves'.
 
 RunInference loads the handler's model once per worker process (its threads share it) and
 feeds it batches from BatchElements. The handler turns a batch of ImageItem into one
@@ -25,13 +25,13 @@ import numpy as np
 import tensorflow as tf
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline.audit.curves import Faithfulness, method_curves
+from pipeline.audit.record.curves import Faithfulness, method_curves
 from pipeline.beam.progress import REPORTER, Counters, report
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
 from pipeline.elements import Failure, ImageItem, SaliencyRecord
 from pipeline.engine.explainer import Explainer
 from pipeline.engine.from_config import explainer_options
-from pipeline.engine.geometry import check_class_names, load_once
+from pipeline.engine.model_geometry import check_class_names, load_once
 from pipeline.engine.models import LoadedModel
 from pipeline.engine.targets import probabilities, resolve_targets, top_classes
 from pipeline.store.class_names import class_name, configured_class_names
@@ -103,8 +103,8 @@ class SaliencyModelHandler(ModelHandler[ImageItem, Any, Engine]):
             raise TypeError(f"features: got {features!r}; True or False is required.")
         if faithfulness is not None and not isinstance(faithfulness, Faithfulness):
             raise TypeError(
-                f"faithfulness: got {type(faithfulness).__name__}; an audit.curves.Faithfulness "
-                "or None is required."
+                f"faithfulness: got {type(faithfulness).__name__}; an "
+                "audit.record.curves.Faithfulness or None is required."
             )
         super().__init__(
             min_batch_size=batch.min_batch_size,

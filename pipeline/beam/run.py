@@ -36,16 +36,17 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineState
 
+from pipeline.audit.job_stage import AuditRows
 from pipeline.beam import sinks
-from pipeline.beam.audit_stage import AuditRows
 from pipeline.beam.prepare import SkipDone
 from pipeline.beam.progress import REPORTER, ReportProgress
 from pipeline.beam.sources import ReadImages
 from pipeline.beam.summary import Summary, summarise
 from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config
+from pipeline.config.checks import ConfigError
 from pipeline.elements import Failure, SaliencyRecord
-from pipeline.engine.geometry import check_methods, model_geometry
+from pipeline.engine.model_geometry import check_methods, model_geometry
 from pipeline.runners import LOCAL_RUNNERS, make_runner
 from pipeline.store.class_names import configured_class_names, folder_class_names
 from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
@@ -62,7 +63,6 @@ from pipeline.store.publish import (
     recover_output,
     remove_empty_output,
 )
-from pipeline.validation import ConfigError
 
 _LOG = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import apache_beam as beam
 import numpy as np
 from apache_beam import coders
 from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.tfrecordio import _TFRecordSink  # the sink WriteToTFRecord wraps
 
 from pipeline.beam.tags import FAILURES
 from pipeline.choices import ARTIFACT_VIEWS, DEFAULT_PERCENTILE, GRADIENT_ENCODINGS
@@ -35,6 +34,7 @@ from pipeline.store.layout import (
     join_path,
 )
 from pipeline.store.publish import manifest_sort_key
+from pipeline.store.tfrecord_sink import RecordSink
 
 _METHOD_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -97,13 +97,6 @@ class WriteRecords(beam.PTransform):
                 )
             )
         )
-
-
-class RecordSink(_TFRecordSink):
-    """Beam's TFRecord sink (what WriteToTFRecord uses), defined here so that every worker
-    running any of its steps (bundles, the empty shards of finalisation) unpickles it from
-    this package and so imports the object-store fixes (store.object_stores): Beam's own S3
-    upload cannot write an empty shard."""
 
 
 # --------------------------------------------------------------------------- artifacts

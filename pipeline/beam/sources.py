@@ -24,7 +24,6 @@ from pipeline.choices import BOX_FEATURES, LABEL_SOURCES, SOURCE_KINDS
 from pipeline.elements import EncodedImage, Failure
 from pipeline.store.decode import sha256_hex, short_error
 from pipeline.store.duplicates import resolve
-from pipeline.store.geometry import normalised_boxes
 from pipeline.store.listing import (
     IMAGE_EXTENSIONS,
     check_files_exist,
@@ -39,6 +38,7 @@ from pipeline.store.listing import (
     split_patterns,
 )
 from pipeline.store.metadata import example_metadata
+from pipeline.store.resize import normalised_boxes
 from pipeline.store.tfrecord_scan import Corrupt, scan_file
 
 __all__ = ["Read", "ReadImages"]

@@ -14,7 +14,7 @@ from apache_beam.pvalue import TaggedOutput
 from pipeline.beam.tags import FAILURES
 from pipeline.elements import EncodedImage, Failure
 from pipeline.store.decode import sha256_hex, short_error
-from pipeline.store.geometry import normalised_boxes
+from pipeline.store.resize import normalised_boxes
 
 
 def _to_numpy(value) -> np.ndarray:

@@ -22,18 +22,18 @@ import numpy as np
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 from apache_beam.pvalue import TaggedOutput
 
-from pipeline.audit.curves import Faithfulness
+from pipeline.audit.record.curves import Faithfulness
 from pipeline.beam.handler import SaliencyModelHandler
 from pipeline.beam.prepare import DecodeImages
 from pipeline.beam.sinks import GuardFinite
 from pipeline.beam.tags import FAILURES
 from pipeline.choices import DEFAULT_MAX_PIXELS, DEFAULT_PERCENTILE, DEFAULT_RESIZE, RECORD_VIEWS
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
+from pipeline.config.checks import check_faithfulness
 from pipeline.elements import EncodedImage, Failure, SaliencyRecord
-from pipeline.engine.geometry import check_methods, model_geometry
+from pipeline.engine.model_geometry import check_methods, model_geometry
 from pipeline.maps.views import compute_views
 from pipeline.store.class_names import configured_class_names
-from pipeline.validation import check_faithfulness
 
 __all__ = ["ExplainImages", "Explained", "to_encoded_image", "with_views"]
 

@@ -15,22 +15,23 @@ import dataclasses
 
 import numpy as np
 
-from pipeline.audit.aggregates import ClassAggregate, key_priority
-from pipeline.audit.confirm import (
+from pipeline.audit.causal.interventions import (
     CONFIRM_MEMBERS,
     CONFIRM_RECIPIENTS,
     CONFIRMABLE,
     Subject,
     confirm_flag,
 )
-from pipeline.audit.hotspots import REFERENCE_MEMBERS, hotspots, reference_entry
+from pipeline.audit.dataset.aggregates import ClassAggregate
+from pipeline.audit.dataset.audit_json import group_report
+from pipeline.audit.dataset.relative import relative_flags
+from pipeline.audit.dataset.repeated_patterns import REFERENCE_MEMBERS, reference_entry
 from pipeline.audit.metrics.localisation import localisation_metrics
-from pipeline.audit.metrics.relevance import relevance
+from pipeline.audit.metrics.relevance import downsample, relevance
 from pipeline.audit.metrics.spatial import spatial_metrics
-from pipeline.audit.relative import relative_flags
-from pipeline.audit.report_data import group_report
-from pipeline.audit.strategies import downsample
+from pipeline.audit.record.hotspots import hotspots
 from pipeline.demo.scenes import Plant, Scenes
+from pipeline.elements import key_priority
 from pipeline.engine.explainer import Explainer
 
 MAP_SIZE = 16

@@ -1,4 +1,4 @@
-"""The model's own mid-level features, for the audit's pattern matching (audit.hotspots).
+"""The model's own mid-level features, for the audit's pattern matching (audit.record.hotspots).
 
 A shortcut detector (a tag, a stamp, a frame) lives in the model's feature maps: the same
 mark on changing photo backgrounds gives nearly the same activations there, although its

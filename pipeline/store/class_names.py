@@ -5,9 +5,9 @@ name per line; a JSON list; or Keras's ImageNet index, imagenet_class_index.json
 import json
 
 from pipeline.config import SourceConfig
+from pipeline.config.checks import ConfigError
 from pipeline.store.files import read_text
 from pipeline.store.listing import class_folders, source_root
-from pipeline.validation import ConfigError
 
 
 def load_class_names(spec) -> tuple[str, ...]:

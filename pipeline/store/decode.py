@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipeline.choices import RESIZE_POLICIES
 from pipeline.elements import EncodedImage, ImageItem
-from pipeline.store.geometry import check_resize_args, resize
+from pipeline.store.resize import check_resize_args, resize
 
 __all__ = [
     "IMAGE_EXTENSIONS",

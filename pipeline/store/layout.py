@@ -62,7 +62,7 @@ class ShardFamily:
 
 
 RECORD_SHARDS = ShardFamily("records", "saliency")  # the saliency records
-ROW_SHARDS = ShardFamily("audit_rows", "rows")  # their audit rows (audit.row_lines)
+ROW_SHARDS = ShardFamily("audit_rows", "rows")  # their audit rows (audit.record.lines)
 SHARD_FAMILIES = (RECORD_SHARDS, ROW_SHARDS)
 RECORDS_DIR = RECORD_SHARDS.directory
 RECORDS_PREFIX = RECORD_SHARDS.prefix

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from pipeline.audit.metrics.relevance import check_map
-from pipeline.store.geometry import source_box
+from pipeline.store.resize import source_box
 
 Box = Sequence[float]
 

@@ -1,6 +1,9 @@
-"""The relevance map the audit metrics read: sum over channels of |gradient|."""
+"""The relevance map the audit metrics read: sum over channels of |gradient|, and its
+area-averaged thumbnail."""
 
 import numpy as np
+
+DEFAULT_SIZE = 16  # maps are compared at 16 x 16
 
 
 def relevance(gradient: np.ndarray) -> np.ndarray:
@@ -22,3 +25,21 @@ def check_map(m: np.ndarray, name: str = "map") -> np.ndarray:
     if (a < 0).any():
         raise ValueError(f"{name}: has negative values; pass relevance(gradient) (|g| summed).")
     return a
+
+
+def downsample(m: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Area-average a map to size x size (any input size), normalised to sum 1."""
+    a = check_map(m)
+    rows = np.linspace(0, a.shape[0], size + 1)
+    cols = np.linspace(0, a.shape[1], size + 1)
+    # Fractional-overlap weights: out = Wr @ a @ Wc^T, each input pixel split between bins.
+    out = _bins(rows, a.shape[0]) @ a @ _bins(cols, a.shape[1]).T
+    total = out.sum()
+    return out / total if total > 0 else out
+
+
+def _bins(edges: np.ndarray, n: int) -> np.ndarray:
+    starts = np.arange(n, dtype=np.float64)
+    lo = np.maximum(edges[:-1, None], starts[None, :])
+    hi = np.minimum(edges[1:, None], starts[None, :] + 1.0)
+    return np.clip(hi - lo, 0.0, None)

@@ -10,9 +10,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from pipeline.audit.aggregates import key_priority
 from pipeline.audit.metrics.faithfulness import Predict, deletion_and_insertion, end_scores
 from pipeline.audit.metrics.relevance import relevance
+from pipeline.elements import key_priority
 
 __all__ = ["Faithfulness", "method_curves"]
 

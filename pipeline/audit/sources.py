@@ -2,7 +2,7 @@
 committed shard set whose lines are complete and have this audit's settings, else (an output
 dir written by an older version, with the audit off, or with other annotations / map size)
 the set's records, re-read and measured on the runner by the same function
-(audit.row_lines). Rebuilt lines are kept: each record shard's lines are written (a temp
+(audit.record.lines). Rebuilt lines are kept: each record shard's lines are written (a temp
 file renamed: whole or absent) as its twin ``rows-<set>-SSSSS-of-NNNNN``, so the next audit
 reads them; a set is read from its lines only when every shard of their numbering is there.
 The audit holds the output lock, so no run publishes meanwhile."""
@@ -18,9 +18,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.tfrecordio import _TFRecordUtil  # the format Beam's sink writes
 
-from pipeline.audit.aggregates import key_priority
-from pipeline.audit.row_lines import LineMaker, line_settings, parse_row_line
-from pipeline.elements import record_id
+from pipeline.audit.record.lines import LineMaker, line_settings, parse_row_line
+from pipeline.elements import key_priority, record_id
 from pipeline.store import records
 from pipeline.store.files import delete_files, rename
 from pipeline.store.layout import RECORD_SHARDS, ROW_SHARDS, join_path

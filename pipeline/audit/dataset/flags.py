@@ -22,8 +22,8 @@ next measurement.
 
 import numpy as np
 
+from pipeline.audit.dataset.strategies import Strategies, shape_descriptor
 from pipeline.audit.metrics.spatial import border_mass, corner_masses
-from pipeline.audit.strategies import Strategies, shape_descriptor
 
 CORNER_THRESHOLD = 0.25
 BORDER_THRESHOLD = 0.7

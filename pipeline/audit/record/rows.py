@@ -16,7 +16,6 @@ import json
 
 import numpy as np
 
-from pipeline.audit.hotspots import hotspots
 from pipeline.audit.metrics.concentration import entropy, gini
 from pipeline.audit.metrics.faithfulness import auc
 from pipeline.audit.metrics.localisation import (
@@ -25,15 +24,15 @@ from pipeline.audit.metrics.localisation import (
     localisation_metrics,
     map_boxes,
 )
-from pipeline.audit.metrics.relevance import relevance
+from pipeline.audit.metrics.relevance import downsample, relevance
 from pipeline.audit.metrics.spatial import spatial_metrics
 from pipeline.audit.metrics.weak_box import scene_for, weak_box_metrics
-from pipeline.audit.strategies import downsample
+from pipeline.audit.record.hotspots import hotspots
 from pipeline.choices import DEFAULT_MAX_PIXELS
 from pipeline.store.decode import decode_image
 from pipeline.store.files import read_bytes, read_text
-from pipeline.store.geometry import resize
 from pipeline.store.layout import join_path
+from pipeline.store.resize import resize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +148,7 @@ def record_rows(
 ) -> list[tuple[dict, np.ndarray, dict, dict]]:
     """[(row, small map, curves, hotspots)] for each method of a store.records.DecodedRecord
     (curves: {"deletion", "insertion"} arrays, or {} when the record has none; hotspots:
-    audit.hotspots.hotspots of the map and the image)."""
+    audit.record.hotspots.hotspots of the map and the image)."""
     label = int(record.label)
     if label < 0 and annotation is not None:
         label = annotation.label

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from pipeline.validation import check_faithfulness, check_int, check_str, fail
+from pipeline.config.checks import check_faithfulness, check_int, check_str, fail
 
 # A slice spec: (column, fixed value or None) per column, in the order written.
 SliceSpec = tuple[tuple[str, str | None], ...]
@@ -55,7 +55,7 @@ class AuditConfig:
     faithfulness_fraction: float = 0.1
     sanity_samples: int = 16  # images in the cascading-randomisation check (0: off)
     sanity_layers: int = 3  # top layers randomised, one more per step
-    # Causal confirmation of each class flag (audit.confirm): this many of its members
+    # Causal confirmation of each class flag (audit.causal.interventions): this many of its members
     # (the smallest key hashes) occluded, and up to 64 images of other classes given its
     # region, with the model on a worker (0: off; flags stay candidates).
     confirm_members: int = 32

@@ -1,6 +1,6 @@
 """The audit's per-record work as published data: one JSON line per record holding every
-method's row (audit.rows), its map downsampled to ``map_size``, its deletion / insertion
-curves and its hotspots (audit.hotspots: where the map peaks and the pixels there), plus the
+method's row (audit.record.rows), its map downsampled to ``map_size``, its deletion / insertion
+curves and its hotspots (audit.record.hotspots: where the map peaks and the pixels there), plus the
 record's metadata columns (for slices). The job writes these lines on the workers, next to
 the records and in the same shard sets (``audit_rows/``), so an audit aggregates lines
 instead of re-reading and re-measuring every record; an output dir without them (or with
@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audit.rows import Annotation, load_annotations, record_rows
+from pipeline.audit.record.rows import Annotation, load_annotations, record_rows
 from pipeline.config import Config
 from pipeline.store.files import read_bytes
 

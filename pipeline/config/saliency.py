@@ -19,7 +19,7 @@ from pipeline.choices import (
     PRECISIONS,
     TARGET_MODES,
 )
-from pipeline.validation import check_choice, check_int, check_number, check_str, fail
+from pipeline.config.checks import check_choice, check_int, check_number, check_str, fail
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,7 @@ number of connected components when the graph falls apart into several (each str
 own component, as the aligned descriptor gives for a planted shortcut), else at the largest
 gap among the first ``max_clusters`` (published SpRAy's eigengap), k-means
 (k-means++ seeding, fixed seed) on the row-normalised first k eigenvectors. Prototypes are
-the members' mean maps. numpy only (audit/spectral.py: dense up to 2,000 maps, sparse
+the members' mean maps. numpy only (audit/dataset/spectral.py: dense up to 2,000 maps, sparse
 edge lists and Lanczos beyond); callers still cap n with a per-class reservoir.
 """
 
@@ -29,11 +29,9 @@ import dataclasses
 
 import numpy as np
 
-from pipeline.audit.metrics.relevance import check_map
-from pipeline.audit.spectral import COMPONENT_EIGENVALUE, laplacian_eigen
+from pipeline.audit.dataset.spectral import COMPONENT_EIGENVALUE, laplacian_eigen
 
 MODES = ("aligned", "raw")
-DEFAULT_SIZE = 16  # maps are compared at 16 x 16
 DEFAULT_NEIGHBOURS = 10
 DEFAULT_MAX_CLUSTERS = 8
 
@@ -48,24 +46,6 @@ class Strategies:
     eigengap: float  # eigenvalues[k] - eigenvalues[k - 1]
     prototypes: np.ndarray  # [k, size, size]: each cluster's mean (downsampled) map
     sizes: tuple[int, ...]
-
-
-def downsample(m: np.ndarray, size: int = DEFAULT_SIZE) -> np.ndarray:
-    """Area-average a map to size x size (any input size), normalised to sum 1."""
-    a = check_map(m)
-    rows = np.linspace(0, a.shape[0], size + 1)
-    cols = np.linspace(0, a.shape[1], size + 1)
-    # Fractional-overlap weights: out = Wr @ a @ Wc^T, each input pixel split between bins.
-    out = _bins(rows, a.shape[0]) @ a @ _bins(cols, a.shape[1]).T
-    total = out.sum()
-    return out / total if total > 0 else out
-
-
-def _bins(edges: np.ndarray, n: int) -> np.ndarray:
-    starts = np.arange(n, dtype=np.float64)
-    lo = np.maximum(edges[:-1, None], starts[None, :])
-    hi = np.minimum(edges[1:, None], starts[None, :] + 1.0)
-    return np.clip(hi - lo, 0.0, None)
 
 
 def shape_descriptor(maps: np.ndarray) -> np.ndarray:

@@ -1,5 +1,5 @@
 """The audit's stage of the job: each record's audit row line computed on the worker that
-made its maps (audit.row_lines), written as shards next to the records in the attempt's
+made its maps (audit.record.lines), written as shards next to the records in the attempt's
 staging dir; publish moves them with the records (store.publish), so a rerun, a crash and
 an incremental run leave each record's line exactly once."""
 
@@ -9,12 +9,12 @@ import apache_beam as beam
 from apache_beam import coders
 from apache_beam.io.filesystem import CompressionTypes
 
-from pipeline.audit.row_lines import LineMaker, line_maker
-from pipeline.beam.sinks import RecordSink
+from pipeline.audit.record.lines import LineMaker, line_maker
 from pipeline.config import Config
 from pipeline.elements import SaliencyRecord
 from pipeline.store.layout import RECORDS_SUFFIX, ROW_SHARDS, join_path
 from pipeline.store.record_view import decoded_view
+from pipeline.store.tfrecord_sink import RecordSink
 
 __all__ = ["AuditRows"]
 

@@ -33,11 +33,11 @@ they were written); sanity is null when ``audit.sanity_samples`` is 0.
 
 import numpy as np
 
-from pipeline.audit.aggregates import ClassAggregate
-from pipeline.audit.flags import class_flags
-from pipeline.audit.hotspots import foreign_from, repeated_pattern_flags
+from pipeline.audit.dataset.aggregates import ClassAggregate
+from pipeline.audit.dataset.flags import class_flags
+from pipeline.audit.dataset.repeated_patterns import foreign_from, repeated_pattern_flags
+from pipeline.audit.dataset.strategies import discover
 from pipeline.audit.metrics.spatial import border_mass
-from pipeline.audit.strategies import discover
 from pipeline.maps.render import heatmap_png
 from pipeline.store.layout import audit_map_path
 
@@ -76,7 +76,7 @@ def group_report(
 ) -> tuple[dict, dict[str, bytes]]:
     """(one group-and-method part of audit.json, {relative path: PNG bytes}); strategies
     and flags for classes and slices. ``reference``: the method's dataset-wide sample of
-    members (audit.hotspots.reference_entry), that a class's patterns are compared with."""
+    members (repeated_patterns.reference_entry), that a class's patterns are compared with."""
     mean_path = audit_map_path(method, group_id, group=group)
     files = {mean_path: _png(aggregate.mean_map())}
     part = {

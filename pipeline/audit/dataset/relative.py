@@ -21,7 +21,7 @@ standard deviations above their median, and when their maps put at least CONTEXT
 times more of their relevance on their objects (their median share inside the boxes over
 the class's: a ratio of the outside shares would say little when every class's objects
 are small and every map is mostly outside). Its members
-are the class sample; its causal test (audit.confirm) swaps backgrounds. Without boxes
+are the class sample; its causal test (audit.causal.interventions) swaps backgrounds. Without boxes
 there is no such flag.
 """
 

@@ -1,8 +1,8 @@
 """Causal confirmation of a flag: does the flagged region change the model's output?
 
-A flag (audit.flags, audit.hotspots) is a candidate. Per flag, for its class c, on up to
-CONFIRM_MEMBERS of its members (the smallest key hashes) and CONFIRM_RECIPIENTS images the
-model gives another class:
+A flag (audit.dataset.flags, audit.dataset.repeated_patterns) is a candidate. Per flag,
+for its class c, on up to CONFIRM_MEMBERS of its members (the smallest key hashes) and
+CONFIRM_RECIPIENTS images the model gives another class:
 
 - **Occlusion.** Each member's region (the corner square of a ``corner`` flag, the border
   frame of ``border`` / ``border_class``, the member's hotspot window that matched for
@@ -33,7 +33,7 @@ says how much of the region the object covered; the whole region is tested too. 
 Without annotations the test cannot tell the object from a shortcut (a region that is the
 object also drops the logit when occluded); the verdict says so.
 
-A ``context`` flag (audit.relative) is tested by swapping backgrounds, which needs the
+A ``context`` flag (audit.dataset.relative) is tested by swapping backgrounds, which needs the
 objects: each member's object on another class's background (the recipient's image, its
 own object filled with its mean colour) against the member's object on another member's
 background (the logit drop and the flips), and each recipient's object on a member's
@@ -47,8 +47,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.audit.hotspots import HOTSPOT_FRACTION, window_sums
 from pipeline.audit.metrics.spatial import BORDER_FRAME, CORNER_SIZE
+from pipeline.audit.record.hotspots import HOTSPOT_FRACTION, window_sums
 
 CONFIRM_MEMBERS = 32
 CONFIRM_RECIPIENTS = 64

@@ -11,8 +11,9 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import SECTIONS, BeamConfig, Config
-from pipeline.validation import ConfigError, fail
+from pipeline.config.beam import BeamConfig
+from pipeline.config.checks import ConfigError, fail
+from pipeline.config.sections import SECTIONS, Config
 
 
 def _unknown_key(key: str, known: Sequence[str]) -> typing.NoReturn:

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from pipeline.choices import CAM_METHODS
 from pipeline.config import ModelConfig, SaliencyConfig
+from pipeline.config.checks import ConfigError
 from pipeline.engine.from_config import model_spec
 from pipeline.engine.methods.gradcam import cam_layer
 from pipeline.engine.models import LoadedModel, load_model
 from pipeline.engine.precision import configure_gpus
-from pipeline.validation import ConfigError
 
 __all__ = [
     "ModelGeometry",

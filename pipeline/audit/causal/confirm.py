@@ -1,4 +1,4 @@
-"""The causal confirmation of an audit's flags (audit.confirm), run with the model on a
+"""The causal confirmation of an audit's flags (audit.causal.interventions), run with the model on a
 worker: which records it needs (each confirmable class flag's first members by key hash,
 and a pool of recipients), and the run itself (the model loaded as the job loads it,
 occlusion and transplant batches, example PNGs)."""
@@ -10,11 +10,11 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from pipeline.audit.aggregates import key_priority
-from pipeline.audit.confirm import CONFIRMABLE, Subject, confirm_flag
+from pipeline.audit.causal.interventions import CONFIRMABLE, Subject, confirm_flag
 from pipeline.audit.metrics.relevance import relevance
-from pipeline.audit.rows import Annotation, ground_truth
+from pipeline.audit.record.rows import Annotation, ground_truth
 from pipeline.config import ModelConfig, SaliencyConfig
+from pipeline.elements import key_priority
 from pipeline.engine.explainer import Explainer
 from pipeline.engine.from_config import explainer_options, model_spec
 from pipeline.engine.models import load_model

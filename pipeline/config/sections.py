@@ -1,8 +1,8 @@
 """Typed, frozen configuration: every user setting, its default and its check, once.
 
-A config is a YAML file of five sections (model, source, saliency, batch, output, run);
-``--set section.key=value`` overrides are applied on top (values parsed as YAML). Every
-check runs at construction, so a bad value fails before any pipeline is built, with a
+A config is a YAML file of eight sections (model, source, saliency, batch, output, run,
+audit, beam); ``--set section.key=value`` overrides are applied on top (values parsed as
+YAML). Every check runs at construction, so a bad value fails before any pipeline is built, with a
 message naming the key, the value given, what is allowed and how to fix it.
 """
 
@@ -28,16 +28,16 @@ from pipeline.choices import (
     RESIZE_POLICIES,
     SOURCE_KINDS,
 )
-from pipeline.config_audit import AuditConfig
-from pipeline.config_beam import BeamConfig
-from pipeline.config_saliency import SaliencyConfig
-from pipeline.validation import (
+from pipeline.config.audit import AuditConfig
+from pipeline.config.beam import BeamConfig
+from pipeline.config.checks import (
     check_choice,
     check_int,
     check_number,
     check_str,
     fail,
 )
+from pipeline.config.saliency import SaliencyConfig
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -29,7 +29,7 @@ _HISTOGRAMS = ("pointing", "energy_in_box", "gini", "border_mass")
 @functools.cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("pipeline.audit", "templates"),
+        loader=jinja2.PackageLoader("pipeline.audit.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a view-model key the template misses fails
         trim_blocks=True,
@@ -157,7 +157,7 @@ def _methods(audit: dict) -> dict:
     return {"rows": rows, "curves": curves, "sanity": sanity, "caveat": caveat}
 
 
-# evidence beyond value / threshold that the report prints (audit.hotspots)
+# evidence beyond value / threshold that the report prints (audit.record.hotspots)
 _DETAIL = (
     "control",
     "contrast_threshold",
@@ -213,7 +213,7 @@ def _object_lines(c: dict) -> list[tuple[str, str]]:
 
 
 def _confirmation(c: dict | None) -> dict | None:
-    """The report's view of a flag's causal confirmation (audit.confirm)."""
+    """The report's view of a flag's causal confirmation (audit.causal.interventions)."""
     if not c:
         return None
     return {

@@ -1,6 +1,6 @@
 """Patterns in the model's feature space: which hotspot windows of a class show the same
-thing to the model (audit.hotspots' ``repeated_pattern`` rule, where row lines carry the
-model's features at each window).
+thing to the model (the ``repeated_pattern`` rule of repeated_patterns.py, where row lines
+carry the model's features at each window).
 
 Each window's descriptor is the model's mid-level feature map averaged over the cells the
 window covers (engine.features names the layer). Within a class, each channel is

@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.validation import fail
+from pipeline.config.checks import fail
 
 _BEAM_FLAG = re.compile(r"^[a-z][a-z0-9_]*$")
 _SCALARS = (str, int, float, bool)

@@ -27,7 +27,7 @@ import math
 import re
 
 from pipeline.choices import DRIFT_RULE
-from pipeline.config_audit import slice_spec, slice_text
+from pipeline.config.audit import slice_spec, slice_text
 
 LOCALISATION = ("pointing", "energy_in_box", "rank_accuracy", "box_iou", "box_correct")
 FAITHFULNESS = ("deletion_auc", "insertion_auc")

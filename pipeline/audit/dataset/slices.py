@@ -10,7 +10,7 @@ it has them all and they equal the spec's fixed values.
 
 from collections.abc import Mapping
 
-from pipeline.config_audit import SliceSpec
+from pipeline.config.audit import SliceSpec
 
 FOLDER = "folder"
 

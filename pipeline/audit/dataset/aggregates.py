@@ -10,20 +10,16 @@ class, not per image.
 """
 
 import dataclasses
-import hashlib
 from collections.abc import Iterable, Mapping
 
 import numpy as np
+
+from pipeline.elements import key_priority
 
 HISTOGRAM_BINS = 20
 DEFAULT_RESERVOIR = 512
 # Metrics on the model's logit scale: averaged, not binned on [0, 1].
 UNBOUNDED = frozenset({"deletion_auc", "insertion_auc"})
-
-
-def key_priority(key: str) -> int:
-    """A record's place in the reservoir order: the first 8 bytes of sha256(key)."""
-    return int.from_bytes(hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()[:8], "big")
 
 
 @dataclasses.dataclass
@@ -39,7 +35,7 @@ class ClassAggregate:
     seen: dict[str, int] = dataclasses.field(default_factory=dict)
     histograms: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     map_sum: np.ndarray | None = None
-    # (priority, key, downsampled map, hotspots or None: audit.hotspots)
+    # (priority, key, downsampled map, hotspots or None: audit.record.hotspots)
     members: list[tuple[int, str, np.ndarray, list[dict] | None]] = dataclasses.field(
         default_factory=list
     )

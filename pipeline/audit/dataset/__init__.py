@@ -1,0 +1,4 @@
+"""The audit's dataset stage: rows aggregated per group (aggregates.py), strategies and
+their flags (strategies.py, spectral.py, flags.py), patterns repeated across a class
+(feature_groups.py), flags relative to the other classes (relative.py), slices (slices.py),
+and the whole as audit.json (audit_json.py). Plain numpy, no Beam, no model."""
