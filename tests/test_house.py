@@ -1,4 +1,4 @@
-"""The house rules: seven rooms and the audit's stages, imports that run one way, small
+"""The house rules: eight rooms and the audit's stages, imports that run one way, small
 modules, no late imports."""
 
 import ast
@@ -53,16 +53,16 @@ def _imports(tree: ast.AST):
             yield node, [a.name for a in node.names]
 
 
-def test_the_tree_shows_the_seven_rooms_and_the_audits_stages():
+def test_the_tree_shows_the_rooms_and_the_audits_stages():
     rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert rooms == {"config", "engine", "maps", "store", "beam", "audit", "demo"}
+    assert rooms == {"cli", "config", "engine", "maps", "store", "beam", "audit", "demo"}
     audit = PACKAGE / "audit"
     assert {p.name for p in audit.iterdir() if (p / "__init__.py").exists()} == set(AUDIT_STAGES)
     # the Beam wiring alone sits at the audit's top
     assert {p.stem for p in audit.glob("*.py")} == {"__init__", "pipeline", "sources", "job_stage"}
     assert sorted(p.name for p in PACKAGE.glob("*.py")) == [
-        "__init__.py", "__main__.py", "choices.py", "cli.py", "console.py", "elements.py",
-        "runners.py", "versions.py",
+        "__init__.py", "__main__.py", "choices.py", "console.py", "elements.py", "runners.py",
+        "versions.py",
     ]  # fmt: skip
     assert (PACKAGE / "engine" / "methods" / "gradient.py").exists()
 
@@ -116,13 +116,14 @@ def test_no_module_is_over_about_400_lines():
 
 
 def test_package_imports_sit_at_the_top_of_modules():
-    # cli.main is the one exception: TF_CPP_MIN_LOG_LEVEL must be set before TF loads.
+    # cli is the one exception: TF_CPP_MIN_LOG_LEVEL must be set before TF loads.
     late = []
     for path, module in _modules():
         tree = ast.parse(path.read_text())
         top = {id(node) for node in tree.body}
         for node, names in _imports(tree):
-            if id(node) not in top and names[0].startswith("pipeline") and module != "pipeline.cli":
+            late_ok = module.startswith("pipeline.cli")
+            if id(node) not in top and names[0].startswith("pipeline") and not late_ok:
                 late.append(f"{module}:{node.lineno}")
     assert late == []
 
