@@ -20,8 +20,9 @@ class MethodSpec:
 
 _SMOOTH = ("samples", "noise", "seed")
 _IG = ("ig_steps", "ig_baseline")
-# Every method, declared once. A new method is a line here (and, for a new computation, one
-# module in engine/methods registered in engine/methods/registry.py).
+# Every method, declared once. A new method is a line here; a new computation is also a
+# module in engine/methods registered in engine/methods/registry.py, and a new option is
+# also spelled out in config/saliency.py, the Explainer, explain() and engine/from_config.py.
 METHOD_TABLE = (
     MethodSpec("vanilla", "gradient"),
     MethodSpec("guided", "gradient", guided=True),

@@ -85,6 +85,6 @@ def test_the_cli_exits_6_on_a_broken_rule_and_2_on_a_bad_one(tmp_path):
     assert "drift: broken rule pointing:-0.05" in broke.stderr
     assert json.loads(broke.stdout)["broken"][0].startswith("pointing:-0.05")
     bad = _cli("drift", str(tmp_path / "a"), str(tmp_path / "b.json"), "--fail-on", "oops")
-    assert bad.returncode == 2 and "METRIC[@METHOD]:CHANGE" in bad.stderr
+    assert bad.returncode == 2 and "METRIC[@METHOD][[SLICE]]:CHANGE" in bad.stderr
     missing = _cli("drift", str(tmp_path / "nowhere"), str(tmp_path / "b.json"))
     assert missing.returncode == 2 and "cannot read the audit" in missing.stderr

@@ -187,3 +187,19 @@ def test_boxes_and_faithfulness_curves_round_trip():
     np.testing.assert_allclose(parsed["faithfulness/vanilla/insertion"].numpy(), [0, 2, 3])
     plain = records.parse(records.encode(make_record()))
     assert plain.boxes == () and plain.faithfulness == {}
+
+
+def test_read_names_a_file_that_is_not_a_record_shard(tmp_path):
+    (tmp_path / "records").mkdir()
+    (tmp_path / "audit_rows").mkdir()
+    with tf.io.TFRecordWriter(str(tmp_path / "records/saliency-a-00000-of-00001.tfrecord")) as w:
+        w.write(records.encode(make_record()))
+    rows = tmp_path / "audit_rows/rows-a-00000-of-00001.tfrecord"
+    with tf.io.TFRecordWriter(str(rows)) as w:
+        w.write(b'{"key": "cats/001.jpg", "rows": []}')  # a row line: JSON, not an Example
+    with pytest.raises(
+        ValueError, match=r"rows-a-00000-of-00001.tfrecord is not a saliency record shard"
+    ) as err:
+        list(records.read(str(tmp_path / "*/*.tfrecord")))
+    assert "<output_dir>/records/saliency-*.tfrecord" in str(err.value)  # the fix
+    assert [r.key for r in records.read(str(tmp_path / "records/*.tfrecord"))] == ["cats/001.jpg"]

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         "drift",
         help="what changed between two audits; --fail-on gates it",
         description="Compare audit A (before) with audit B (after): each an audit.json or "
-        "an output dir holding audit/audit.json. Rules: METRIC[@METHOD][SLICE]:CHANGE, e.g. "
+        "an output dir holding audit/audit.json. Rules: METRIC[@METHOD][[SLICE]]:CHANGE, e.g. "
         "pointing:-0.05 (absolute), energy_in_box:-10%% (relative), flags:+0, "
         "pointing@guided[site=B]:-0.05 (one slice).",
         epilog=EXIT_CODES,

@@ -260,8 +260,9 @@ class RunConfig:
     # `previous`: compare each audit with the latest under output.dir/audits/ (drift in
     # audit/drift.json and the report); "": no comparison.
     audit_drift: str = ""
-    # Drift rules (METRIC[@METHOD]:CHANGE, e.g. pointing:-0.05, energy_in_box:-10%); a
-    # broken one makes the run exit with code 6 after everything is written.
+    # Drift rules (METRIC[@METHOD][[SLICE]]:CHANGE, e.g. pointing:-0.05, energy_in_box:-10%,
+    # pointing@guided[site=B]:-0.05); a broken one makes the run exit with code 6 after
+    # everything is written.
     audit_fail_on: tuple[str, ...] = ()
     # On gs:// and s3:// the run holds output.dir with a lock object it renews every third
     # of this; a lock not renewed for this long is stale (its run died) and is taken over.
@@ -282,7 +283,7 @@ class RunConfig:
                  "write e.g. [pointing:-0.05, energy_in_box:-10%]")  # fmt: skip
         for rule in self.audit_fail_on:
             if not isinstance(rule, str) or not re.match(DRIFT_RULE, rule.strip()):
-                fail("run.audit_fail_on", rule, "a rule is METRIC[@METHOD]:CHANGE",
+                fail("run.audit_fail_on", rule, "a rule is METRIC[@METHOD][[SLICE]]:CHANGE",
                      "write e.g. pointing:-0.05 or energy_in_box:-10%")  # fmt: skip
 
 

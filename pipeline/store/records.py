@@ -312,7 +312,11 @@ def _decode_png(data: bytes) -> np.ndarray:
 
 def parse(serialized: bytes) -> DecodedRecord:
     """Parse one serialised record (as written by :func:`encode`) into numpy arrays."""
-    f = _Fields(tf.train.Example.FromString(bytes(serialized)))
+    try:
+        example = tf.train.Example.FromString(bytes(serialized))
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError, not a declared dependency
+        raise ValueError(f"not a tf.train.Example ({type(exc).__name__}: {exc})") from exc
+    f = _Fields(example)
     methods = tuple(m.decode("utf-8") for m in f.bytes_list("saliency/methods"))
     gradients: dict[str, np.ndarray] = {}
     views: dict[str, dict[str, np.ndarray]] = {}
@@ -406,7 +410,16 @@ def read(source: str) -> Iterator[DecodedRecord]:
 
 def _iterate(files: list[str]) -> Iterator[DecodedRecord]:
     for path in files:
-        yield from (parse(raw) for raw in read_raw(path))
+        for raw in read_raw(path):
+            try:
+                yield parse(raw)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{path} is not a saliency record shard ({exc}): an output dir's records "
+                    "are records/saliency-*.tfrecord (audit_rows/ holds the audit's row lines, "
+                    "JSON). Read the output dir itself, or a pattern such as "
+                    "<output_dir>/records/saliency-*.tfrecord."
+                ) from exc
 
 
 def read_raw(path: str) -> Iterator[bytes]:

@@ -10,7 +10,8 @@ the flags that appeared or went away, plus the largest absolute metric change of
 metric (fractions in [0, 1]). It works for two models on the same images and for two dates
 with different images alike: only aggregates are compared.
 
-Rules (TFMA's change thresholds): ``METRIC[@METHOD]:CHANGE`` where CHANGE is a signed number,
+Rules (TFMA's change thresholds): ``METRIC[@METHOD][[SLICE]]:CHANGE`` where CHANGE is a
+signed number,
 absolute (``pointing:-0.05``: fail when pointing falls by more than 0.05) or relative with a
 ``%`` (``energy_in_box:-10%``: fail when it falls by more than 10 %). A negative change guards
 a drop, a positive one a rise (``deletion_auc:+0.5``: lower is better there). METRIC is a
@@ -59,7 +60,7 @@ def parse_rule(text: str) -> Rule:
     match = _RULE.match(text.strip())
     if not match or match["metric"] not in RULE_METRICS:
         raise ValueError(
-            f"--fail-on {text!r}: a rule is METRIC[@METHOD]:CHANGE with a signed CHANGE, "
+            f"--fail-on {text!r}: a rule is METRIC[@METHOD][[SLICE]]:CHANGE with a signed CHANGE, "
             f"absolute or with %, e.g. pointing:-0.05 or energy_in_box:-10%; METRIC is one "
             f"of {list(RULE_METRICS)}."
         )
