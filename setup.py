@@ -51,7 +51,7 @@ setup(
         "gcp": [f"apache-beam[gcp]=={BEAM}"],
         "aws": [f"apache-beam[aws]=={BEAM}"],
         # The object-store tests run against real servers on 127.0.0.1: moto's S3 server
-        # and gcp-storage-emulator (tests/_stores.py).
+        # and gcp-storage-emulator (pipeline/testing/stores.py).
         "test": [
             TF_CPU,
             TFDS,

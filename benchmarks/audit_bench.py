@@ -27,13 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from pipeline.config import AuditConfig  # noqa: E402
+from benchmarks import common
+from pipeline.config import AuditConfig
 
 WORK = common.ROOT / ".bench" / "audit"
 IMAGES = common.ROOT / "examples" / "images"
@@ -167,10 +164,8 @@ def memory() -> dict:
 
 
 def spray(n: int = 10_000) -> dict:
-    sys.path.insert(0, str(common.ROOT / "tests"))
-    from _audit_data import synthetic_class
-
     from pipeline.audit.dataset.strategies import discover
+    from pipeline.testing.audit_data import synthetic_class
 
     _, maps, planted = synthetic_class(2, shortcut=0.3, n=n)
     seconds = []

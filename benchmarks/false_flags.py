@@ -21,16 +21,17 @@ import collections
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks import common
+from pipeline.audit.causal.interventions import CONFIRM_MEMBERS, CONFIRMABLE, Subject, confirm_flag
+from pipeline.audit.metrics.relevance import relevance
+from pipeline.engine.explainer import Explainer
+from pipeline.testing.patterns import class_reports as _reports
+from pipeline.testing.patterns import tag_images as _images
+from pipeline.testing.patterns import trained as _trained
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-import numpy as np  # noqa: E402
-from test_audit_patterns import _images, _reports, _trained  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from pipeline.audit.causal.interventions import CONFIRM_MEMBERS, CONFIRMABLE, Subject, confirm_flag  # noqa: E402
-from pipeline.audit.metrics.relevance import relevance  # noqa: E402
-from pipeline.engine.explainer import Explainer  # noqa: E402
 
 GENERATORS = ("clean", "distractor")
 

@@ -28,15 +28,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 # Dense fp16 tensor-core peak TFLOP/s (vendor data sheets, no structured sparsity) and
 # memory bandwidth (GB/s), which bounds the depthwise / elementwise-heavy MobileNetV2.

@@ -12,20 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from pipeline.beam import run as run_module
+from pipeline.config.files import load_config
+from pipeline.testing.reliability import base_overrides, noise_png, save_tiny_model, write_files
+
 ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from _reliability import base_overrides, noise_png, save_tiny_model, write_files  # noqa: E402
-
-from pipeline.beam import run as run_module  # noqa: E402
-from pipeline.config.files import load_config  # noqa: E402
 
 
 def _timed_publish(spent: list[float]):

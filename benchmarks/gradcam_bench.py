@@ -22,12 +22,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 LAYER = "out_relu"
 TARGET = 1.3

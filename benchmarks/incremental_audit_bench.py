@@ -34,13 +34,10 @@ import sys
 import time
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 WORK = common.ROOT / ".bench" / "incremental"
 SIZE = 224

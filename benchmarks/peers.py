@@ -1,6 +1,6 @@
 """Peer libraries on the same model and images, each used the way its docs show.
 
-Runs in-process when the peers import, or as ``python benchmarks/peers.py --json -`` under
+Runs in-process when the peers import, or as ``python -m benchmarks.peers --json -`` under
 another interpreter (peers need tf-keras / TF <= 2.20, so they live in their own virtual
 environment; see benchmarks/RESULTS.md). The plain tf.function reference is measured in
 the same process, so peer numbers can be compared across environments by their ratio to it.
@@ -24,17 +24,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 PEERS = ("xplique", "tf_keras_vis", "saliency")
 

@@ -38,69 +38,13 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common
+from benchmarks.pipeline_workload import make_workspace, write_config
 
 PYTHON = sys.executable
-
-
-# --------------------------------------------------------------------------- workload
-
-
-def make_workspace(root: Path, *, images: int, size: int) -> dict[str, Path]:
-    """Model file and N image copies under ``root``."""
-    import keras
-
-    root.mkdir(parents=True, exist_ok=True)
-    model_path = root / f"mobilenetv2_{size}.keras"
-    if not model_path.exists():
-        model = common.random_weight_model("MobileNetV2", size)
-        common.calibrate_batchnorm(model, common.symmetric(common.photo_batch(16, size)))
-        keras.saving.save_model(model, model_path)
-    photos = sorted(p for p in common.PHOTOS.iterdir() if p.suffix.lower() in (".png", ".jpg"))
-    image_dir = root / f"images_{images}"
-    if not image_dir.exists():
-        image_dir.mkdir()
-        for i in range(images):
-            source = photos[i % len(photos)]
-            shutil.copyfile(source, image_dir / f"{i:05d}_{source.name}")
-    return {"model": model_path, "images": image_dir}
-
-
-def write_config(
-    path: Path, *, model: Path, images: Path, out: Path, method: str, batch: int
-) -> Path:
-    """The pipeline config of a benchmark run."""
-    text = f"""
-model:
-  name: {model}
-  preprocessing: symmetric
-source:
-  kind: files
-  pattern: {images}/*
-  resize: resize
-saliency:
-  methods: [{method}]
-  target: predicted
-  samples: 50
-  noise: 0.2
-  precision: float32
-  sample_batch_size: 64
-batch:
-  max_batch_size: {batch}
-  min_batch_size: {batch}
-output:
-  dir: {out}
-  views: [heatmap, overlay, grid]
-run:
-  progress_every: 100000
-"""
-    path.write_text(text)
-    return path
 
 
 # --------------------------------------------------------------------------- model-only
@@ -418,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick,
         workdir=args.workdir,
     )
-    from benchmarks.bench import pipe_table
+    from benchmarks.bench_report import pipe_table
 
     print(pipe_table(result))
     common.dump_json(result, args.json)

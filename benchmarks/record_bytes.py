@@ -16,19 +16,15 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import tensorflow as tf
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks import common  # noqa: E402
-from pipeline.elements import SaliencyRecord  # noqa: E402
-from pipeline.engine.explainer import Explainer  # noqa: E402
-from pipeline.maps.views import compute_views  # noqa: E402
-from pipeline.store import records  # noqa: E402
+from benchmarks import common
+from pipeline.elements import SaliencyRecord
+from pipeline.engine.explainer import Explainer
+from pipeline.maps.views import compute_views
+from pipeline.store import records
 
 METHODS = ("vanilla", "guided", "smoothgrad")
 

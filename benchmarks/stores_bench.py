@@ -34,14 +34,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ROOT = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from _stores import gcs_server, s3_server  # noqa: E402
-
-from benchmarks import common  # noqa: E402
+from benchmarks import common
+from pipeline.testing.stores import gcs_server, s3_server
 
 _OPS = r"""
 import sys, time
@@ -84,7 +78,8 @@ def _first_access(store, which: str) -> float:
     """Seconds to the first gs:// answer in a fresh process (Beam's credential lookup)."""
     proc = subprocess.run(
         [sys.executable, "-c", _FIRST, which, store.url("in/circle_01.jpg")],
-        cwd=ROOT, env=dict(os.environ, **store.env), capture_output=True, text=True, check=True,
+        cwd=common.ROOT, env=dict(os.environ, **store.env), capture_output=True, text=True,
+        check=True,
     )  # fmt: skip
     return float(proc.stdout.split()[-1])
 
@@ -97,7 +92,7 @@ def _job(store, out: str, pattern: str) -> float:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline", "run", "-q", "--config", "configs/local.yaml", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True,
+        cwd=common.ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
@@ -109,7 +104,7 @@ def _ops(store, which: str, n: int) -> tuple[float, int]:
     flags = [f"--{o.removeprefix('beam.')}" for o in store.overrides]
     proc = subprocess.run(
         [sys.executable, "-c", _OPS, which, str(n), *flags],
-        cwd=ROOT, capture_output=True, text=True, check=True,
+        cwd=common.ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     seconds, errors = proc.stdout.split()
     return float(seconds), int(errors)
@@ -121,7 +116,7 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=40)
     parser.add_argument("--json")
     args = parser.parse_args()
-    images = sorted(glob.glob(str(ROOT / "examples/images/*_*.*")))  # the 12 jpg / png
+    images = sorted(glob.glob(str(common.ROOT / "examples/images/*_*.*")))  # the 12 jpg / png
     rounds: list[dict[str, float]] = []
     with s3_server() as s3, gcs_server() as gcs, tempfile.TemporaryDirectory() as tmp:
         stores = {"s3": s3, "gs": gcs}

@@ -13,6 +13,7 @@ ResNet50's own, and saves it where ``benchmarks.bench`` looks for it (94 MB, not
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -21,9 +22,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common
 
 DEFAULT_PATH = common.ROOT / ".bench" / "resnet50_shapes_64.keras"
 SIZE = 64
@@ -32,10 +33,12 @@ SEED = 0
 
 def shapes(count: int, *, start: int) -> tuple[np.ndarray, np.ndarray]:
     """``count`` shapes images (uint8) and labels from the examples' generator."""
-    sys.path.insert(0, str(common.ROOT / "examples"))
-    from make_shapes_data import make_dataset
-
-    data = make_dataset(count, seed=SEED, size=SIZE, start=start)
+    spec = importlib.util.spec_from_file_location(  # examples/ is scripts, not a package
+        "make_shapes_data", common.ROOT / "examples" / "make_shapes_data.py"
+    )
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    data = generator.make_dataset(count, seed=SEED, size=SIZE, start=start)
     return data.images, data.labels
 
 

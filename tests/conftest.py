@@ -1,4 +1,6 @@
-"""Fixtures shared by the test modules (none of them defines its own copy).
+"""Fixtures shared by the test modules (none of them defines its own copy); the helpers
+they share (the one way to run the command line in a subprocess, object-store servers, tiny
+models, synthetic data) are pipeline.testing's, which benchmarks/ uses too.
 
 - ``default_run``: the README's quick start, once per session: ``python -m pipeline run
   --config configs/local.yaml`` into a temporary output dir. Tests only read it; a test
@@ -16,13 +18,14 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import keras
 import pytest
-from _images import small_photos
-from _reliability import save_tiny_model
+
+from pipeline.testing.images import small_photos
+from pipeline.testing.processes import run_cli
+from pipeline.testing.reliability import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +42,8 @@ class DefaultRun:
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory) -> DefaultRun:
     out = tmp_path_factory.mktemp("default") / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--config", "configs/local.yaml",
-         "--set", f"output.dir={out}"],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    proc = run_cli("run", "--config", "configs/local.yaml", "--set", f"output.dir={out}",
+                   env=dict(os.environ), timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return DefaultRun(out=out, stdout=proc.stdout, stderr=proc.stderr)
 

@@ -5,16 +5,11 @@ with their numbers and example PNGs; the same family trained clean has no confir
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_audit_patterns import _images as tag_images
-from test_audit_shortcut import _images as corner_images
-from test_audit_shortcut import _trained
 
 from pipeline.audit.causal.confirm import confirmable, flag_class, wanted_keys
 from pipeline.audit.causal.interventions import (
@@ -24,6 +19,9 @@ from pipeline.audit.causal.interventions import (
     occlude,
     region_masks,
 )
+from pipeline.testing.patterns import corner_images, tag_images
+from pipeline.testing.patterns import trained as _trained
+from pipeline.testing.processes import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -166,11 +164,14 @@ def _job(tmp_path: Path, images: np.ndarray, labels: np.ndarray, seed: int, *mor
             "output.artifacts=false", "run.progress_every=0", "audit.enabled=true",
             "audit.annotations=\"\"", "audit.sanity_samples=0",
             "audit.faithfulness_fraction=0", "model.class_names=\"\"", *more]  # fmt: skip
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "--config", "configs/local.yaml",
-         *[a for s in sets for a in ("--set", s)]],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    done = run_cli(
+        "run",
+        "--config",
+        "configs/local.yaml",
+        *[a for s in sets for a in ("--set", s)],
+        env=dict(os.environ),
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "audit" / "audit.json").read_text()), out
 

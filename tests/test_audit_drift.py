@@ -2,14 +2,12 @@
 and the CLI's exit code when a rule breaks."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.audit.report.drift import Rule, check_rules, compare, parse_rule, similarity
+from pipeline.testing.processes import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,10 +60,7 @@ def test_changes_are_ranked_and_rules_break_by_hand():
     assert similarity(SAME, [[1.0]]) is None
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+_cli = run_cli
 
 
 @pytest.mark.slow

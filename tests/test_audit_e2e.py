@@ -4,9 +4,6 @@ the sanity check); error groups and mask annotations; boxes read from a TFRecord
 `audit` over an incremental output dir covers every record."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +13,12 @@ from PIL import Image
 
 from pipeline.audit.record.rows import parse_annotations
 from pipeline.store.files import read_jsonl
+from pipeline.testing.processes import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT,
-                          env=dict(os.environ), capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+_cli = run_cli
 
 
 @pytest.mark.slow

@@ -11,16 +11,22 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from _reliability import base_overrides, kill_when, noise_png, read_tree, write_files
 
 from pipeline.audit.pipeline import run_audit
 from pipeline.beam.run import run
 from pipeline.config.files import load_config
 from pipeline.store import history
+from pipeline.testing.processes import start_cli
+from pipeline.testing.reliability import (
+    base_overrides,
+    kill_when,
+    noise_png,
+    read_tree,
+    write_files,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_IMAGES = 30
@@ -93,14 +99,7 @@ def audited(tmp_path, tiny_model) -> tuple[str, list[str]]:
 
 def _audit_cli(overrides: list[str], log) -> subprocess.Popen:
     sets = [arg for o in overrides for arg in ("--set", o)]
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "audit", *sets],
-        cwd=ROOT,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    return start_cli(["audit", *sets], stdout=log, stderr=log)
 
 
 def _newer(path: str, since: float) -> bool:

@@ -4,7 +4,6 @@ controls (the object anywhere in the middle half) raise no flag."""
 
 import numpy as np
 import pytest
-from _audit_data import synthetic_class
 
 from pipeline.audit.dataset import strategies as S
 from pipeline.audit.dataset.flags import (
@@ -14,6 +13,7 @@ from pipeline.audit.dataset.flags import (
     class_flags,
     prototype_distance,
 )
+from pipeline.testing.audit_data import synthetic_class
 
 
 def _flags(keys, maps):

@@ -9,14 +9,6 @@ import json
 import os
 
 import pytest
-from _reliability import (
-    base_overrides,
-    check_complete,
-    committed_row_ids,
-    noise_png,
-    same_json,
-    write_files,
-)
 
 from pipeline.audit.pipeline import run_audit
 from pipeline.audit.record.lines import line_maker
@@ -26,6 +18,14 @@ from pipeline.config.files import load_config
 from pipeline.store import records
 from pipeline.store.layout import ROW_SHARDS
 from pipeline.store.manifest import committed_sets, shard_files
+from pipeline.testing.reliability import (
+    base_overrides,
+    check_complete,
+    committed_row_ids,
+    noise_png,
+    same_json,
+    write_files,
+)
 
 pytestmark = pytest.mark.slow  # real runs and audits
 

@@ -3,7 +3,6 @@ of class 0's images the object is missing and a small mark sits in the top-left 
 so the model learns the mark. The audit must flag class 0 with the marked images in the
 flagged cluster, and raise nothing on the same model family trained without the mark."""
 
-import keras
 import numpy as np
 import pytest
 
@@ -11,52 +10,8 @@ from pipeline.audit.dataset.aggregates import ClassAggregate
 from pipeline.audit.dataset.audit_json import group_report
 from pipeline.audit.metrics.relevance import downsample, relevance
 from pipeline.engine.explainer import Explainer
-
-SIZE = 32
-PER_CLASS = 240
-SHORTCUT = 1 / 3
-
-
-def _images(seed: int, *, planted: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(images [N, 32, 32, 3] in [0, 1], labels, marked): class 0 a disc, class 1 a
-    square, each anywhere in the middle; with ``planted``, a third of class 0 has only
-    the corner mark."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[:SIZE, :SIZE]
-    images, labels, marked = [], [], []
-    for label in (0, 1):
-        for _ in range(PER_CLASS):
-            img = rng.uniform(0.0, 0.25, (SIZE, SIZE, 3))
-            cy, cx = rng.uniform(10, 22, 2)
-            mark = planted and label == 0 and rng.random() < SHORTCUT
-            if mark:
-                img[1:4, 1:4] = (1.0, 0.2, 0.2)
-            elif label == 0:
-                img[(y - cy) ** 2 + (x - cx) ** 2 <= 16] = (0.2, 0.9, 0.2)
-            else:
-                img[(abs(y - cy) <= 3) & (abs(x - cx) <= 3)] = (0.2, 0.2, 0.9)
-            images.append(img)
-            labels.append(label)
-            marked.append(mark)
-    return np.stack(images).astype(np.float32), np.array(labels), np.array(marked)
-
-
-def _trained(images: np.ndarray, labels: np.ndarray, seed: int) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-        keras.layers.GlobalMaxPooling2D(),
-        keras.layers.Dense(2),
-    ])  # fmt: skip
-    model.compile(
-        optimizer=keras.optimizers.Adam(0.01),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    model.fit(images, labels, epochs=8, batch_size=32, verbose=0, shuffle=True)
-    return model
+from pipeline.testing.patterns import corner_images as _images
+from pipeline.testing.patterns import trained as _trained
 
 
 def _class_audit(model, images, labels, method: str) -> tuple[dict, dict[str, int]]:

@@ -3,11 +3,11 @@ image and part of the maps attend a fixed corner mark (a planted shortcut)."""
 
 import numpy as np
 import pytest
-from _audit_data import synthetic_class
 
 from pipeline.audit.dataset import spectral
 from pipeline.audit.dataset import strategies as S
 from pipeline.audit.metrics.relevance import downsample
+from pipeline.testing.audit_data import synthetic_class
 
 
 def _class_maps(seed, *, shortcut=0.3):

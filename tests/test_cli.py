@@ -8,29 +8,20 @@ pasted shape (whose box is known from examples/images/annotations.json).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.store import records
+from pipeline.testing.processes import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(*args, cwd=cwd, extra_env={"TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 @pytest.mark.slow

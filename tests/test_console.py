@@ -19,6 +19,7 @@ from pipeline import __version__
 from pipeline.beam.handler import SaliencyModelHandler
 from pipeline.beam.preflight import FILESYSTEM_PACKAGES
 from pipeline.config import BatchConfig, ModelConfig, SaliencyConfig
+from pipeline.testing.processes import cli_command, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "examples" / "model" / "shapes_cnn.keras"
@@ -31,14 +32,7 @@ def _env(**extra: str) -> dict:
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=ROOT,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(*args, env=env or _env())  # TF_CPP_* unset: what a user's shell has
 
 
 @pytest.mark.slow
@@ -64,8 +58,8 @@ def test_a_terminal_gets_a_progress_bar(tmp_path):
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--config", "configs/local.yaml",
-         "--set", f"output.dir={tmp_path / 'out'}"],
+        cli_command(["run", "--config", "configs/local.yaml", "--set",
+                     f"output.dir={tmp_path / 'out'}"]),
         cwd=ROOT, env=_env(), stdin=subprocess.DEVNULL, stdout=slave, stderr=slave,
     )  # fmt: skip
     os.close(slave)

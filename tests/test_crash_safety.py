@@ -14,18 +14,9 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from _reliability import (
-    base_overrides,
-    check_complete,
-    committed_row_ids,
-    noise_png,
-    read_records,
-    write_files,
-)
 from PIL import Image
 
 from pipeline.beam import run as run_module
@@ -33,6 +24,15 @@ from pipeline.beam.run import run
 from pipeline.config.files import load_config
 from pipeline.store import files as outputs
 from pipeline.store import publish
+from pipeline.testing.processes import start_cli
+from pipeline.testing.reliability import (
+    base_overrides,
+    check_complete,
+    committed_row_ids,
+    noise_png,
+    read_records,
+    write_files,
+)
 
 pytestmark = pytest.mark.slow  # real runs killed and rerun
 
@@ -48,15 +48,7 @@ def _bucket(root: str, n: int = len(GOOD)) -> str:
 
 
 def _cli_run(config: str, stdout, stderr) -> subprocess.Popen:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "--config", config, "-q"],
-        cwd=ROOT,
-        env=env,
-        stdout=stdout,
-        stderr=stderr,
-        start_new_session=True,  # its own process group: the kill reaches every child
-    )
+    return start_cli(["run", "--config", config, "-q"], stdout=stdout, stderr=stderr)
 
 
 def _visible_pngs_are_whole(out: str) -> int:

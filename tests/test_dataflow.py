@@ -13,11 +13,12 @@ import sys
 
 import apache_beam as beam
 import pytest
-from _stores import gcs_server
 
 from pipeline import versions
 from pipeline.beam.dataflow import container_problem, image_versions
 from pipeline.cli import EXIT_CONFIG
+from pipeline.testing.processes import run_cli
+from pipeline.testing.stores import gcs_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "dataflow_gpu.yaml")
@@ -36,7 +37,7 @@ def gcs():
 
 
 def _png(seed: int) -> bytes:
-    from _reliability import noise_png
+    from pipeline.testing.reliability import noise_png
 
     return noise_png(seed)
 
@@ -57,11 +58,7 @@ def _sets(gcs, *extra: str) -> list[str]:
 
 
 def _cli(gcs, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **gcs.env),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    return run_cli(*args, extra_env=gcs.env, timeout=300)
 
 
 @pytest.mark.slow

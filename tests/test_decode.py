@@ -11,11 +11,11 @@ import zlib
 import numpy as np
 import pytest
 import tensorflow as tf
-from _images import BIG, decode, encode, random_rgb
 from PIL import Image, ImageOps
 
 from pipeline.elements import EncodedImage
 from pipeline.store import decode as D
+from pipeline.testing.images import BIG, decode, encode, random_rgb
 
 # ------------------------------------------------------------------- decoding
 

@@ -6,11 +6,11 @@ object-aware test. (The suite, benchmarks/shortcut_suite.py, measures every kind
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from pipeline.testing.processes import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,11 +20,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo") / "out"
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "demo", "--out", str(out), "--per-class", "120",
-         "--set", "saliency.methods=[vanilla]", "--quiet"],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
+    proc = run_cli("demo", "--out", str(out), "--per-class", "120",
+                   "--set", "saliency.methods=[vanilla]", "--quiet",
+                   env=dict(os.environ), timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

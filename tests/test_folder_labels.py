@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 
 import pytest
-from _reliability import base_overrides, noise_png, read_records, write_files
 
 from pipeline import cli
 from pipeline.audit.pipeline import run_audit
@@ -16,6 +15,7 @@ from pipeline.config.checks import ConfigError
 from pipeline.config.files import load_config
 from pipeline.store.files import read_jsonl
 from pipeline.store.listing import class_folders, folder_label
+from pipeline.testing.reliability import base_overrides, noise_png, read_records, write_files
 
 CLASSES = ("cat", "dog", "zebra")  # the tiny model has 3 classes
 

@@ -7,7 +7,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from _reliability import base_overrides, noise_png, read_records, write_files
 
 from pipeline import cli
 from pipeline.audit.pipeline import run_audit
@@ -16,6 +15,7 @@ from pipeline.config.files import load_config
 from pipeline.engine.api import explain
 from pipeline.engine.explainer import Explainer
 from pipeline.engine.methods.gradcam import cam_layer
+from pipeline.testing.reliability import base_overrides, noise_png, read_records, write_files
 
 SIZE = 12
 

@@ -1,4 +1,4 @@
-"""The house rules: eight rooms and the audit's stages, imports that run one way, small
+"""The house rules: nine rooms and the audit's stages, imports that run one way, small
 modules, no late imports."""
 
 import ast
@@ -19,6 +19,8 @@ ALLOWED = {
     "audit": {"engine", "maps", "store"},
     "beam": {"engine", "maps", "store", "audit"},
     "demo": {"engine", "maps", "store", "audit"},  # shortcut scenes, the suite, the demo
+    # helpers of tests/ and benchmarks/; no room imports it
+    "testing": {"engine", "maps", "store", "audit", "beam", "cli", "demo"},
 }
 # the audit's stages -> the stages each may import; the modules directly in audit/ (the
 # Beam wiring) may import them all
@@ -55,7 +57,7 @@ def _imports(tree: ast.AST):
 
 def test_the_tree_shows_the_rooms_and_the_audits_stages():
     rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert rooms == {"cli", "config", "engine", "maps", "store", "beam", "audit", "demo"}
+    assert rooms == {"cli", "config", "engine", "maps", "store", "beam", "audit", "demo", "testing"}
     audit = PACKAGE / "audit"
     assert {p.name for p in audit.iterdir() if (p / "__init__.py").exists()} == set(AUDIT_STAGES)
     # the Beam wiring alone sits at the audit's top
@@ -111,8 +113,33 @@ def test_the_audits_stages_import_one_way():
 
 
 def test_no_module_is_over_about_400_lines():
-    long = {m: n for p, m in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    benchmarks = sorted((PACKAGE.parent / "benchmarks").glob("*.py"))
+    paths = [p for p, _ in _modules()] + benchmarks
+    long = {str(p): n for p in paths if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+    assert len(benchmarks) > 10
+
+
+def test_benchmarks_are_a_package_that_edits_no_path_and_reads_nothing_of_tests():
+    # run as python -m benchmarks.<name>; shared helpers come from pipeline.testing
+    for path in sorted((PACKAGE.parent / "benchmarks").glob("*.py")):
+        text = path.read_text()
+        assert "sys.path" not in text, path.name
+        for _node, names in _imports(ast.parse(text)):
+            top = names[0].split(".")[0]
+            assert not top.startswith(("test_", "_", "conftest")) or top == "__future__", (
+                path.name, names[0])  # fmt: skip
+    assert (PACKAGE.parent / "benchmarks" / "__init__.py").exists()
+
+
+def test_tests_share_one_subprocess_helper():
+    # pipeline.testing.processes runs `python -m pipeline`; no test module spells it again
+    spelled = []
+    for path in sorted((PACKAGE.parent / "tests").glob("*.py")):
+        text = path.read_text()
+        if path.name != "test_house.py" and '"-m", "pipeline"' in text:
+            spelled.append(path.name)
+    assert spelled == []
 
 
 def test_package_imports_sit_at_the_top_of_modules():

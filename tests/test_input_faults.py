@@ -11,7 +11,6 @@ import os
 
 import pytest
 import tensorflow as tf
-from _reliability import base_overrides, check_complete, noise_png
 
 from pipeline.beam.run import run
 from pipeline.config.files import load_config
@@ -19,6 +18,7 @@ from pipeline.elements import EncodedImage
 from pipeline.store import duplicates as dup
 from pipeline.store import tfrecord_scan as scan
 from pipeline.store.files import read_jsonl
+from pipeline.testing.reliability import base_overrides, check_complete, noise_png
 
 PAYLOADS = [b"alpha", b"bravo" * 10, b"charlie"]
 OFFSETS = [0, 21, 87]  # 16 bytes of framing per record: 0, 0+16+5, 21+16+50

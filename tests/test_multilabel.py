@@ -6,7 +6,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from _reliability import SIZE, base_overrides, encode, read_records, write_files
 from PIL import Image
 
 from pipeline.audit.pipeline import run_audit
@@ -14,6 +13,7 @@ from pipeline.beam.run import run
 from pipeline.config.checks import ConfigError
 from pipeline.config.files import load_config
 from pipeline.engine.targets import probabilities, resolve_head, resolve_targets
+from pipeline.testing.reliability import SIZE, base_overrides, encode, read_records, write_files
 
 FINDINGS = 3  # finding k: a bright blob in colour channel k, anywhere
 

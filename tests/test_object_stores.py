@@ -10,12 +10,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from _reliability import base_overrides, kill_when, noise_png
-from _stores import SERVERS, Store
 from PIL import Image
 
 from pipeline.cli import EXIT_BUSY
@@ -23,6 +20,9 @@ from pipeline.store import records
 from pipeline.store.object_lock import LockBusy, LockLost, ObjectLock
 from pipeline.store.object_stores import configure
 from pipeline.store.publish import OutputBusyError, _Held, output_lock
+from pipeline.testing.processes import start_cli
+from pipeline.testing.reliability import base_overrides, kill_when, noise_png
+from pipeline.testing.stores import SERVERS, Store
 
 pytestmark = pytest.mark.slow  # servers (moto, gcp-storage-emulator) and subprocess runs
 
@@ -54,11 +54,7 @@ def _overrides(store: Store, model: str, pattern: str, out: str, *extra: str) ->
 
 
 def _cli(store: Store, args: list[str], **popen) -> subprocess.Popen:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **store.env)
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "run", "-q", *args],
-        cwd=ROOT, env=env, start_new_session=True, **popen,
-    )  # fmt: skip
+    return start_cli(["run", "-q", *args], extra_env=store.env, **popen)
 
 
 def _run(store: Store, args: list[str]) -> subprocess.CompletedProcess:

@@ -14,10 +14,11 @@ import subprocess
 import sys
 
 import pytest
-from _reliability import noise_png, same_json, save_tiny_model, write_files
-from _stores import _free_port, _wait_for
 
 from pipeline.store import records
+from pipeline.testing.processes import run_cli
+from pipeline.testing.reliability import noise_png, same_json, save_tiny_model, write_files
+from pipeline.testing.stores import _free_port, _wait_for
 
 pytestmark = pytest.mark.slow  # Beam's job service and worker pools
 
@@ -62,12 +63,9 @@ def topology(tmp_path_factory):
 
 
 def _run(config: str, out: str, *beam: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "run", "-q", "--config", config,
-         "--set", f"output.dir={out}", *beam],
-        cwd=ROOT, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = run_cli(
+        "run", "-q", "--config", config, "--set", f"output.dir={out}", *beam, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

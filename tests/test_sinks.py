@@ -12,7 +12,6 @@ import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow as tf
-from _reliability import read_tree
 from apache_beam.options.pipeline_options import PipelineOptions
 from PIL import Image
 
@@ -22,6 +21,7 @@ from pipeline.maps import render
 from pipeline.maps import views as maps
 from pipeline.store import files as outputs
 from pipeline.store import layout, records
+from pipeline.testing.reliability import read_tree
 
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 H, W = 8, 8

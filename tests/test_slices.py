@@ -10,7 +10,6 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from _reliability import base_overrides, noise_png, read_records
 
 from pipeline.audit.dataset.slices import record_columns, slice_id, slice_ids
 from pipeline.audit.pipeline import run_audit
@@ -22,6 +21,7 @@ from pipeline.config.checks import ConfigError
 from pipeline.config.files import load_config
 from pipeline.store.files import read_jsonl
 from pipeline.store.metadata import example_metadata
+from pipeline.testing.reliability import base_overrides, noise_png, read_records
 
 
 def test_specs_parse_and_bad_ones_name_the_problem():

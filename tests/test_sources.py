@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from _images import BIG, decode
 from apache_beam.io.filesystem import FileMetadata, FileSystem
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -21,6 +20,7 @@ from pipeline.beam import prepare as P
 from pipeline.beam import sources as S
 from pipeline.store import decode as D
 from pipeline.store import listing as L
+from pipeline.testing.images import BIG, decode
 
 # Not the default DirectRunner: in Beam 2.77 it first tries Prism, which downloads a binary.
 RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"

@@ -1,48 +1,8 @@
 """The TFRecord schema: one ``tf.train.Example`` per (image, target) record.
 
-The keys are a public contract (documented in the README):
-
-========================================  ==========  ======================================
-key                                       type        meaning
-========================================  ==========  ======================================
-image/key                                 bytes       stable id
-image/source                              bytes       where it was read from
-image/sha256                              bytes       content hash of the input
-image/height, image/width                 int64       model-input size
-image/encoded                             bytes       PNG of the model-input-size image
-                                                      (absent with include_image=False)
-label                                     int64       ground truth, -1 when unknown
-prediction/class, prediction/probability  int64,      top-1
-                                          float
-prediction/top_k/classes                  int64 list  top-k classes
-prediction/top_k/probabilities            float list  top-k probabilities
-target/class, target/rank, target/score   int64,      the class explained, its rank among
-                                          int64,      the image's targets (0 = first) and
-                                          float       its logit
-saliency/methods                          bytes list  method names present
-saliency/<method>/gradient                bytes       float16 [H, W, C], stored as
-                                                      saliency/gradient_encoding says
-saliency/gradient_encoding                bytes       compact (byte-shuffled zlib, lossless)
-                                                      or tensor (tf.io.serialize_tensor);
-                                                      absent: tensor (records before
-                                                      2026-12-05)
-saliency/percentile                       float       the clipping percentile of the views
-saliency/<method>/abs, positive, negative derived     float32 [H, W] in [0, 1], computed on
-                                                      read (maps.compute_views); stored
-                                                      only by records before 2026-12-04
-run/id, model/name, model/fingerprint     bytes       provenance
-run/recomputed                            int64       maps redone in float32
-image/object/bbox/ymin, xmin, ymax, xmax  float list  ground-truth boxes (when the input had
-                                                      them), fractions of the ORIGINAL
-                                                      image's height / width
-prediction/name, target/name              bytes       model.class_names of the classes (when
-                                                      configured)
-faithfulness/<method>/deletion, insertion float list  the target logit at steps 0..S of the
-                                                      deletion / insertion curve (when the
-                                                      audit is on)
-metadata/<name>                           bytes       the input's metadata columns
-                                                      (store.metadata)
-========================================  ==========  ======================================
+The keys are a public contract, stated once in docs/outputs.md ("TFRecord schema": every
+key, its type and meaning, the compact gradient's byte layout, the views' formulas);
+tests/test_schema_reader.py reads records from that page alone and equals :func:`read`.
 
 Gradients are stored by ``store.gradient_codec``: ``compact`` by default, which a ``tf.data``
 pipeline decodes in-graph with ``gradient_codec.tf_decode``; ``output.gradient_encoding:

@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability tests (test_reliability.py, test_crash_safety.py):
+"""Helpers of the reliability tests (tests/test_reliability.py, test_crash_safety.py, ...):
 a tiny guided-patchable classifier saved as .keras, small images, output checks."""
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from PIL import Image
 
 from pipeline.store import records
 from pipeline.store.files import read_jsonl
-from pipeline.store.layout import ROW_SHARDS
+from pipeline.store.layout import (
+    FAILURES_NAME,
+    MANIFEST_NAME,
+    ROW_SHARDS,
+    STAGING_DIR,
+    SUMMARY_NAME,
+)
 from pipeline.store.manifest import committed_sets, shard_files
 
 SIZE = 16  # the tiny model's input size
@@ -104,13 +110,13 @@ def kill_when(proc, ready: Callable[[], bool], *, timeout: float = 180) -> None:
 def read_records(out: str) -> list[records.DecodedRecord]:
     """The committed records of an output dir, as a reader gets them ([] before the first
     publish): only the shard sets the manifest names."""
-    return list(records.read(out)) if os.path.exists(os.path.join(out, "manifest.jsonl")) else []
+    return list(records.read(out)) if os.path.exists(os.path.join(out, MANIFEST_NAME)) else []
 
 
 def committed_row_ids(out: str) -> list[str]:
     """The record_ids of the audit row lines of the committed shard sets, as the audit
     reads them (sorted; duplicates kept)."""
-    committed = os.path.exists(os.path.join(out, "manifest.jsonl"))
+    committed = os.path.exists(os.path.join(out, MANIFEST_NAME))
     sets = set(committed_sets(out)) if committed else set()
     paths = shard_files(out, sets, ROW_SHARDS)
     return sorted(json.loads(raw)["record_id"] for p in paths for raw in records.read_raw(p))
@@ -127,7 +133,7 @@ def check_complete(out: str) -> dict:
     for r in recs:
         for method in r.methods:
             assert np.isfinite(r.gradients[method].astype(np.float32)).all()
-    manifest = read_jsonl(os.path.join(out, "manifest.jsonl"))
+    manifest = read_jsonl(os.path.join(out, MANIFEST_NAME))
     assert sorted(row["record_id"] for row in manifest) == sorted(record_ids)
     if os.path.isdir(os.path.join(out, ROW_SHARDS.directory)):  # audit rows: each line once
         assert committed_row_ids(out) == sorted(record_ids)
@@ -141,7 +147,7 @@ def check_complete(out: str) -> dict:
                 listed.add(path)
     pngs = set()
     for dirpath, dirs, files in os.walk(out):
-        assert ".staging" not in dirs, "a staging directory is left"
+        assert STAGING_DIR not in dirs, "a staging directory is left"
         for name in files:
             path = os.path.join(dirpath, name)
             assert ".tmp-" not in name and "beam-temp" not in path, path
@@ -154,8 +160,8 @@ def check_complete(out: str) -> dict:
             elif name.endswith(".jsonl"):
                 read_jsonl(path)
     assert listed <= pngs
-    failures = read_jsonl(os.path.join(out, "failures.jsonl"))
-    with open(os.path.join(out, "summary.json"), encoding="utf-8") as handle:
+    failures = read_jsonl(os.path.join(out, FAILURES_NAME))
+    with open(os.path.join(out, SUMMARY_NAME), encoding="utf-8") as handle:
         summary = json.load(handle)
     return {"records": recs, "manifest": manifest, "failures": failures, "summary": summary}
 

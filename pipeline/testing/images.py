@@ -11,7 +11,7 @@ from PIL import Image
 
 from pipeline.store.decode import decode_image
 
-PHOTOS = Path(__file__).resolve().parents[1] / "examples" / "photos"
+PHOTOS = Path(__file__).resolve().parents[2] / "examples" / "photos"
 BIG = 10**8  # max_pixels that no test image reaches
 
 
