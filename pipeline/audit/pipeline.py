@@ -195,10 +195,7 @@ def _record_priority(record: Any) -> tuple[int, str]:
 
 def _sanity(sample: list, config: Config) -> dict:
     sample = sorted(sample, key=_record_priority)  # the order does not depend on the runner
-    a = config.audit
-    _LOG.info("sanity check: cascading randomisation of %d layers on %d images",
-              a.sanity_layers, len(sample))  # fmt: skip
-    return sanity_panel(config.model, config.saliency, sample, layers=a.sanity_layers)
+    return sanity_panel(config.model, config.saliency, sample, layers=config.audit.sanity_layers)
 
 
 def _wanted(sanity: frozenset, confirm: frozenset) -> dict:

@@ -46,7 +46,7 @@ from pipeline.beam.transforms import ExplainImages
 from pipeline.config import Config
 from pipeline.config.checks import ConfigError
 from pipeline.elements import Failure, SaliencyRecord
-from pipeline.engine.model_geometry import check_methods, model_geometry
+from pipeline.engine.model_geometry import check_methods, model_geometry, model_notes
 from pipeline.runners import LOCAL_RUNNERS, make_runner
 from pipeline.store.class_names import configured_class_names, folder_class_names
 from pipeline.store.files import done_token, is_local, read_json, write_done_index, write_json
@@ -301,6 +301,7 @@ def run(
     names = configured_class_names(config.model.class_names)
     geometry = model_geometry(config.model, class_names=names)
     check_methods(config.model, config.saliency)
+    model_notes(config.model, config.saliency)  # logged now, before any data is read
     options = pipeline_options(config.beam.flags(beam_args))
     configure(options)  # before the first object-store access (the lock, recovery)
     folders = folder_class_names(config.source, geometry.num_classes)  # labels: folders
@@ -371,6 +372,7 @@ def _locked_run(
         shard_set=attempt.shard_set,
         records_total=published.records_total,
         start=start,
+        notes=model_notes(config.model, config.saliency),  # the launcher's model, cached
     )
     write_json(
         join_path(out_dir, SUMMARY_NAME), dataclasses.asdict(summary), fsync=config.output.fsync

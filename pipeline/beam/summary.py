@@ -28,6 +28,8 @@ class Summary:
     incremental: bool
     shard_set: str
     reconciled: bool  # inputs == written + failed + skipped
+    # how the model was explained where that differs from what was asked (engine notes)
+    notes: tuple[str, ...] = ()
 
     @property
     def too_many_failures(self) -> bool:
@@ -42,6 +44,7 @@ def summarise(
     shard_set: str,
     records_total: int,
     start: float,
+    notes: tuple[str, ...] = (),
 ) -> Summary:
     """The Summary of a finished run from its in-pipeline counts (started at ``start``,
     ``time.monotonic``)."""
@@ -71,4 +74,5 @@ def summarise(
         incremental=config.run.incremental,
         shard_set=shard_set,
         reconciled=inputs == written + failed + skipped,
+        notes=tuple(notes),
     )

@@ -63,7 +63,7 @@ from pipeline.engine.methods.registry import (
     method_spec,
     run_path,
 )
-from pipeline.engine.precision import cast_model, resolve_precision
+from pipeline.engine.precision import cast_model, usable_precision
 from pipeline.engine.targets import probabilities, resolve_head
 
 _LOG = logging.getLogger(__name__)
@@ -133,7 +133,8 @@ class Explainer:
                 "Fix: use 'float32' (exact) or 'auto' (reduced precision where the device "
                 "has it)."
             )
-        self.precision = resolve_precision(precision, base)
+        # a SavedModel runs in float32 whatever is asked (precision_note says why)
+        self.precision, self.precision_note = usable_precision(precision, base)
         self.num_classes = int(base.outputs[0].shape[-1])
         if not isinstance(gradcam_layer, str):
             raise TypeError(f"gradcam_layer: got {gradcam_layer!r}; a layer name or ''.")

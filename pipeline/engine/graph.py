@@ -31,14 +31,29 @@ def plain_clone(layer: keras.layers.Layer, **overrides: Any) -> keras.layers.Lay
     return layer.__class__.from_config(config)
 
 
+def wraps_saved_model(model: Any) -> bool:
+    """Whether ``model`` is or holds a TensorFlow SavedModel (keras.layers.TFSMLayer): one
+    graph with fixed dtypes and no Keras layers inside to clone, cast or rewrite."""
+
+    def opaque(layer: Any) -> bool:  # TFSMLayer, or engine.saved_models' cut graph
+        return isinstance(layer, keras.layers.TFSMLayer) or getattr(layer, "saved_model", False)
+
+    if opaque(model):
+        return True
+    return isinstance(model, keras.Model) and any(opaque(x) for x in all_layers(model))
+
+
 def check_cloneable(model: keras.Model) -> None:
     """Raise a clear ValueError when ``model`` cannot be rewritten layer by layer."""
     if not isinstance(model, keras.Model):
         raise TypeError(f"expected a keras.Model, got {type(model).__name__}.")
-    if isinstance(model, keras.layers.TFSMLayer) or any(
-        isinstance(layer, keras.layers.TFSMLayer) for layer in all_layers(model)
-    ):
-        raise ValueError(SAVEDMODEL_MESSAGE)
+    if wraps_saved_model(model):
+        raise ValueError(
+            f"model {model.name!r} wraps a TensorFlow SavedModel (keras.layers.TFSMLayer): its "
+            "graph has no Keras layers to clone or rewrite. Fix: load the Keras model itself "
+            "(a .keras file), or use what runs on the graph as it is (vanilla, smoothgrad, "
+            "integrated_gradients in float32)."
+        )
     if not isinstance(model, Functional | keras.Sequential):
         raise ValueError(
             f"model {model.name!r} is a subclassed {type(model).__name__}; only Functional "

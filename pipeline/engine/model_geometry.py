@@ -9,13 +9,14 @@ import dataclasses
 import functools
 from collections.abc import Sequence
 
-from pipeline.choices import CAM_METHODS
+from pipeline.choices import CAM_METHODS, GUIDED_METHODS
 from pipeline.config import ModelConfig, SaliencyConfig
 from pipeline.config.checks import ConfigError
 from pipeline.engine.from_config import model_spec
+from pipeline.engine.graph import wraps_saved_model
 from pipeline.engine.methods.gradcam import cam_layer
 from pipeline.engine.models import LoadedModel, load_model
-from pipeline.engine.precision import configure_gpus
+from pipeline.engine.precision import configure_gpus, usable_precision
 
 __all__ = [
     "ModelGeometry",
@@ -81,10 +82,28 @@ def model_geometry(m: ModelConfig, *, class_names: Sequence[str]) -> ModelGeomet
 
 
 def check_methods(m: ModelConfig, saliency: SaliencyConfig) -> None:
-    """ConfigError when a method cannot run on the (loaded) model: Grad-CAM on a model
-    without a spatial 4-D layer, or a saliency.gradcam_layer that is none."""
+    """ConfigError when a method cannot run on the (loaded) model: guided or Grad-CAM
+    methods on a SavedModel (wherever it is stored), Grad-CAM on a model without a spatial
+    4-D layer, or a saliency.gradcam_layer that is none."""
+    layered = [x for x in saliency.methods if x in GUIDED_METHODS or x in CAM_METHODS]
+    if layered and wraps_saved_model(load_once(m).model):
+        raise ConfigError(
+            f"saliency.methods {layered}: these rewrite or read the model's Keras layers, and "
+            f"model.name {m.name!r} is a TensorFlow SavedModel (one graph, no Keras layers). "
+            "Fix: load the Keras model itself (model.save('m.keras')), or use vanilla / "
+            "smoothgrad / integrated_gradients."
+        )
     if any(method in CAM_METHODS for method in saliency.methods):
         try:
             cam_layer(load_once(m).model, saliency.gradcam_layer)
         except ValueError as exc:
             raise ConfigError(f"saliency.methods: {exc}") from exc
+
+
+def model_notes(m: ModelConfig, saliency: SaliencyConfig) -> tuple[str, ...]:
+    """How the (loaded) model is explained where that differs from what was asked or from
+    the default: a SavedModel's precision, its probabilities. Each is logged once and goes
+    into the run summary's ``notes``."""
+    loaded = load_once(m)
+    _, precision_note = usable_precision(saliency.precision, loaded.model)
+    return (*loaded.notes, *([precision_note] if precision_note else []))

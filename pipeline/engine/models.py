@@ -9,10 +9,10 @@ The loaded model always outputs float32 LOGITS: a softmax or sigmoid head is str
 (``heads.logits_model``), and named applications are built with
 ``classifier_activation=None``.
 
-SavedModel directories are wrapped with ``keras.layers.TFSMLayer`` (endpoint
-"serving_default"). Their graph is opaque to Keras: they must already output logits, and
-the guided methods (``guided``, ``guided_smoothgrad``) raise a clear error for them
-(see ``pipeline.engine.guided``); re-export such a model as ``.keras`` to get guided maps.
+SavedModel directories are wrapped with ``keras.layers.TFSMLayer`` (engine/saved_models.py:
+one that returns probabilities is explained at its log-probabilities). Their graph is opaque
+to Keras: the methods that rewrite or read its layers (guided, Grad-CAM) are refused before
+any data is read, and reduced precision runs as float32 (engine.precision.usable_precision).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import keras
@@ -41,6 +40,7 @@ from pipeline.engine.model_files import (
     resolve_custom_objects,
 )
 from pipeline.engine.preprocessing import preprocess
+from pipeline.engine.saved_models import load_saved_model
 from pipeline.engine.targets import resolve_head
 
 __all__ = ["LoadedModel", "ModelSpec", "load_model"]
@@ -157,6 +157,7 @@ class LoadedModel:
     fingerprint: str  # sha256 hex of architecture json + weights
     num_classes: int
     head: str = "softmax"  # "softmax" or "sigmoid" (multi-label): model.head resolved
+    notes: tuple[str, ...] = ()  # how the model is explained where that is not the default
 
     def preprocess(self, pixels: Any) -> tf.Tensor:
         """Float pixels 0..255 ``[B, H, W, C]`` -> the model's input space."""
@@ -173,10 +174,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """Build or load the model of ``spec`` as a float32 logits model."""
     if spec.is_application:
         app = applications()[spec.name]
-        model, digest = _load_application(spec, app), None
+        model, digest, notes = _load_application(spec, app), None, ()
         mode = app.preprocessing if spec.preprocessing == "auto" else spec.preprocessing
     else:
-        model, digest = _load_file(spec)
+        model, digest, notes = _load_file(spec)
         mode = spec.preprocessing
     model, _, kind = logits_model(model)
     model = float32_output(model)
@@ -201,6 +202,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         fingerprint=digest or fingerprint(model),
         num_classes=int(output_shape[-1]),
         head=resolve_head(spec.head, kind),
+        notes=notes,
     )
 
 
@@ -251,18 +253,19 @@ def _load_weights(model: keras.Model, weights: str) -> None:
         cleanup()
 
 
-def _load_file(spec: ModelSpec) -> tuple[keras.Model, str | None]:
+def _load_file(spec: ModelSpec) -> tuple[keras.Model, str | None, tuple[str, ...]]:
     local, cleanup = _localize(spec.name, "model.name")
     if os.path.isdir(local):
         # The local copy is kept: the SavedModel's assets stay referenced by TFSMLayer.
-        return _load_savedmodel(local, spec), directory_digest(local)
+        model, notes = load_saved_model(local, spec.name, spec.input_size)
+        return model, directory_digest(local), notes
     try:
         model = _load_keras_file(local, spec)
     finally:
         cleanup()
     if spec.weights not in (None, "imagenet"):
         _load_weights(model, spec.weights)
-    return model, None
+    return model, None, ()
 
 
 def _load_keras_file(local: str, spec: ModelSpec) -> keras.Model:
@@ -286,40 +289,6 @@ def _load_keras_file(local: str, spec: ModelSpec) -> keras.Model:
             "refuses to load. Set model.safe_mode: false only if you trust this file. "
             f"({error})"
         ) from error
-
-
-def _load_savedmodel(path: str, spec: ModelSpec) -> keras.Model:
-    layer = keras.layers.TFSMLayer(path, call_endpoint="serving_default")
-    _, named = layer.call_endpoint_fn.structured_input_signature
-    if len(named) != 1:
-        raise ValueError(
-            f"SavedModel {spec.name!r}: serving_default must take one image tensor; it takes "
-            f"{sorted(named)}."
-        )
-    (signature,) = named.values()
-    shape = list(signature.shape)
-    if len(shape) != 4:
-        raise ValueError(
-            f"SavedModel {spec.name!r}: serving_default input must be [batch, H, W, C]; it is "
-            f"{signature.shape}."
-        )
-    if spec.input_size is not None:
-        shape[1:3] = spec.input_size
-    if shape[1] is None or shape[2] is None or shape[3] is None:
-        raise ValueError(
-            f"SavedModel {spec.name!r} accepts any image size: set model.input_size "
-            "to [height, width]."
-        )
-    inputs = keras.Input(shape=tuple(shape[1:]), dtype=signature.dtype.name)
-    outputs = layer(inputs)
-    if isinstance(outputs, dict):
-        if len(outputs) != 1:
-            raise ValueError(
-                f"SavedModel {spec.name!r}: serving_default must return one tensor of logits; "
-                f"it returns {sorted(outputs)}."
-            )
-        (outputs,) = outputs.values()
-    return keras.Model(inputs, outputs, name=Path(path.rstrip("/")).name or "savedmodel")
 
 
 def _localize(path: str, field: str) -> tuple[str, Callable[[], None]]:

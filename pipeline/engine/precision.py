@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,20 @@ from pipeline.engine.graph import (
     clone_rewritten,
     model_inputs,
     plain_clone,
+    wraps_saved_model,
 )
 
-__all__ = ["PRECISIONS", "cast_model", "configure_gpus", "cpu_supports_bf16", "resolve_precision"]
+__all__ = [
+    "PRECISIONS",
+    "cast_model",
+    "configure_gpus",
+    "cpu_supports_bf16",
+    "resolve_precision",
+    "usable_precision",
+]
+
+_LOG = logging.getLogger(__name__)
+_NOTED: set[str] = set()  # notes logged in this process (each once)
 
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 _OUTPUT_CAST_NAME = "float32_output"
@@ -95,6 +107,23 @@ def resolve_precision(name: str, model: keras.Model | None = None) -> str:
             return "float32"
         return "mixed_bfloat16"
     return "float32"
+
+
+def usable_precision(name: str, model: keras.Model) -> tuple[str, str | None]:
+    """(the precision ``model``'s maps are computed in, the reason when it is not the one
+    asked for). A SavedModel's graph has its dtypes fixed and no layers to cast, so it runs
+    in float32 whatever was asked; the reason is logged once per process."""
+    resolved = resolve_precision(name, model)
+    if resolved == "float32" or not wraps_saved_model(model):
+        return resolved, None
+    asked = f"{name!r}" if name == resolved else f"{name!r} ({resolved} here)"
+    note = (f"precision {asked} runs as float32 for model {model.name!r}: it is a TensorFlow "
+            "SavedModel, whose graph has fixed dtypes and no Keras layers to cast (load the "
+            "Keras model itself for reduced precision)")  # fmt: skip
+    if note not in _NOTED:
+        _NOTED.add(note)
+        _LOG.warning("%s", note)
+    return "float32", note
 
 
 def _is_float_policy(layer: keras.layers.Layer) -> bool:

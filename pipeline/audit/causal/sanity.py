@@ -20,6 +20,7 @@ do not); a method can pass and still be unfaithful (see the deletion / insertion
 """
 
 import dataclasses
+import logging
 from typing import Any
 
 import keras
@@ -32,7 +33,7 @@ from pipeline.choices import GUIDED_METHODS
 from pipeline.config import ModelConfig, SaliencyConfig
 from pipeline.engine.explainer import Explainer
 from pipeline.engine.from_config import explainer_options, model_spec
-from pipeline.engine.graph import plain_clone
+from pipeline.engine.graph import plain_clone, wraps_saved_model
 from pipeline.engine.models import load_model
 
 DEPENDENCE_THRESHOLD = 0.5  # a method depends on the weights when a step falls below this
@@ -45,6 +46,15 @@ CAVEAT = (
     "randomising a layer also rescales later activations, |g| ignores sign, and a method "
     "that passes can still be unfaithful (Binder et al. 2023; see the deletion / insertion "
     "curves)."
+)
+
+_LOG = logging.getLogger(__name__)
+
+# methods.<m>.sanity of a SavedModel's audit: the check randomises layers top-down, and a
+# SavedModel is one graph whose variables carry no layer order
+SAVED_MODEL_SKIP = (
+    "skipped: the model is a TensorFlow SavedModel, one graph without Keras layers, so its "
+    "top layers cannot be randomised one by one (load the Keras model for this check)"
 )
 
 
@@ -149,9 +159,14 @@ def sanity_panel(
     if not usable:
         return {}
     loaded = load_model(model_spec(model))
+    methods = tuple(m for m in usable[0].methods if all(m in r.methods for r in usable))
+    if wraps_saved_model(loaded.model):  # no layers to randomise one by one: say so
+        _LOG.info("sanity check %s", SAVED_MODEL_SKIP)
+        return {m: {"skipped": SAVED_MODEL_SKIP, "images": len(usable)} for m in methods}
+    _LOG.info("sanity check: cascading randomisation of %d layers on %d images",
+              layers, len(usable))  # fmt: skip
     x = np.asarray(loaded.preprocess(np.stack([r.image for r in usable])), np.float32)
     targets = np.array([r.target_class for r in usable], np.int32)
-    methods = tuple(m for m in usable[0].methods if all(m in r.methods for r in usable))
     result = cascading_randomisation(
         loaded.model, x, targets, methods, steps=layers, randomisation_seed=seed,
         **explainer_options(loaded, saliency),

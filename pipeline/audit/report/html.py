@@ -131,30 +131,33 @@ def _run(summary: dict, settings: dict, failures: list[dict], fingerprint: str) 
 
 
 def _methods(audit: dict) -> dict:
-    rows, curves, sanity = [], [], []
+    rows, curves, sanity, skips = [], [], [], []
     for method, m in audit["methods"].items():
         loc, faith, san = m["localisation"], m.get("faithfulness") or {}, m.get("sanity")
         cells = [loc.get(k) for k in ("pointing", "energy_in_box", "rank_accuracy", "box_iou",
                                       "box_correct", "n")]  # fmt: skip
         cells += [faith.get("deletion_auc"), faith.get("insertion_auc"), faith.get("n")]
-        cells.append(None if san is None else san["depends_on_weights"])
+        skipped = san is not None and "skipped" in san
+        cells.append(None if san is None or skipped else san["depends_on_weights"])
         rows.append({"name": method, "cells": cells})
         if faith.get("deletion_curve"):
             curves.append(line_chart(
                 {"deletion": faith["deletion_curve"], "insertion": faith["insertion_curve"]},
                 title=f"{method}: mean target logit", x_ends=("0", "1 (fraction of pixels)"),
             ))  # fmt: skip
-        if san:
+        if skipped:
+            skips.append(f"{method}: {san['skipped']}")
+        elif san:
             series = san.get("statistics") or {"spearman_abs": san["correlations"]}
             sanity.append(line_chart(
                 {name: [1.0, *values] for name, values in series.items()},
                 title=f"{method}: similarity vs layers randomised",
                 x_ends=("0", str(len(san["correlations"]))),
             ))  # fmt: skip
-    caveat = next(
-        (m["sanity"]["caveat"] for m in audit["methods"].values() if m.get("sanity")), None
-    )
-    return {"rows": rows, "curves": curves, "sanity": sanity, "caveat": caveat}
+    caveat = next((m["sanity"]["caveat"] for m in audit["methods"].values()
+                   if m.get("sanity") and "caveat" in m["sanity"]), None)  # fmt: skip
+    return {"rows": rows, "curves": curves, "sanity": sanity, "caveat": caveat,
+            "sanity_skipped": skips}  # fmt: skip
 
 
 # evidence beyond value / threshold that the report prints (audit.record.hotspots)
