@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pipeline.beam.dataflow import describe
 from pipeline.beam.run import input_total
 from pipeline.cli.exits import EXIT_OK
-from pipeline.engine.model_geometry import model_geometry
+from pipeline.engine.model_geometry import model_geometry, model_notes
 from pipeline.store.class_names import configured_class_names
 from pipeline.store.listing import list_pattern, normalise_pattern, split_patterns
 
@@ -43,6 +43,8 @@ def dry_run(config, beam_args: Sequence[str]) -> int:
         f"{s.samples}, noise {s.noise}; precision {s.precision}), batches of "
         f"{config.batch.max_batch_size}"
     )
+    for note in model_notes(config.model, s):  # e.g. a SavedModel's precision, and why
+        print(f"note: {note}")
     views = ", ".join(config.output.views) if config.output.artifacts else "no artifacts"
     print(
         f"would write: {config.output.dir} (records: {config.output.records}; {views}; "
