@@ -1,8 +1,9 @@
 """The exit codes, and which exception means which: in one place.
 
 A command raises; ``exit_for`` prints the one line a person reads and returns the code. The
-exception classes live in modules that load TensorFlow or Beam, so they are imported here
-only when an exception is being mapped (cli is the package's one late importer).
+exception classes live in modules that load TensorFlow or Beam; an exception of a class
+whose module was never imported cannot have been raised, so each is looked up among the
+modules already loaded, and mapping an error never loads TensorFlow.
 """
 
 from __future__ import annotations
@@ -57,24 +58,32 @@ def errors(lines: Sequence[str]) -> int:
     return EXIT_CONFIG
 
 
+# exception -> (module, class): looked up only if the module is loaded (see above)
+_CONFIG_ERROR = ("pipeline.config.checks", "ConfigError")
+_MODEL_ERROR = ("pipeline.engine.model_geometry", "ModelLoadError")
+_BUSY_ERROR = ("pipeline.store.publish", "OutputBusyError")
+
+
+def _is(exc: BaseException, where: tuple[str, str]) -> bool:
+    module = sys.modules.get(where[0])
+    cls = getattr(module, where[1], None) if module is not None else None
+    return cls is not None and isinstance(exc, cls)
+
+
 def exit_for(exc: BaseException, *, command: str) -> int:
     """The exit code of a command that raised ``exc``, after the line that explains it."""
-    from pipeline.config.checks import ConfigError
-    from pipeline.engine.model_geometry import ModelLoadError
-    from pipeline.store.publish import OutputBusyError
-
-    if isinstance(exc, ConfigError):
+    if _is(exc, _CONFIG_ERROR):
         return errors(exc.errors)
-    if isinstance(exc, ModelLoadError):
+    if _is(exc, _MODEL_ERROR):
         _say(f"the model could not be loaded, nothing was read: {exc}")
         return EXIT_MODEL
-    if isinstance(exc, OutputBusyError):
+    if _is(exc, _BUSY_ERROR):
         _say(first_line(exc))
         return EXIT_BUSY
     _LOG.debug("the %s command failed", command, exc_info=True)
     if isinstance(exc, AuditAfterPublishError):
         cause = exc.__cause__ or exc
-        if isinstance(cause, OutputBusyError):
+        if _is(cause, _BUSY_ERROR):
             _say(first_line(cause))
             return EXIT_BUSY
         _say(f"the run is published, then its audit failed ({_named(cause)}); audit it "
