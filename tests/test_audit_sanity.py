@@ -140,3 +140,49 @@ def test_the_three_sanity_statistics_by_hand():
     assert similarity("spearman_signed", g0, g2) == pytest.approx(4.5 / np.sqrt(5 * 4.5))
     with pytest.raises(ValueError, match="statistic"):
         similarity("hog", g0, g1)
+
+
+def _hand_written_ssim(x: np.ndarray, y: np.ndarray) -> float:
+    """The SSIM this project carried before scikit-image's (integral-image windows)."""
+
+    def means(a, w):
+        c = np.pad(a, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
+        return (c[w:, w:] - c[:-w, w:] - c[w:, :-w] + c[:-w, :-w]) / (w * w)
+
+    w = min(7, *x.shape)
+    w -= 1 - w % 2
+    n = w * w
+    cov = n / (n - 1)
+    mx, my = means(x, w), means(y, w)
+    vx, vy = cov * (means(x * x, w) - mx * mx), cov * (means(y * y, w) - my * my)
+    vxy = cov * (means(x * y, w) - mx * my)
+    c1, c2 = 0.01**2, 0.03**2
+    return float((((2 * mx * my + c1) * (2 * vxy + c2))
+                  / ((mx * mx + my * my + c1) * (vx + vy + c2))).mean())  # fmt: skip
+
+
+def _hand_written_spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """The Pearson correlation of average ranks, as this project computed it before SciPy."""
+
+    def ranks(v):
+        flat = np.ravel(v)
+        order = np.argsort(flat, kind="stable")
+        ordered = flat[order]
+        first = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        counts = np.diff(np.r_[first, flat.size])
+        out = np.empty(flat.size)
+        out[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+        return out - out.mean()
+
+    ra, rb = ranks(a), ranks(b)
+    return float((ra @ rb) / np.sqrt((ra @ ra) * (rb @ rb)))
+
+
+@pytest.mark.parametrize("shape", [(7, 7), (11, 9), (16, 16), (5, 6), (224, 224)])
+def test_the_libraries_equal_the_hand_written_numerics_they_replace(shape):
+    rng = np.random.default_rng(sum(shape))
+    x = unit_peak(rng.gamma(0.5, size=shape))
+    y = unit_peak(np.where(rng.random(shape) < 0.4, 0.0, x + rng.normal(0, 0.2, shape)))
+    y = np.abs(y)
+    assert ssim(x, y) == pytest.approx(_hand_written_ssim(x, y), abs=1e-12)
+    assert spearman(x, y) == pytest.approx(_hand_written_spearman(x, y), abs=1e-12)
