@@ -1,6 +1,9 @@
 """Strategy discovery (SpRAy) on synthetic map sets where the object moves from image to
 image and part of the maps attend a fixed corner mark (a planted shortcut)."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +86,21 @@ def test_ten_thousand_maps_go_through_the_sparse_path_and_find_the_mark():
     found = S.discover(maps)
     assert found.k == 2
     np.testing.assert_array_equal(found.labels == 1, planted)  # the marked maps, exactly
+
+
+def test_the_libraries_find_the_strategies_the_hand_written_numerics_found():
+    """tests/data/strategies_before.json: discover() with this project's own kNN graph,
+    Lanczos solver and k-means (before scikit-learn's and SciPy's replaced them) on six
+    synthetic classes. The same k and eigenvalues everywhere; the same clusters wherever
+    a shortcut was planted (without one, k = 8 splits noise, which any k-means cuts its
+    own way: there the partitions agree to an adjusted Rand index of 0.9)."""
+    from sklearn.metrics import adjusted_rand_score
+
+    for case in json.loads((Path(__file__).parent / "data/strategies_before.json").read_text()):
+        _, maps, _ = synthetic_class(case["seed"], shortcut=case["shortcut"],
+                                     border=case["border"], n=case["n"])  # fmt: skip
+        found = S.discover(maps)
+        assert found.k == case["k"], case["seed"]
+        np.testing.assert_allclose(found.eigenvalues, case["eigenvalues"], atol=1e-7)
+        agreement = adjusted_rand_score(case["labels"], found.labels)
+        assert agreement == 1.0 if case["shortcut"] else agreement > 0.85, (case, agreement)

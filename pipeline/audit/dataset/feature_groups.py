@@ -15,13 +15,8 @@ in the class and in other classes alike (the rule's enrichment test).
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-
-# scikit-learn's joblib otherwise starts a subprocess (lscpu) to count the physical cores
-os.environ.setdefault("LOKY_MAX_CPU_COUNT", str(os.cpu_count() or 1))
-from sklearn.cluster import KMeans  # noqa: E402
+from sklearn.cluster import KMeans
 
 FEATURE_MATCH = 0.5  # a window's cosine to a pattern's centre that makes it a member
 CANDIDATES = 8  # k-means centres tried per class and method

@@ -20,14 +20,15 @@ symmetric normalised Laplacian L = I - D^-1/2 A D^-1/2, its smallest eigenvalues
 number of connected components when the graph falls apart into several (each strategy its
 own component, as the aligned descriptor gives for a planted shortcut), else at the largest
 gap among the first ``max_clusters`` (published SpRAy's eigengap), k-means
-(k-means++ seeding, fixed seed) on the row-normalised first k eigenvectors. Prototypes are
-the members' mean maps. numpy only (audit/dataset/spectral.py: dense up to 2,000 maps, sparse
-edge lists and Lanczos beyond); callers still cap n with a per-class reservoir.
+(scikit-learn's, k-means++ seeding, fixed seed) on the row-normalised first k eigenvectors.
+Prototypes are the members' mean maps. audit/dataset/spectral.py: dense up to 2,000 maps,
+sparse and ARPACK beyond; callers still cap n with a per-class reservoir.
 """
 
 import dataclasses
 
 import numpy as np
+from sklearn.cluster import KMeans
 
 from pipeline.audit.dataset.spectral import COMPONENT_EIGENVALUE, laplacian_eigen
 
@@ -70,25 +71,9 @@ def describe(maps: np.ndarray, *, mode: str = "aligned") -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _kmeans(points: np.ndarray, k: int, seed: int, rounds: int = 50) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = [points[rng.integers(len(points))]]
-    for _ in range(1, k):  # k-means++ seeding
-        d = np.min([((points - c) ** 2).sum(axis=1) for c in centres], axis=0)
-        centres.append(points[rng.choice(len(points), p=d / d.sum())] if d.sum() > 0 else
-                       points[rng.integers(len(points))])  # fmt: skip
-    centres = np.array(centres)
-    labels = np.zeros(len(points), np.int64)
-    for _ in range(rounds):
-        d = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
-        new = np.argmin(d, axis=1)
-        if (new == labels).all() and _ > 0:
-            break
-        labels = new
-        for j in range(k):
-            if (labels == j).any():
-                centres[j] = points[labels == j].mean(axis=0)
-    return labels
+def _kmeans(points: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """scikit-learn's k-means (k-means++ seeding, the best of 4 seeded starts)."""
+    return KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(points).astype(np.int64)
 
 
 def discover(
