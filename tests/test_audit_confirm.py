@@ -217,3 +217,16 @@ def test_the_job_confirms_no_flag_on_a_clean_model(tmp_path):
     images, labels, _ = tag_images(2, tagged=False)
     audit, _ = _job(tmp_path, images, labels, 2)
     assert [f for f in _flags(audit) if f.get("confirmation", {}).get("confirmed")] == []
+
+
+def test_the_bootstrap_is_scipys_and_equals_the_hand_written_one_it_replaced():
+    def hand_written(v, rng, resamples=1000):  # this project's before scipy.stats.bootstrap
+        means = v[rng.integers(0, v.size, (resamples, v.size))].mean(axis=1)
+        return tuple(np.percentile(means, [2.5, 97.5]))
+
+    for seed, size in [(0, 32), (1, 5), (2, 64)]:
+        v = np.random.default_rng(seed + 10).normal(0.3, 1.0, size)
+        got = bootstrap(v, np.random.default_rng(seed))
+        assert (got["low"], got["high"]) == pytest.approx(
+            hand_written(v, np.random.default_rng(seed)), abs=1e-12)  # fmt: skip
+    assert bootstrap(np.array([4.0]), np.random.default_rng(0))["low"] == 4.0

@@ -46,6 +46,7 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
+import scipy.stats
 
 from pipeline.audit.metrics.spatial import BORDER_FRAME, CORNER_SIZE
 from pipeline.audit.record.hotspots import HOTSPOT_FRACTION, window_sums
@@ -154,15 +155,19 @@ def transplant(recipient: np.ndarray, donor: np.ndarray, mask: np.ndarray) -> np
 
 
 def bootstrap(values: np.ndarray, rng, *, resamples: int = BOOTSTRAP) -> dict:
-    """{"effect": mean, "low", "high": the percentile interval, "n"} of paired
-    differences (None when there are none)."""
+    """{"effect": mean, "low", "high": SciPy's percentile bootstrap interval of the mean,
+    "n"} of paired differences (None when there are none; one value is its own interval)."""
     v = np.asarray(values, np.float64)
     if v.size == 0:
         return {"effect": None, "low": None, "high": None, "n": 0}
-    means = v[rng.integers(0, v.size, (resamples, v.size))].mean(axis=1)
-    tail = (1 - INTERVAL) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    return {"effect": float(v.mean()), "low": float(low), "high": float(high), "n": int(v.size)}
+    if v.size == 1:
+        low = high = float(v[0])
+    else:
+        ci = scipy.stats.bootstrap((v,), np.mean, n_resamples=resamples, method="percentile",
+                                   confidence_level=INTERVAL, rng=rng, vectorized=True
+                                   ).confidence_interval  # fmt: skip
+        low, high = float(ci.low), float(ci.high)
+    return {"effect": float(v.mean()), "low": low, "high": high, "n": int(v.size)}
 
 
 def _effects(cls: int, n: int, k: int, logits: np.ndarray, rng) -> dict:
