@@ -104,3 +104,12 @@ def test_the_libraries_find_the_strategies_the_hand_written_numerics_found():
         np.testing.assert_allclose(found.eigenvalues, case["eigenvalues"], atol=1e-7)
         agreement = adjusted_rand_score(case["labels"], found.labels)
         assert agreement == 1.0 if case["shortcut"] else agreement > 0.85, (case, agreement)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_a_class_of_two_to_four_maps_still_gets_its_graph(n):
+    _, maps, _ = synthetic_class(9, n=n)
+    found = S.discover(maps)
+    assert found.k >= 1 and len(found.labels) == n
+    graph = spectral.knn_graph(S.describe(maps), 10)
+    assert graph.shape == (n, n) and np.all(np.diag(graph) == 0) and graph.sum() > 0

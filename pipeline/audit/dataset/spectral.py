@@ -24,8 +24,8 @@ def _nearest(features: np.ndarray, neighbours: int) -> np.ndarray:
     """int [n, k]: each point's k nearest others (Euclidean)."""
     n = len(features)
     k = max(1, min(neighbours, n - 1))
-    found = NearestNeighbors(n_neighbors=k + 1).fit(features).kneighbors(return_distance=False)
-    return found[:, :k]  # kneighbors() without X leaves each point itself out
+    # kneighbors() without X: each point's k nearest others, itself left out
+    return NearestNeighbors(n_neighbors=k).fit(features).kneighbors(return_distance=False)
 
 
 def knn_graph(features: np.ndarray, neighbours: int) -> np.ndarray:
