@@ -15,6 +15,7 @@ with open("pipeline/versions.py", encoding="utf-8") as handle:
 TF_CPU = "tensorflow-cpu>=2.21,<2.22"
 TF_GPU = "tensorflow[and-cuda]>=2.21,<2.22"
 TFDS = "tensorflow-datasets>=4.9.10,<5"
+TENSORBOARD = "tensorboard>=2.21,<2.22"
 
 with open("README.md", encoding="utf-8") as handle:
     README = handle.read()
@@ -50,6 +51,9 @@ setup(
         "tfds": [TFDS],
         "gcp": [f"apache-beam[gcp]=={BEAM}"],
         "aws": [f"apache-beam[aws]=={BEAM}"],
+        # python -m pipeline tensorboard OUT: the audits as TensorBoard data
+        # (pipeline/audit/report/tensorboard.py), and the server that shows them
+        "tensorboard": [TENSORBOARD],
         # The object-store tests run against real servers on 127.0.0.1: moto's S3 server
         # and gcp-storage-emulator (pipeline/testing/stores.py).
         "test": [
@@ -60,6 +64,7 @@ setup(
             f"apache-beam[gcp,aws]=={BEAM}",
             "gcp-storage-emulator>=2024.8",
             "moto[server]>=5.0",
+            TENSORBOARD,  # a real server in tests/test_tensorboard.py
         ],
         # Peer libraries for benchmarks/ (versions measured in benchmarks/RESULTS.md). They
         # pull tensorflow<=2.20 and tf-keras through tensorflow-probability: install them in

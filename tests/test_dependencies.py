@@ -64,7 +64,8 @@ def _constraints() -> dict[str, str]:
 def test_every_requirement_has_its_tested_version_pinned():
     reqs = _setup_requirements()
     pins = _constraints()
-    wanted = {_name(r) for key in ("install", "cpu", "tfds", "test") for r in reqs[key]}
+    wanted = {_name(r) for key in ("install", "cpu", "tfds", "tensorboard", "test")
+              for r in reqs[key]}  # fmt: skip
     assert wanted - set(pins) == set()
     # and the pins are what this environment (CI's) runs
     for name in ("tensorflow-cpu", "keras", "apache-beam", "numpy", "ruff", "jinja2", "tqdm"):
@@ -73,7 +74,8 @@ def test_every_requirement_has_its_tested_version_pinned():
 
 def test_every_imported_third_party_module_is_declared():
     reqs = _setup_requirements()
-    declared = {_name(r) for key in ("install", "cpu", "tfds", "gcp", "aws") for r in reqs[key]}
+    declared = {_name(r) for key in ("install", "cpu", "tfds", "gcp", "aws", "tensorboard")
+                for r in reqs[key]}  # fmt: skip
     declared |= {"tensorflow", "tensorflow-cpu"}  # the cpu / gpu extras: one of them
     # the gcp / aws extras are Beam's: its clients (boto3, google-cloud-storage) come with it
     for requirement in importlib.metadata.requires("apache-beam"):

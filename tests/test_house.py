@@ -29,7 +29,7 @@ AUDIT_STAGES = {
     "record": {"metrics"},
     "dataset": {"metrics", "record"},
     "causal": {"metrics", "record", "dataset"},
-    "report": {"metrics"},
+    "report": {"metrics", "record", "dataset"},  # what people read of the earlier stages
 }
 NO_MODEL = ("metrics", "record", "dataset", "report")  # stages that never load TF / Keras
 MAX_LINES = 420  # "no module over ~400 lines"

@@ -48,6 +48,11 @@ from pipeline.audit.record.lines import line_maker
 from pipeline.audit.record.rows import Annotation
 from pipeline.audit.report.drift import check_rules, compare, parse_rule
 from pipeline.audit.report.html import render_report
+from pipeline.audit.report.tensorboard import (
+    TENSORBOARD_DIR,
+    export_tensorboard,
+    tensorboard_missing,
+)
 from pipeline.audit.sources import (
     ReadRowLines,
     ReadWanted,
@@ -374,5 +379,19 @@ def _audit_locked(config: Config, options: PipelineOptions, out_dir: str, held) 
     if last is not None and name <= last:  # two audits in one second
         name = f"{last}-1"
     archived = archive_audit(out_dir, name)
+    _refresh_tensorboard(out_dir)
     write_index(out_dir, title=f"{audit['records']} records - {config.model.name}")  # links it
     return AuditResult(audit, drift, broken, archived)
+
+
+def _refresh_tensorboard(out_dir: str) -> None:
+    """Once OUT/tensorboard/ exists (python -m pipeline tensorboard OUT), every audit
+    rewrites it, so the schedule's history is there without a second command."""
+    if not FileSystems.exists(join_path(out_dir, TENSORBOARD_DIR)):
+        return
+    missing = tensorboard_missing()
+    if missing:
+        _LOG.warning("%s/%s was not refreshed: %s", out_dir, TENSORBOARD_DIR, missing)
+        return
+    done = export_tensorboard(out_dir)
+    _LOG.info("tensorboard: %d audits -> %s", done.steps, done.logdir)

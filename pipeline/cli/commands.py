@@ -192,5 +192,29 @@ def demo(call: Call) -> int:
     return main(["run", "--config", str(DEMO_CONFIG), *sets, *quiet, *call.beam_args])
 
 
+def tensorboard(call: Call) -> int:
+    """Write OUT/tensorboard/ from OUT's archived audits."""
+    if call.beam_args:
+        return errors([f"unknown argument {call.beam_args[0]} for tensorboard."])
+    from pipeline.audit.report.tensorboard import export_tensorboard, tensorboard_missing
+
+    missing = tensorboard_missing()
+    if missing:
+        return errors([missing])
+    done = export_tensorboard(call.args.output)
+    points = sum(done.embeddings.values())
+    print(f"tensorboard: {done.steps} audit(s) as {done.scalars} scalars a step, "
+          f"{done.images} images, {len(done.embeddings)} embeddings ({points} points) -> "
+          f"{done.logdir}; show them with: tensorboard --logdir {done.logdir}")  # fmt: skip
+    return EXIT_OK
+
+
 # command name -> its function (parser.build_parser declares the same names)
-COMMANDS = {"run": run, "validate": validate, "audit": audit, "drift": drift, "demo": demo}
+COMMANDS = {
+    "run": run,
+    "validate": validate,
+    "audit": audit,
+    "drift": drift,
+    "demo": demo,
+    "tensorboard": tensorboard,
+}

@@ -41,6 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--quiet", "--verbose"):
         drift.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
     drift.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
+    board = sub.add_parser(
+        "tensorboard",
+        help="write OUT's audits as TensorBoard data (scalars, images, projector)",
+        description="Write OUT/tensorboard/ from OUT's archived audits: one scalar step per "
+        "audit, the newest audit's maps as images, and the Embedding Projector's strategy "
+        "embeddings with sprites and metadata; then: tensorboard --logdir OUT/tensorboard. "
+        "Once written, every audit of OUT rewrites it.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    board.add_argument("output", metavar="OUT", help="an output dir with audits/")
+    for flag in ("--quiet", "--verbose"):
+        board.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
+    board.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
     demo = sub.add_parser(
         "demo",
         help="make shortcut scenes, train a model on them and run the job (offline)",

@@ -14,7 +14,8 @@
   energy in box) to colour by and click through.
 
 Written with TensorBoard's own event writer and projector protos (the ``tensorboard``
-extra); nothing here imports TensorFlow. ``python -m pipeline tensorboard OUT`` writes it;
+extra, imported only when an export runs: ``tensorboard_missing`` says what to install);
+nothing here imports TensorFlow. ``python -m pipeline tensorboard OUT`` writes it;
 once it exists, every audit of OUT rewrites it.
 """
 
@@ -29,11 +30,7 @@ import shutil
 import time
 
 import numpy as np
-from google.protobuf import text_format
 from PIL import Image
-from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.projector import projector_config_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline.audit.dataset.spectral import laplacian_eigen
 from pipeline.audit.dataset.strategies import describe
@@ -44,7 +41,7 @@ from pipeline.store.layout import AUDIT_DIR, AUDITS_DIR, MANIFEST_NAME, ROW_SHAR
 from pipeline.store.manifest import committed_sets, shard_files
 from pipeline.store.records import read_raw
 
-__all__ = ["TENSORBOARD_DIR", "TensorBoardExport", "export_tensorboard"]
+__all__ = ["TENSORBOARD_DIR", "TensorBoardExport", "export_tensorboard", "tensorboard_missing"]
 
 TENSORBOARD_DIR = "tensorboard"
 THUMB = 48  # sprite cell side, pixels
@@ -65,6 +62,16 @@ class TensorBoardExport:
     scalars: int
     images: int
     embeddings: dict[str, int]  # embedding name -> points
+
+
+def tensorboard_missing() -> str | None:
+    """None when the ``tensorboard`` extra is installed, else the line saying how."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return ("the TensorBoard export needs the tensorboard extra: pip install -c "
+                "constraints.txt 'saliency-pipeline[tensorboard]'")  # fmt: skip
+    return None
 
 
 def _entries(out: str) -> list[str]:
@@ -105,7 +112,9 @@ def scalars(audit: dict) -> dict[str, float]:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def _image_value(tag: str, png: bytes) -> summary_pb2.Summary.Value:
+def _image_value(tag: str, png: bytes):
+    from tensorboard.compat.proto import summary_pb2
+
     with Image.open(io.BytesIO(png)) as img:
         width, height, bands = img.width, img.height, len(img.getbands())
     image = summary_pb2.Summary.Image(height=height, width=width, colorspace=bands,
@@ -113,7 +122,7 @@ def _image_value(tag: str, png: bytes) -> summary_pb2.Summary.Value:
     return summary_pb2.Summary.Value(tag=tag, image=image)
 
 
-def _images(out: str, entry: str, audit: dict) -> list[summary_pb2.Summary.Value]:
+def _images(out: str, entry: str, audit: dict) -> list:
     """The newest audit's mean maps and cluster prototypes, from its archived PNGs."""
 
     def png(relative: str | None) -> bytes | None:
@@ -135,6 +144,9 @@ def _images(out: str, entry: str, audit: dict) -> list[summary_pb2.Summary.Value
 
 
 def _write_events(logdir: str, out: str, entries: list[str]) -> tuple[int, int]:
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
     writer = EventFileWriter(logdir)
     count = 0
     for step, name in enumerate(entries):
@@ -207,6 +219,9 @@ def _memberships(audit: dict) -> tuple[dict, dict]:
 
 def _embeddings(out: str, logdir: str, entry: str, audit: dict) -> dict[str, int]:
     """The projector's files and config for the newest audit; name -> points."""
+    from google.protobuf import text_format
+    from tensorboard.plugins.projector import projector_config_pb2
+
     rows = read_jsonl(os.path.join(out, AUDITS_DIR, entry, "rows.jsonl"))
     manifest = {r["record_id"]: r for r in read_jsonl(os.path.join(out, MANIFEST_NAME))}
     lines = _lines(out)
