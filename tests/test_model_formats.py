@@ -29,7 +29,7 @@ FORMATS = ("keras", "h5", "export", "signature")
 SAVED_MODELS = ("export", "signature")
 RUNS_ANYWHERE = ("vanilla", "smoothgrad", "integrated_gradients")
 NEEDS_LAYERS = ("guided", "gradcam")
-PRECISIONS = ("float32", "auto", "mixed_bfloat16")
+PRECISIONS = ("float32", "mixed_bfloat16")  # "auto" is one of these, per CPU (see below)
 SIZE = 24
 
 
