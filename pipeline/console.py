@@ -82,3 +82,13 @@ def native_stderr_silenced(enabled: bool = True) -> Iterator[None]:
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+_WARNED: set[tuple[str, str]] = set()  # (logger, message) already warned in this process
+
+
+def warn_once(logger: logging.Logger, message: str) -> None:
+    """Log ``message`` as a warning the first time this process says it on ``logger``."""
+    if (logger.name, message) not in _WARNED:
+        _WARNED.add((logger.name, message))
+        logger.warning("%s", message)

@@ -18,7 +18,7 @@ import pytest
 from pipeline.store import records
 from pipeline.testing.processes import run_cli
 from pipeline.testing.reliability import noise_png, same_json, save_tiny_model, write_files
-from pipeline.testing.stores import _free_port, _wait_for
+from pipeline.testing.stores import _wait_for, free_port
 
 pytestmark = pytest.mark.slow  # Beam's job service and worker pools
 
@@ -34,7 +34,7 @@ def _env() -> dict[str, str]:
 
 @contextlib.contextmanager
 def _server(module: str, port_flag: str, log: str):
-    port = _free_port()
+    port = free_port()
     with open(log, "wb") as handle:
         proc = subprocess.Popen(
             [sys.executable, "-m", module, f"{port_flag}={port}"],

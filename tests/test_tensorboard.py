@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from PIL import Image
 
 from pipeline.audit.report.tensorboard import scalars
 from pipeline.testing.processes import ROOT, run_cli
+from pipeline.testing.stores import free_port
 
 ARTIFACTS = ROOT / "test-artifacts" / "tensorboard"
 
@@ -42,19 +42,13 @@ def test_the_scalars_of_one_audit():
     }  # fmt: skip
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(base: str, path: str) -> bytes:
     with urllib.request.urlopen(base + path, timeout=30) as response:
         return response.read()
 
 
 def _serve(logdir: Path):
-    port = _port()
+    port = free_port()
     board = Path(sys.executable).parent / "tensorboard"
     proc = subprocess.Popen([str(board), "--logdir", str(logdir), "--host", "127.0.0.1",
                              "--port", str(port)], stdout=subprocess.DEVNULL,

@@ -11,6 +11,13 @@ from pipeline.console import LEVELS
 __all__ = ["build_parser", "our_flags"]
 
 
+def _hidden_verbosity(command: argparse.ArgumentParser) -> None:
+    """-q / -v / --log-level, accepted but not listed (commands whose output is one table)."""
+    for flag in ("--quiet", "--verbose"):
+        command.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
+    command.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of `python -m pipeline`; Beam flags are left over (parse_known_args)."""
     parser = argparse.ArgumentParser(
@@ -38,9 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("--fail-on", dest="rules", action="append", default=[], metavar="RULE")
     drift.add_argument("--json", action="store_true", help="print the whole comparison as JSON")
     drift.add_argument("--top", type=int, default=10, help="classes listed (default 10)")
-    for flag in ("--quiet", "--verbose"):
-        drift.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
-    drift.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
+    _hidden_verbosity(drift)
     board = sub.add_parser(
         "tensorboard",
         help="write OUT's audits as TensorBoard data (scalars, images, projector)",
@@ -53,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     board.add_argument("output", metavar="OUT", help="an output dir with audits/")
-    for flag in ("--quiet", "--verbose"):
-        board.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
-    board.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
+    _hidden_verbosity(board)
     demo = sub.add_parser(
         "demo",
         help="make shortcut scenes, train a model on them and run the job (offline)",
@@ -69,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--per-class", type=int, default=200, help="images per class (200)")
     demo.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="SECTION.KEY=VALUE", help="override configs/demo.yaml")  # fmt: skip
-    for flag in ("--quiet", "--verbose"):
-        demo.add_argument(flag, flag[1:3], action="store_true", help=argparse.SUPPRESS)
-    demo.add_argument("--log-level", choices=LEVELS, help=argparse.SUPPRESS)
+    _hidden_verbosity(demo)
     for name, help_text in (
         ("run", "run the job (other flags go to Beam, e.g. --runner=DataflowRunner)"),
         ("validate", "check a config and print it resolved (--check: the environment too)"),

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from pipeline.choices import PRECISIONS
+from pipeline.console import warn_once
 from pipeline.engine.graph import (
     all_layers,
     check_cloneable,
@@ -38,7 +39,6 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
-_NOTED: set[str] = set()  # notes logged in this process (each once)
 
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 _OUTPUT_CAST_NAME = "float32_output"
@@ -120,9 +120,7 @@ def usable_precision(name: str, model: keras.Model) -> tuple[str, str | None]:
     note = (f"precision {asked} runs as float32 for model {model.name!r}: it is a TensorFlow "
             "SavedModel, whose graph has fixed dtypes and no Keras layers to cast (load the "
             "Keras model itself for reduced precision)")  # fmt: skip
-    if note not in _NOTED:
-        _NOTED.add(note)
-        _LOG.warning("%s", note)
+    warn_once(_LOG, note)
     return "float32", note
 
 

@@ -25,12 +25,13 @@ import tensorflow as tf
 # The freezing TensorFlow's own converters (TFLite, TF.js) use on a ConcreteFunction.
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from pipeline.console import warn_once
+
 __all__ = ["PROBABILITY_TOLERANCE", "load_saved_model"]
 
 PROBABILITY_TOLERANCE = 1e-4  # |sum_c p_c - 1| on every probe row: the output is a softmax
 _PROBES = 3  # zeros and two seeded random images
 _LOG = logging.getLogger(__name__)
-_NOTED: set[str] = set()  # notes logged in this process (each once)
 
 
 class SavedModelLogits(keras.layers.Layer):
@@ -162,8 +163,6 @@ def load_saved_model(
     note = (f"model {name!r} is a SavedModel that returns probabilities, and no Softmax op "
             "feeds its output: scores and maps are taken at its log-probabilities, log p = "
             "logit - logsumexp; the probabilities reported are its own")  # fmt: skip
-    if note not in _NOTED:
-        _NOTED.add(note)
-        _LOG.warning("%s", note)
+    warn_once(_LOG, note)
     return keras.Model(inputs, LogProbabilities(name="log_probabilities")(outputs),
                        name=model_name), (note,)  # fmt: skip

@@ -18,7 +18,7 @@ BUCKET = "saliency-test"
 _BIN = Path(sys.executable).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -78,7 +78,7 @@ def s3_server() -> Iterator[Store]:
     """moto's S3 server on a free port, with one bucket."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [str(_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
@@ -113,7 +113,7 @@ def gcs_server() -> Iterator[Store]:
     through STORAGE_EMULATOR_HOST (set in this process too, for the test's own reads)."""
     from google.cloud import storage
 
-    port = _free_port()
+    port = free_port()
     with tempfile.TemporaryDirectory() as cwd:
         proc = subprocess.Popen(
             [str(_BIN / "gcp-storage-emulator"), "start", "-H", "127.0.0.1",
