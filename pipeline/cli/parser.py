@@ -59,6 +59,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     board.add_argument("output", metavar="OUT", help="an output dir with audits/")
     _hidden_verbosity(board)
+    export = sub.add_parser(
+        "export",
+        help="export OUT's records and audit to another tool (fiftyone)",
+        description="fiftyone: make a persistent FiftyOne dataset with one sample per record "
+        "(image, prediction, labels, boxes, each method's map as a heatmap, the audit's row "
+        "metrics, clusters and flags as fields); then: fiftyone app launch NAME. Needs the "
+        "fiftyone extra.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    export.add_argument("format", choices=("fiftyone",), help="the tool to export to")
+    export.add_argument("output", metavar="OUT", help="an output dir (local)")
+    export.add_argument("--name", default=None,
+                        help="the dataset's name (default saliency-<OUT's folder>)")  # fmt: skip
+    export.add_argument("--config", "-c", help="the run's config: its audit.annotations "
+                        "(boxes, labels) and source.resize")  # fmt: skip
+    export.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override a config value")  # fmt: skip
+    _hidden_verbosity(export)
     demo = sub.add_parser(
         "demo",
         help="make shortcut scenes, train a model on them and run the job (offline)",

@@ -36,6 +36,8 @@ from pipeline.audit.dataset.spectral import laplacian_eigen
 from pipeline.audit.dataset.strategies import describe
 from pipeline.audit.metrics.relevance import downsample
 from pipeline.audit.record.lines import parse_row_line
+from pipeline.audit.report.exports import install_line, local_dir
+from pipeline.audit.report.membership import Membership, memberships
 from pipeline.store.files import read_bytes, read_json, read_jsonl
 from pipeline.store.layout import AUDIT_DIR, AUDITS_DIR, MANIFEST_NAME, ROW_SHARDS, join_path
 from pipeline.store.manifest import committed_sets, shard_files
@@ -69,8 +71,7 @@ def tensorboard_missing() -> str | None:
     try:
         import tensorboard  # noqa: F401
     except ImportError:
-        return ("the TensorBoard export needs the tensorboard extra: pip install -c "
-                "constraints.txt 'saliency-pipeline[tensorboard]'")  # fmt: skip
+        return install_line("tensorboard", "the TensorBoard export")
     return None
 
 
@@ -202,21 +203,6 @@ def _coordinates(maps: np.ndarray) -> np.ndarray:
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def _memberships(audit: dict) -> tuple[dict, dict]:
-    """({(method, record id): cluster}, {(method, record id): (flag kinds, confirmed)})."""
-    clusters, flags = {}, {}
-    for cid, c in audit["classes"].items():
-        for cluster in c["clusters"]:
-            for member in cluster["members"]:
-                clusters[(cluster["method"], member)] = f"{cid}.{cluster['cluster']}"
-        for flag in c["flags"]:
-            confirmed = bool((flag.get("confirmation") or {}).get("confirmed"))
-            for member in flag["members"]:
-                kinds, was = flags.get((flag["method"], member), ((), False))
-                flags[(flag["method"], member)] = ((*kinds, flag["kind"]), was or confirmed)
-    return clusters, flags
-
-
 def _embeddings(out: str, logdir: str, entry: str, audit: dict) -> dict[str, int]:
     """The projector's files and config for the newest audit; name -> points."""
     from google.protobuf import text_format
@@ -225,7 +211,7 @@ def _embeddings(out: str, logdir: str, entry: str, audit: dict) -> dict[str, int
     rows = read_jsonl(os.path.join(out, AUDITS_DIR, entry, "rows.jsonl"))
     manifest = {r["record_id"]: r for r in read_jsonl(os.path.join(out, MANIFEST_NAME))}
     lines = _lines(out)
-    clusters, flags = _memberships(audit)
+    placed = memberships(audit)
     groups: dict[str, list[dict]] = {}
     for row in rows:
         if row["record_id"] in lines:
@@ -250,9 +236,9 @@ def _embeddings(out: str, logdir: str, entry: str, audit: dict) -> dict[str, int
         thumbs = []
         for row in members:
             rid = row["record_id"]
-            kinds, confirmed = flags.get((method, rid), ((), False))
-            cells = [rid, row["class"], row.get("label", -1), clusters.get((method, rid), "-"),
-                     "+".join(kinds) or "-", "yes" if confirmed else "no",
+            member = placed.get((method, rid), Membership())
+            cells = [rid, row["class"], row.get("label", -1), member.cluster,
+                     "+".join(member.flags) or "-", "yes" if member.confirmed else "no",
                      row.get("pointing", ""), row.get("energy_in_box", "")]  # fmt: skip
             table.append("\t".join(str(c).replace("\t", " ") for c in cells))
             artifacts = (manifest.get(rid) or {}).get("artifacts", {}).get(method, {})
@@ -276,13 +262,7 @@ def _embeddings(out: str, logdir: str, entry: str, audit: dict) -> dict[str, int
 def export_tensorboard(output_dir: str) -> TensorBoardExport:
     """Write OUT/tensorboard/ from OUT's archived audits (see the module docstring); the
     directory is rewritten whole, so it always holds one step per archived audit."""
-    out = output_dir.rstrip("/")
-    if "://" in out and not out.startswith("file://"):
-        raise ValueError(
-            f"output dir {output_dir!r}: the TensorBoard export writes a local logdir; copy "
-            "the output dir here first (gsutil -m cp -r / aws s3 sync) and export that."
-        )
-    out = out.removeprefix("file://")
+    out = local_dir(output_dir, "the TensorBoard export writes a local logdir")
     entries = _entries(out)
     if not entries:
         raise FileNotFoundError(
