@@ -65,10 +65,10 @@ def _softmax_input(graph_def, output: str) -> str | None:
     return source if ":" in source else f"{source}:0"
 
 
-def logits_graph(path: str) -> SavedModelLogits | None:
-    """The serving signature of the SavedModel at ``path`` cut before its final Softmax, or
-    None when its output is no Softmax."""
-    loaded = tf.saved_model.load(path)  # held while freezing: the variables live in it
+def logits_graph(loaded) -> SavedModelLogits | None:
+    """The serving signature of the loaded SavedModel (``tf.saved_model.load``'s object,
+    held while freezing: the variables live in it) cut before its final Softmax, or None
+    when its output is no Softmax."""
     frozen = convert_variables_to_constants_v2(loaded.signatures["serving_default"])
     graph_def = frozen.graph.as_graph_def()
     if len(frozen.outputs) != 1:
@@ -155,7 +155,9 @@ def load_saved_model(
     model = keras.Model(inputs, outputs, name=model_name)
     if not returns_probabilities(model):
         return model, ()
-    cut = logits_graph(path)
+    # the TFSMLayer's own load (Keras keeps it as _reloaded_obj): a large SavedModel is read
+    # from storage once; loaded again only if a Keras release renames it
+    cut = logits_graph(getattr(layer, "_reloaded_obj", None) or tf.saved_model.load(path))
     if cut is not None:  # the logits inside the graph, as for a Keras model's softmax
         _LOG.info("SavedModel %r: explained at the input of its final Softmax (the logits)",
                   name)  # fmt: skip
