@@ -134,6 +134,12 @@ def ground_truth(record, annotation, policy: str):
     return boxes, None if boxes is None else box_mask(boxes, size)
 
 
+def true_label(record, annotation: Annotation | None) -> int:
+    """The record's label, else the annotation's (-1: none known)."""
+    label = int(record.label)
+    return annotation.label if label < 0 and annotation is not None else label
+
+
 def target_probability(record) -> float:
     """The probability of the class a record explains (its entry in the ranked list, which
     holds every explained class), else the top probability (records written before)."""
@@ -149,9 +155,7 @@ def record_rows(
     """[(row, small map, curves, hotspots)] for each method of a store.records.DecodedRecord
     (curves: {"deletion", "insertion"} arrays, or {} when the record has none; hotspots:
     audit.record.hotspots.hotspots of the map and the image)."""
-    label = int(record.label)
-    if label < 0 and annotation is not None:
-        label = annotation.label
+    label = true_label(record, annotation)
     boxes, mask = ground_truth(record, annotation, resize_policy)
     boxed = boxes is not None and len(boxes) and record.image is not None
     scene = scene_for(record.image) if boxed else None  # the image's part, once per record

@@ -30,14 +30,15 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
-from PIL import Image
 
-from pipeline.audit.record.rows import Annotation, ground_truth
+from pipeline.audit.record.rows import Annotation, ground_truth, true_label
 from pipeline.audit.report.exports import install_line, local_dir
 from pipeline.audit.report.membership import Membership, memberships
 from pipeline.choices import DEFAULT_RESIZE
+from pipeline.maps.render import encode_png
 from pipeline.store.files import read_json, read_jsonl
 from pipeline.store.layout import AUDIT_JSON, AUDIT_ROWS, MANIFEST_NAME, safe_key
+from pipeline.store.manifest import has_manifest
 
 __all__ = ["FIFTYONE_DIR", "FiftyOneExport", "export_fiftyone", "fiftyone_missing"]
 
@@ -70,7 +71,7 @@ def fiftyone_missing() -> str | None:
 
 def _local(output_dir: str) -> str:
     out = local_dir(output_dir, "FiftyOne reads its media from local files")
-    if not os.path.exists(os.path.join(out, MANIFEST_NAME)):
+    if not has_manifest(out):
         raise FileNotFoundError(f"{out} has no {MANIFEST_NAME}: give the output.dir of a run.")
     return out
 
@@ -89,7 +90,8 @@ def _names(out: str) -> dict[int, str]:
 
 def _png(path: str, pixels: np.ndarray) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(pixels.squeeze() if pixels.shape[-1] == 1 else pixels).save(path)
+    with open(path, "wb") as handle:
+        handle.write(encode_png(pixels))
     return path
 
 
@@ -133,7 +135,7 @@ def _sample(fo, record, ctx: _Context):
         label=name, confidence=float(record.prediction_probability)
     )
     annotation = ctx.annotations.get(record.key)
-    label = record.label if record.label >= 0 or annotation is None else annotation.label
+    label = true_label(record, annotation)
     if label >= 0:
         sample["ground_truth"] = fo.Classification(label=names.get(label, str(label)))
     objects = _objects(fo, record, annotation, ctx.resize_policy)
